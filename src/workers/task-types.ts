@@ -1,0 +1,67 @@
+/**
+ * The contract between the main thread (src/main/write-pool.ts) and the piscina workers (write-task.ts).
+ * Types only: both sides import it, and it must stay free of uWS and piscina.
+ */
+
+export type ChecksumAlgorithm = 'sha256' | 'crc32';
+
+export interface ChunkChecksum {
+  algorithm: ChecksumAlgorithm;
+  /** Lower-case hex: 64 digits for sha256, 8 for crc32 (IEEE, as zlib.crc32). */
+  expected: string;
+}
+
+/**
+ * One contiguous piece of one chunk, written at `chunk * chunkSize + chunkOffset` into the staging file.
+ * A chunk arrives as one task (WebSocket frames, small PUTs) or as several (a PUT body streamed in batches); the
+ * task with `last: true` is the one that sets the chunk's bit.
+ */
+export interface WriteTask {
+  /** The upload's shared state (see shared-layout.ts). */
+  sab: SharedArrayBuffer;
+  /** The staging file, opened once by the main thread (never in append mode); workers never close it. */
+  fd: number;
+  fileSize: number;
+  chunkSize: number;
+  chunk: number;
+  /** Where this piece starts inside its chunk. */
+  chunkOffset: number;
+  /** The bytes: `length` bytes of `data` starting at `dataOffset`. A SAB slab or a moved ArrayBuffer. */
+  data: SharedArrayBuffer | ArrayBuffer;
+  dataOffset: number;
+  length: number;
+  /** First piece of the chunk: if the chunk's bit is already set, nothing is written (`duplicate`). */
+  first: boolean;
+  /** Last piece of the chunk: after writing, set the bit (once) and count the chunk. */
+  last: boolean;
+  /** The writer's id (> 0), stored in the lock word while this task holds the lock. */
+  ownerId: number;
+  /** How long to wait for the lock before giving up with ERR_CHUNK_BUSY. */
+  lockTimeoutMs: number;
+  /** Only when the piece is the whole chunk (first && last): verify before writing. */
+  checksum?: ChunkChecksum;
+}
+
+/** Failures a worker reports as data (expected outcomes), not as thrown errors. */
+export type WriteFailureCode =
+  | 'ERR_CHECKSUM_MISMATCH'
+  | 'ERR_CHUNK_BUSY'
+  | 'ERR_UPLOAD_CANCELLED'
+  | 'ERR_STORAGE_FAILED'
+  | 'ERR_INVALID_CHUNK_NUMBER';
+
+export interface WriteResult {
+  /** Bytes written by this task (0 for a duplicate or a failure). */
+  written: number;
+  /** The chunk's bit was already set when the first piece arrived: nothing written. */
+  duplicate: boolean;
+  /** This task flipped the chunk's bit (exactly one task per chunk ever does). */
+  flipped: boolean;
+  /** This task saw every bit set and won the finalizer word: the caller must finalize the upload. */
+  finalize: boolean;
+  /** Counters after this task (read with Atomics.load). */
+  receivedChunks: number;
+  receivedBytes: number;
+  /** Set when the write did not happen or did not complete; nothing was counted. */
+  failure?: { code: WriteFailureCode; message: string; errno?: string };
+}
