@@ -114,7 +114,9 @@ export function allChunksSet(state: SharedState): boolean {
   for (let w = 0; w < fullWords; w++) if (Atomics.load(bitmap, w) !== -1) return false;
   const rest = totalChunks & 31;
   if (rest === 0) return true;
-  const mask = rest === 32 ? -1 : (1 << rest) - 1;
+  // `| 0` brings the mask back into Int32 range: for rest = 31, (1 << 31) - 1 is -2147483649 as a double, which
+  // never equals the Int32 result of `&`, so uploads of 31, 63, 95... chunks could never complete.
+  const mask = ((1 << rest) - 1) | 0;
   return (Atomics.load(bitmap, fullWords) & mask) === mask;
 }
 

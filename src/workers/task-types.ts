@@ -30,9 +30,15 @@ export interface WriteTask {
   data: SharedArrayBuffer | ArrayBuffer;
   dataOffset: number;
   length: number;
-  /** First piece of the chunk: if the chunk's bit is already set, nothing is written (`duplicate`). */
+  /**
+   * First piece of the chunk (must start at chunkOffset 0). Any piece, first or not, that finds the chunk's bit
+   * already set writes nothing (`duplicate`): a completed chunk's bytes are never overwritten.
+   */
   first: boolean;
-  /** Last piece of the chunk: after writing, set the bit (once) and count the chunk. */
+  /**
+   * Last piece of the chunk (must end at the chunk's end): after writing, set the bit (once) and count the chunk.
+   * The earlier pieces of the chunk must have settled before it is dispatched: the worker cannot see them.
+   */
   last: boolean;
   /** The writer's id (> 0), stored in the lock word while this task holds the lock. */
   ownerId: number;
@@ -53,7 +59,7 @@ export type WriteFailureCode =
 export interface WriteResult {
   /** Bytes written by this task (0 for a duplicate or a failure). */
   written: number;
-  /** The chunk's bit was already set when the first piece arrived: nothing written. */
+  /** The chunk's bit was already set when this piece arrived: nothing written. */
   duplicate: boolean;
   /** This task flipped the chunk's bit (exactly one task per chunk ever does). */
   flipped: boolean;

@@ -1,0 +1,77 @@
+/**
+ * The Updraft HTTP wire API, driven by fetch (init) and curl (chunks):
+ *   POST {base}{prefix}/upload-chunk {"action":"init","fileName","fileSize","chunkSize"} -> 200 {"status":"success","data":{"guid",...}}
+ *   PUT  {base}{prefix}/upload-chunk?guid=G&chunk=N  (chunk bytes)                      -> 2xx
+ * Used for Updraft and for the discard, sync-main and node-http peers, which speak the same routes.
+ */
+import path from 'node:path';
+import { runCurl } from '../curl.js';
+import type { UploadClient, UploadJob, UploadReceipt } from '../model.js';
+
+export interface ChunkPutOptions {
+  readonly baseUrl: string;
+  readonly prefix: string;
+  readonly workDir: string;
+  readonly timeoutMs: number;
+}
+
+export class ChunkPutClient implements UploadClient {
+  readonly #options: ChunkPutOptions;
+  #batches = 0;
+
+  constructor(options: ChunkPutOptions) {
+    this.#options = options;
+  }
+
+  describe(inFlight: number): string {
+    return `curl PUT x${inFlight}`;
+  }
+
+  async upload(job: UploadJob): Promise<UploadReceipt> {
+    const { baseUrl, prefix, workDir, timeoutMs } = this.#options;
+    const route = `${baseUrl}${prefix}/upload-chunk`;
+    const guid = await initUpload(route, job, timeoutMs);
+    const { content } = job;
+    await runCurl({
+      mode: 'parallel',
+      maxInFlight: job.inFlight,
+      method: 'PUT',
+      headers: ['Content-Type: application/octet-stream'],
+      transfers: content.chunkPaths.map((file, n) => ({
+        url: `${route}?guid=${encodeURIComponent(guid)}&chunk=${n}`,
+        file,
+        bytes: Math.min(content.chunkSize, content.fileSize - n * content.chunkSize),
+      })),
+      configPath: path.join(workDir, `curl-put-${process.pid}-${this.#batches++}.cfg`),
+      timeoutMs,
+    });
+    return { id: guid };
+  }
+}
+
+async function initUpload(route: string, job: UploadJob, timeoutMs: number): Promise<string> {
+  const response = await fetch(route, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      action: 'init',
+      fileName: job.fileName,
+      fileSize: job.content.fileSize,
+      chunkSize: job.content.chunkSize,
+    }),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`init answered ${response.status}: ${text.slice(0, 200)}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new Error(`init answered non-JSON: ${text.slice(0, 200)}`);
+  }
+  const envelope = parsed as { status?: unknown; data?: { guid?: unknown } };
+  if (envelope.status !== 'success' || typeof envelope.data?.guid !== 'string' || envelope.data.guid === '') {
+    throw new Error(`init answered without status=success and data.guid: ${text.slice(0, 200)}`);
+  }
+  return envelope.data.guid;
+}

@@ -1,0 +1,149 @@
+/**
+ * curl as the load generator: a C client whose cost is small next to any server's, so on 2 shared cores the figure
+ * is the server's. One curl process per upload; its transfers come from a config file (-K), which keeps long chunk
+ * lists off the command line.
+ *
+ * - parallel: `--parallel --parallel-max N --parallel-immediate`, up to N PUTs in flight over kept-alive connections.
+ * - sequential: one transfer after another, separated by `next` (each may carry its own headers, as tus needs);
+ *   curl keeps its connection across `next`.
+ *
+ * `Expect:` is sent empty on every request: curl otherwise asks for 100-continue on large bodies and waits a round
+ * trip (or a second, if a server never answers it) before sending, which would measure curl's caution, not the server.
+ * Every transfer must answer 2xx with its whole body sent (checked from curl's --write-out), or the upload fails.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+
+export const CURL = fs.existsSync('/usr/bin/curl') ? '/usr/bin/curl' : 'curl';
+
+export interface CurlTransfer {
+  readonly url: string;
+  readonly file: string;
+  readonly bytes: number;
+  /** Extra headers for this transfer only (sequential batches only). */
+  readonly headers?: readonly string[];
+}
+
+export interface CurlBatch {
+  readonly mode: 'parallel' | 'sequential';
+  /** Transfers in flight at once (parallel mode). */
+  readonly maxInFlight: number;
+  readonly method: 'PUT' | 'PATCH';
+  readonly headers: readonly string[];
+  readonly transfers: readonly CurlTransfer[];
+  readonly configPath: string;
+  readonly timeoutMs: number;
+}
+
+export class CurlFailed extends Error {}
+
+/** curl processes running now, so an interrupted benchmark can stop them (ours, by handle). */
+const running = new Set<ChildProcess>();
+
+export function killCurlsNow(): void {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+}
+
+const WRITE_OUT = '%{urlnum} %{http_code} %{size_upload}\\n';
+
+export async function runCurl(batch: CurlBatch): Promise<void> {
+  fs.writeFileSync(batch.configPath, curlConfig(batch));
+  try {
+    const { code, stdout, stderr, timedOut } = await spawnCurl(['-K', batch.configPath], batch.timeoutMs);
+    if (timedOut) throw new CurlFailed(`curl did not finish within ${batch.timeoutMs} ms`);
+    checkTransfers(batch, stdout, code, stderr);
+  } finally {
+    fs.rmSync(batch.configPath, { force: true });
+  }
+}
+
+function curlConfig(batch: CurlBatch): string {
+  const perTransferSeconds = Math.max(10, Math.ceil(batch.timeoutMs / 1000));
+  const common = [
+    'silent', 'show-error', 'no-progress-meter',
+    'connect-timeout = 5', `max-time = ${perTransferSeconds}`,
+    `request = ${quote(batch.method)}`, `write-out = "${WRITE_OUT}"`,
+    ...['Expect:', ...batch.headers].map((h) => `header = ${quote(h)}`),
+  ];
+  const lines: string[] = [];
+  if (batch.mode === 'parallel') {
+    lines.push(...common, 'parallel', `parallel-max = ${batch.maxInFlight}`, 'parallel-immediate');
+    for (const t of batch.transfers) {
+      if (t.headers !== undefined && t.headers.length > 0) throw new Error('per-transfer headers need a sequential batch');
+      lines.push(`url = ${quote(t.url)}`, `upload-file = ${quote(t.file)}`, 'output = "/dev/null"');
+    }
+  } else {
+    batch.transfers.forEach((t, i) => {
+      if (i > 0) lines.push('next');
+      lines.push(...common, ...(t.headers ?? []).map((h) => `header = ${quote(h)}`));
+      lines.push(`url = ${quote(t.url)}`, `upload-file = ${quote(t.file)}`, 'output = "/dev/null"');
+    });
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function quote(value: string): string {
+  return `"${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+}
+
+function checkTransfers(batch: CurlBatch, stdout: string, code: number | null, stderr: string): void {
+  const seen = new Array<boolean>(batch.transfers.length).fill(false);
+  const problems: string[] = [];
+  const lines = stdout.split('\n').filter((l) => l !== '');
+  lines.forEach((line, position) => {
+    const [numText, statusText, sizeText] = line.split(' ');
+    // urlnum restarts at 0 after each `next`, so sequential batches are matched by position instead.
+    const index = batch.mode === 'parallel' ? Number(numText) : position;
+    const transfer = batch.transfers[index];
+    if (transfer === undefined) {
+      problems.push(`unexpected write-out line: ${line}`);
+      return;
+    }
+    seen[index] = true;
+    const status = Number(statusText);
+    const sent = Number(sizeText);
+    if (!(status >= 200 && status < 300)) problems.push(`${transfer.url} answered ${statusText}`);
+    else if (sent !== transfer.bytes) problems.push(`${transfer.url} sent ${sizeText} of ${transfer.bytes} bytes`);
+  });
+  const missing = seen.filter((s) => !s).length;
+  if (missing > 0) problems.push(`${missing} transfer(s) reported nothing`);
+  if (code !== 0 && problems.length === 0) problems.push(`curl exited with code ${code}`);
+  if (problems.length > 0) {
+    const more = problems.length > 3 ? ` (and ${problems.length - 3} more)` : '';
+    const err = stderr.trim().split('\n').slice(-3).join(' | ');
+    throw new CurlFailed(`${problems.slice(0, 3).join('; ')}${more}${err === '' ? '' : `; curl: ${err}`}`);
+  }
+}
+
+function spawnCurl(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(CURL, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));
+    child.stderr.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-8192)));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL'); // our own child, by its handle
+    }, timeoutMs);
+    child.once('error', (error) => {
+      running.delete(child);
+      clearTimeout(timer);
+      resolve({ code: -1, stdout, stderr: `${stderr}\n${error.message}`, timedOut });
+    });
+    child.once('close', (code) => {
+      running.delete(child);
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, timedOut });
+    });
+  });
+}
+
+/** `curl --version`'s first line, for the report. */
+export async function curlVersion(): Promise<string | undefined> {
+  const { code, stdout } = await spawnCurl(['--version'], 5000);
+  return code === 0 ? stdout.split('\n')[0] : undefined;
+}

@@ -1,0 +1,172 @@
+/**
+ * `updraft serve`: flags (and matching UPDRAFT_* environment variables) -> createUploadEngine().listen().
+ * No engine logic lives here.
+ */
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { createUploadEngine } from '../index.js';
+import type { UploadEngineOptions } from '../index.js';
+import { UsageError, parseDuration, parseInteger, parseSize, parseTokenSpec } from './args.js';
+
+const SERVE_HELP = `Usage: updraft serve [options]
+
+Starts the upload server. Every flag has an environment variable; the flag wins.
+
+  --host HOST             address to bind (UPDRAFT_HOST, default 127.0.0.1)
+  --port N                port; 0 = any free port (UPDRAFT_PORT, default 8080)
+  --dir PATH              upload root (UPDRAFT_DIR, default ./uploads)
+  --prefix PATH           route prefix (UPDRAFT_PREFIX, default /api/v1/files)
+  --chunk-size SIZE       chunk size when a client sends none (UPDRAFT_CHUNK_SIZE, default 8MiB)
+  --max-chunk-size SIZE   largest chunk accepted (UPDRAFT_MAX_CHUNK_SIZE, default 64MiB)
+  --max-file-size SIZE    largest file accepted (UPDRAFT_MAX_FILE_SIZE, default 1TiB)
+  --workers N             writer threads (UPDRAFT_WORKERS, default: CPUs, at least 2)
+  --durability MODE       chunk | upload (UPDRAFT_DURABILITY, default chunk)
+  --on-conflict POLICY    rename | overwrite | reject (UPDRAFT_ON_CONFLICT, default rename)
+  --lock-mode MODE        chunk | upload (UPDRAFT_LOCK_MODE, default chunk)
+  --token USER:TOKEN      accept "Authorization: Bearer TOKEN" as USER; repeatable
+                          (UPDRAFT_TOKENS, comma-separated). Without any, everyone is "anonymous".
+  --upload-ttl DURATION   expire uploads idle this long (UPDRAFT_UPLOAD_TTL, default 24h)
+  --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
+  -h, --help              this text
+
+Sizes take B, K/KiB, M/MiB, G/GiB (or KB/MB/GB for powers of 1000); durations ms, s, m, h, d.
+Prints "listening on http://HOST:PORT" when ready; logs are JSON lines on stderr.
+SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0.
+`;
+
+const HELP = `Usage: updraft <command> [options]
+
+Commands:
+  serve      start the upload server (updraft serve --help)
+`;
+
+export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngineOptions | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      dir: { type: 'string' },
+      prefix: { type: 'string' },
+      'chunk-size': { type: 'string' },
+      'max-chunk-size': { type: 'string' },
+      'max-file-size': { type: 'string' },
+      workers: { type: 'string' },
+      durability: { type: 'string' },
+      'on-conflict': { type: 'string' },
+      'lock-mode': { type: 'string' },
+      token: { type: 'string', multiple: true },
+      'upload-ttl': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return 'help';
+  const pick = (flag: keyof typeof values, envName: string): string | undefined => {
+    const v = values[flag];
+    if (typeof v === 'string') return v;
+    const e = env[envName];
+    return e === undefined || e === '' ? undefined : e;
+  };
+  const o: UploadEngineOptions = {};
+  const str = <K extends keyof UploadEngineOptions>(key: K, flag: keyof typeof values, envName: string): void => {
+    const v = pick(flag, envName);
+    if (v !== undefined) (o as Record<string, unknown>)[key] = v;
+  };
+  const num = <K extends keyof UploadEngineOptions>(key: K, flag: keyof typeof values, envName: string, parse: (f: string, v: string) => number): void => {
+    const v = pick(flag, envName);
+    if (v !== undefined) (o as Record<string, unknown>)[key] = parse(`--${String(flag)}`, v);
+  };
+  str('host', 'host', 'UPDRAFT_HOST');
+  num('port', 'port', 'UPDRAFT_PORT', parseInteger);
+  str('dir', 'dir', 'UPDRAFT_DIR');
+  str('prefix', 'prefix', 'UPDRAFT_PREFIX');
+  num('chunkSize', 'chunk-size', 'UPDRAFT_CHUNK_SIZE', parseSize);
+  num('maxChunkSize', 'max-chunk-size', 'UPDRAFT_MAX_CHUNK_SIZE', parseSize);
+  num('maxFileSize', 'max-file-size', 'UPDRAFT_MAX_FILE_SIZE', parseSize);
+  num('workers', 'workers', 'UPDRAFT_WORKERS', parseInteger);
+  str('durability', 'durability', 'UPDRAFT_DURABILITY');
+  str('onConflict', 'on-conflict', 'UPDRAFT_ON_CONFLICT');
+  str('lockMode', 'lock-mode', 'UPDRAFT_LOCK_MODE');
+  num('uploadTtl', 'upload-ttl', 'UPDRAFT_UPLOAD_TTL', parseDuration);
+  str('logLevel', 'log-level', 'UPDRAFT_LOG_LEVEL');
+  const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').filter(Boolean) : []);
+  if (specs.length > 0) o.tokens = Object.fromEntries(specs.map(parseTokenSpec));
+  if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
+  return o;
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
+    process.stdout.write(HELP);
+    return cmd === undefined ? 2 : 0;
+  }
+  if (cmd !== 'serve') {
+    process.stderr.write(`updraft: unknown command "${cmd}"\n${HELP}`);
+    return 2;
+  }
+  let options: UploadEngineOptions | 'help';
+  try {
+    options = serveOptions(rest, env);
+  } catch (e) {
+    process.stderr.write(`updraft serve: ${(e as Error).message}\n(see updraft serve --help)\n`);
+    return 2;
+  }
+  if (options === 'help') {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  let engine;
+  try {
+    engine = createUploadEngine(options);
+  } catch (e) {
+    process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
+    return 2;
+  }
+  const info = await engine.listen();
+  process.stdout.write(`listening on ${info.url}\n`);
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        process.stderr.write(`updraft: second ${signal}, exiting now\n`);
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      engine.log.info({ event: 'server.stopping', signal }, 'stopping');
+      const timer = setTimeout(() => resolve(1), 15_000);
+      timer.unref();
+      engine.close().then(
+        () => {
+          clearTimeout(timer);
+          engine.log.info({ event: 'server.stopped' }, 'stopped');
+          resolve(0);
+        },
+        (e: unknown) => {
+          engine.log.error({ err: e }, 'error while stopping');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+  });
+}
+
+/** Runs the CLI with this process's arguments and exits with its code. */
+export function run(): void {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      process.stderr.write(`updraft: ${e instanceof UsageError ? e.message : ((e as Error)?.stack ?? String(e))}\n`);
+      process.exit(1);
+    },
+  );
+}
+
+// Run directly (`node --import tsx src/cli/main.ts serve`); the package bin imports run() instead.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) run();

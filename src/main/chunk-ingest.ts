@@ -1,0 +1,338 @@
+/**
+ * From bytes on the main thread to an acknowledged chunk, for every transport (HTTP PUT and both WebSocket
+ * protocols):
+ *
+ *   claim the chunk (one writer at a time, upload.ts) -> copy each piece once into a slab of the in-flight budget
+ *   -> hand full slabs to the pool one after another (a chunk's pieces are written in order, so the task that sets
+ *   its bit runs only after every other piece of it is on the file: invariant 1) -> after the last piece: commit
+ *   (chunk durability) -> if that task saw the last bit, finalize -> release the claim.
+ *
+ * Pieces of different chunks (other requests) are written in parallel by different workers.
+ */
+import { UploadError } from '../protocol/errors.js';
+import { chunkLength, isChunkSet } from '../workers/shared-layout.js';
+import type { ChunkChecksum, WriteResult, WriteTask } from '../workers/task-types.js';
+import type { ResolvedOptions } from './options.js';
+import type { SlabPool, Slab } from './slab-pool.js';
+import type { Upload, CompletionInfo } from './upload.js';
+import type { UploadRegistry } from './upload-registry.js';
+import type { WritePool } from './write-pool.js';
+
+export interface IngestContext {
+  readonly options: ResolvedOptions;
+  readonly pool: WritePool;
+  readonly slabs: SlabPool;
+  readonly registry: UploadRegistry;
+}
+
+export interface ChunkAck {
+  chunk: number;
+  duplicate: boolean;
+  receivedChunks: number;
+  totalChunks: number;
+  receivedBytes: number;
+  /** Present on the reply to the chunk that completed the upload (and on duplicates of a completed upload). */
+  completion?: CompletionInfo;
+}
+
+let lastWriterId = 0;
+/** Writer ids are > 0 (0 means "free" in a lock word) and unique among live writers. */
+export function nextWriterId(): number {
+  lastWriterId = lastWriterId >= 0x7fff_fff0 ? 1 : lastWriterId + 1;
+  return lastWriterId;
+}
+
+function ack(u: Upload, chunk: number, duplicate: boolean, completion?: CompletionInfo): ChunkAck {
+  const a: ChunkAck = {
+    chunk,
+    duplicate,
+    receivedChunks: u.receivedChunks,
+    totalChunks: u.totalChunks,
+    receivedBytes: u.receivedBytes,
+  };
+  if (completion) a.completion = completion;
+  return a;
+}
+
+/** The completion record of a completed upload, for retried chunks and status calls. */
+export function completionOf(u: Upload): CompletionInfo {
+  return { guid: u.guid, fileName: u.finalName ?? u.fileName, size: u.fileSize, targetPath: u.targetPath.join('/') };
+}
+
+/**
+ * Checks a chunk number against the upload and, if the chunk still needs bytes, claims it for `writerId`.
+ * Returns an ack (duplicate) when there is nothing to write, null when the caller now owns the chunk.
+ */
+export async function claimChunk(
+  ctx: IngestContext,
+  u: Upload,
+  chunk: number,
+  writerId: number,
+  signal?: AbortSignal,
+): Promise<ChunkAck | null> {
+  if (!Number.isSafeInteger(chunk) || chunk < 0) throw new UploadError('ERR_INVALID_CHUNK_NUMBER');
+  if (chunk >= u.totalChunks) {
+    throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${chunk} is past the last chunk (${u.totalChunks - 1})`);
+  }
+  if (u.status === 'completed') return ack(u, chunk, true, completionOf(u));
+  u.assertWritable();
+  u.touch();
+  if (u.shared && isChunkSet(u.shared, chunk)) return ack(u, chunk, true, await pendingCompletion(u));
+  if (!(await u.claim(chunk, writerId, ctx.options.chunkBusyTimeout, signal))) {
+    if (signal?.aborted) throw new UploadError('ERR_CHUNK_INCOMPLETE');
+    throw new UploadError('ERR_CHUNK_BUSY');
+  }
+  // The previous owner may have finished the chunk, or the upload may have ended, while we waited.
+  const completed = (u.status as string) === 'completed';
+  if (completed || (u.shared && isChunkSet(u.shared, chunk))) {
+    u.releaseClaim(chunk, writerId);
+    return ack(u, chunk, true, completed ? completionOf(u) : await pendingCompletion(u));
+  }
+  try {
+    u.assertWritable();
+  } catch (e) {
+    u.releaseClaim(chunk, writerId);
+    throw e;
+  }
+  return null;
+}
+
+/** A duplicate of a chunk of an upload that is completing waits for the completion (so its reply is truthful). */
+async function pendingCompletion(u: Upload): Promise<CompletionInfo | undefined> {
+  return u.completion ? await u.completion : undefined;
+}
+
+/** After a chunk's last task: make it durable as the durability mode says, finalize if it was the last bit. */
+async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResult): Promise<ChunkAck> {
+  if (r.failure) {
+    const err = new UploadError(r.failure.code, r.failure.message);
+    if (r.failure.code === 'ERR_STORAGE_FAILED') await ctx.registry.fail(u, err);
+    throw err;
+  }
+  if (r.duplicate) return ack(u, chunk, true, await pendingCompletion(u));
+  if (r.flipped) {
+    if (ctx.options.durability === 'chunk') {
+      try {
+        await u.commit([chunk]);
+      } catch (e) {
+        const err = e instanceof UploadError ? e : new UploadError('ERR_STORAGE_FAILED');
+        await ctx.registry.fail(u, err);
+        throw err;
+      }
+    } else {
+      u.markWritten(chunk);
+    }
+  }
+  if (r.finalize) return ack(u, chunk, false, await ctx.registry.finalize(u));
+  return ack(u, chunk, false);
+}
+
+function baseTask(ctx: IngestContext, u: Upload, chunk: number, writerId: number): Omit<WriteTask, 'data' | 'dataOffset' | 'length' | 'chunkOffset' | 'first' | 'last'> {
+  if (!u.shared || u.fd === null) throw new UploadError('ERR_UPLOAD_FAILED');
+  return {
+    sab: u.shared.sab,
+    fd: u.fd,
+    fileSize: u.fileSize,
+    chunkSize: u.chunkSize,
+    chunk,
+    ownerId: writerId,
+    lockTimeoutMs: 10_000,
+  };
+}
+
+/**
+ * Writes a chunk that is whole in memory (a WebSocket frame). `bytes` is copied before the first await, so the
+ * caller's buffer (valid only during a uWS callback) may be reused at once. Claims and releases the chunk itself.
+ */
+export async function writeWholeChunk(
+  ctx: IngestContext,
+  u: Upload,
+  chunk: number,
+  bytes: Uint8Array,
+  checksum?: ChunkChecksum,
+): Promise<ChunkAck> {
+  const expected = chunk >= 0 && chunk < u.totalChunks ? chunkLength(u.fileSize, u.chunkSize, chunk) : -1;
+  if (expected >= 0 && bytes.length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${chunk} is ${expected} bytes, got ${bytes.length}`);
+  if (expected >= 0 && bytes.length < expected) throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${chunk} is ${expected} bytes, got ${bytes.length}`);
+  const copy = new ArrayBuffer(bytes.length);
+  new Uint8Array(copy).set(bytes);
+  const writerId = nextWriterId();
+  const dup = await claimChunk(ctx, u, chunk, writerId);
+  if (dup) return dup;
+  try {
+    const task: WriteTask = { ...baseTask(ctx, u, chunk, writerId), chunkOffset: 0, data: copy, dataOffset: 0, length: copy.byteLength, first: true, last: true };
+    if (checksum) task.checksum = checksum;
+    return await settle(ctx, u, chunk, await ctx.pool.write(task));
+  } finally {
+    u.releaseClaim(chunk, writerId);
+  }
+}
+
+/**
+ * Receives one chunk streamed in pieces (a PUT body). The owner of the request calls `push` for each piece (copied
+ * at once), `finish` at the end of the body, or `abort`. When the in-flight budget is used up, `onPause` asks the
+ * transport to stop reading and `onResume` to go on.
+ */
+export class ChunkReceiver {
+  readonly expected: number;
+  received = 0;
+  #slab: Slab | null = null;
+  #fill = 0;
+  /** Bytes of the chunk already handed to tasks (the next piece starts here). */
+  #dispatched = 0;
+  #chain: Promise<void> = Promise.resolve();
+  #first = true;
+  #error: unknown = null;
+  #duplicate = false;
+  #aborted = false;
+  #paused = false;
+  #cancelWait: (() => void) | null = null;
+
+  constructor(
+    private readonly ctx: IngestContext,
+    private readonly u: Upload,
+    readonly chunk: number,
+    private readonly writerId: number,
+    private readonly onPause: () => void,
+    private readonly onResume: () => void,
+  ) {
+    this.expected = chunkLength(u.fileSize, u.chunkSize, chunk);
+  }
+
+  /** Copies `piece` (valid only during the caller's callback). Throws ERR_CHUNK_TOO_LARGE past the chunk's end. */
+  push(piece: Uint8Array): void {
+    if (this.#aborted) return;
+    if (this.received + piece.length > this.expected) {
+      throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${this.chunk} is ${this.expected} bytes; the body is longer`);
+    }
+    this.received += piece.length;
+    let off = 0;
+    while (off < piece.length) {
+      if (!this.#slab) {
+        this.#slab = this.ctx.slabs.tryAcquire();
+        this.#fill = 0;
+        if (!this.#slab) {
+          // Budget used up: this piece is copied outside the budget (at most one uWS piece, <= 512 KiB, per
+          // paused request) and the request stops reading until slabs come back.
+          const rest = piece.subarray(off);
+          const copy = new ArrayBuffer(rest.length);
+          new Uint8Array(copy).set(rest);
+          this.#enqueue(copy, 0, rest.length, null);
+          this.#pause();
+          return;
+        }
+      }
+      const n = Math.min(this.#slab.size - this.#fill, piece.length - off);
+      this.#slab.bytes.set(piece.subarray(off, off + n), this.#fill);
+      this.#fill += n;
+      off += n;
+      // A full slab goes to the pool, unless it ends the chunk: the last piece waits for finish().
+      if (this.#fill === this.#slab.size && this.#dispatched + this.#fill < this.expected) this.#flushSlab();
+    }
+  }
+
+  #flushSlab(): void {
+    const slab = this.#slab!;
+    this.#slab = null;
+    this.#enqueue(slab.sab, slab.offset, this.#fill, slab);
+    this.#fill = 0;
+  }
+
+  #enqueue(data: SharedArrayBuffer | ArrayBuffer, dataOffset: number, length: number, slab: Slab | null, last = false): Promise<WriteResult | null> {
+    const chunkOffset = this.#dispatched;
+    this.#dispatched += length;
+    const first = this.#first;
+    this.#first = false;
+    const run = this.#chain.then(async (): Promise<WriteResult | null> => {
+      try {
+        if (this.#error !== null || this.#duplicate || this.#aborted) return null;
+        const r = await this.ctx.pool.write({
+          ...baseTask(this.ctx, this.u, this.chunk, this.writerId),
+          chunkOffset,
+          data,
+          dataOffset,
+          length,
+          first,
+          last,
+        });
+        if (r.failure) this.#error ??= r;
+        else if (r.duplicate) this.#duplicate = true;
+        return r;
+      } catch (e) {
+        this.#error ??= e;
+        return null;
+      } finally {
+        if (slab) this.ctx.slabs.release(slab);
+      }
+    });
+    this.#chain = run.then(() => undefined);
+    return run;
+  }
+
+  #pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.onPause();
+    // The pool hands the waiter a slab it already owns: keep it for the next piece (or give it back if aborted).
+    this.#cancelWait = this.ctx.slabs.onAvailable((slab) => {
+      this.#cancelWait = null;
+      this.#paused = false;
+      if (this.#aborted || this.#slab !== null) {
+        this.ctx.slabs.release(slab);
+        return;
+      }
+      this.#slab = slab;
+      this.#fill = 0;
+      this.onResume();
+    });
+  }
+
+  /** End of body: checks the length, writes the last piece, settles the chunk. Releases the claim. */
+  async finish(): Promise<ChunkAck> {
+    try {
+      if (this.received < this.expected) {
+        throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${this.chunk} is ${this.expected} bytes, got ${this.received}`);
+      }
+      const slab = this.#slab;
+      this.#slab = null;
+      const last = slab
+        ? this.#enqueue(slab.sab, slab.offset, this.#fill, slab, true)
+        : this.#enqueue(new ArrayBuffer(0), 0, 0, null, true);
+      const r = await last;
+      if (this.#error !== null) {
+        const err = toUploadError(this.#error);
+        if (err.code === 'ERR_STORAGE_FAILED') await this.ctx.registry.fail(this.u, err);
+        throw err;
+      }
+      if (this.#duplicate || r === null) return ack(this.u, this.chunk, true, await pendingCompletion(this.u));
+      return await settle(this.ctx, this.u, this.chunk, r);
+    } finally {
+      this.#release();
+    }
+  }
+
+  /** The request went away or was refused: write nothing more, leave the chunk's bit unset, free everything. */
+  abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#release();
+  }
+
+  #release(): void {
+    this.#cancelWait?.();
+    this.#cancelWait = null;
+    if (this.#slab) {
+      this.ctx.slabs.release(this.#slab);
+      this.#slab = null;
+    }
+    // The claim is released once queued tasks are done, so a new writer never overlaps an old one's pieces.
+    void this.#chain.then(() => this.u.releaseClaim(this.chunk, this.writerId));
+  }
+}
+
+function toUploadError(e: unknown): UploadError {
+  if (e instanceof UploadError) return e;
+  const f = (e as WriteResult)?.failure;
+  if (f) return new UploadError(f.code, f.message);
+  return new UploadError('ERR_INTERNAL');
+}

@@ -1,0 +1,435 @@
+/**
+ * HTTP routes of the upload API (PSWebHost compatible; docs/PROTOCOL.md "HTTP API").
+ *
+ * uWS rules followed throughout: headers and query are read synchronously before any await, `onAborted` is set
+ * before the handler returns, and every reply after an await is corked (respond.ts). A request body is only valid
+ * inside `onData`: pieces that arrive while an async step runs (auth hook, waiting for another writer of the same
+ * chunk) are copied into a small queue and the request is paused, so at most a piece or two wait.
+ */
+import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import type { Logger } from 'pino';
+import { UploadError } from '../protocol/errors.js';
+import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
+import { parseChunkNumber, parseInitRequest } from '../protocol/validate.js';
+import { chunkLength } from '../workers/shared-layout.js';
+import { authenticate } from './auth.js';
+import { ChunkReceiver, claimChunk, nextWriterId } from './chunk-ingest.js';
+import type { ChunkAck, IngestContext } from './chunk-ingest.js';
+import type { AuthRequest } from './options.js';
+import { sendError, sendJson, sendSuccess } from './respond.js';
+import type { ResponseState } from './respond.js';
+import type { Upload } from './upload.js';
+
+export interface RouteContext extends IngestContext {
+  readonly log: Logger;
+  /** Event-loop delay figures for the benchmark endpoint. */
+  readonly eventLoopDelay: () => { p99Ms: number; maxMs: number; meanMs: number };
+  readonly resetEventLoopDelay: () => void;
+  readonly isClosing: () => boolean;
+}
+
+/** Largest JSON control body (init, cancel). */
+const MAX_JSON_BODY = 64 * 1024;
+
+export interface RequestInfo extends AuthRequest {
+  readonly contentLength: number | null;
+}
+
+/** Reads everything needed from `req` synchronously (it is invalid after the handler returns or awaits). */
+export function readRequest(res: HttpResponse, req: HttpRequest): RequestInfo {
+  const headers: Record<string, string> = {};
+  req.forEach((k, v) => {
+    headers[k] = v;
+  });
+  const cl = headers['content-length'];
+  return {
+    method: req.getMethod().toUpperCase(),
+    url: req.getUrl(),
+    headers,
+    query: new URLSearchParams(req.getQuery() ?? ''),
+    remoteAddress: Buffer.from(res.getRemoteAddressAsText()).toString(),
+    contentLength: cl !== undefined && /^[0-9]{1,15}$/.test(cl) ? Number(cl) : null,
+  };
+}
+
+function methodNotAllowed(allow: string): UploadError {
+  return new UploadError('ERR_METHOD_NOT_ALLOWED', undefined, { allow });
+}
+
+function chunkReply(a: ChunkAck): { message: string; data: Record<string, unknown> } {
+  const base = {
+    chunkNumber: a.chunk,
+    receivedChunks: a.receivedChunks,
+    totalChunks: a.totalChunks,
+    receivedBytes: a.receivedBytes,
+  };
+  if (a.completion) {
+    return {
+      message: a.duplicate ? 'Chunk already received' : 'Upload completed successfully',
+      data: { ...base, complete: true, guid: a.completion.guid, fileName: a.completion.fileName, size: a.completion.size, targetPath: a.completion.targetPath },
+    };
+  }
+  return { message: a.duplicate ? 'Chunk already received' : 'Chunk received', data: { ...base, complete: false } };
+}
+
+export function statusReply(u: Upload): Record<string, unknown> {
+  return { ...u.statusData() };
+}
+
+export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
+  const { options: o, registry, log } = ctx;
+  const chunkRoute = `${o.prefix}/upload-chunk`;
+  const statusRoute = `${o.prefix}/upload-status`;
+
+  const begin = (res: HttpResponse): ResponseState => {
+    const st: ResponseState = { aborted: false, done: false };
+    res.onAborted(() => {
+      st.aborted = true;
+    });
+    return st;
+  };
+
+  // --- POST upload-chunk: init | cancel ----------------------------------------------------------------------------
+  app.post(chunkRoute, (res, req) => {
+    const info = readRequest(res, req);
+    const st = begin(res);
+    if (info.contentLength !== null && info.contentLength > MAX_JSON_BODY) {
+      sendError(res, st, new UploadError('ERR_BODY_TOO_LARGE'), log, true);
+      return;
+    }
+    const parts: Buffer[] = [];
+    let size = 0;
+    res.onData((ab, isLast) => {
+      if (st.done) return;
+      size += ab.byteLength;
+      if (size > MAX_JSON_BODY) {
+        sendError(res, st, new UploadError('ERR_BODY_TOO_LARGE'), log, true);
+        return;
+      }
+      parts.push(Buffer.from(new Uint8Array(ab).slice()));
+      if (!isLast) return;
+      void (async () => {
+        try {
+          const user = await authenticate(o, info);
+          let body: unknown;
+          try {
+            body = JSON.parse(Buffer.concat(parts).toString('utf8'));
+          } catch {
+            throw new UploadError('ERR_INVALID_JSON');
+          }
+          if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+            throw new UploadError('ERR_INVALID_JSON', 'Request body must be a JSON object');
+          }
+          const action = (body as { action?: unknown }).action;
+          if (action === 'init') await handleInit(res, st, user, body);
+          else if (action === 'cancel') await handleCancel(res, st, user, (body as { guid?: unknown }).guid);
+          else throw new UploadError('ERR_UNKNOWN_ACTION', `Unknown action; expected "init" or "cancel"`);
+        } catch (e) {
+          sendError(res, st, e, log);
+        }
+      })();
+    });
+  });
+
+  async function handleInit(res: HttpResponse, st: ResponseState, user: string, body: object): Promise<void> {
+    if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
+    const req = parseInitRequest(body, {
+      defaultChunkSize: o.chunkSize,
+      minChunkSize: o.minChunkSize,
+      maxChunkSize: o.maxChunkSize,
+      maxFileSize: o.maxFileSize,
+      maxChunks: o.maxChunks,
+    });
+    const u = await registry.create(user, req);
+    const data: Record<string, unknown> = {
+      guid: u.guid,
+      uploadUrl: `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`,
+      fileName: u.fileName,
+      fileSize: u.fileSize,
+      chunkSize: u.chunkSize,
+      totalChunks: u.totalChunks,
+    };
+    if (u.totalChunks === 0) {
+      // A 0-byte file has no chunk to wait for: it completes at init.
+      const done = await registry.finalize(u);
+      Object.assign(data, { complete: true, finalName: done.fileName, size: 0 });
+      sendSuccess(res, st, 'Upload completed successfully', data);
+      return;
+    }
+    sendSuccess(res, st, 'Upload initialized', data);
+  }
+
+  async function handleCancel(res: HttpResponse, st: ResponseState, user: string, guid: unknown): Promise<void> {
+    const u = registry.find(typeof guid === 'string' ? guid : guid === undefined ? undefined : String(guid), user);
+    await registry.cancel(u);
+    sendSuccess(res, st, 'Upload cancelled', { guid: u.guid });
+  }
+
+  // --- DELETE upload-chunk?guid= -------------------------------------------------------------------------------------
+  app.del(chunkRoute, (res, req) => {
+    const info = readRequest(res, req);
+    const st = begin(res);
+    void (async () => {
+      try {
+        const user = await authenticate(o, info);
+        await handleCancel(res, st, user, info.query.get('guid') ?? undefined);
+      } catch (e) {
+        sendError(res, st, e, log);
+      }
+    })();
+  });
+
+  // --- GET upload-status?guid= and GET upload-chunk?guid= (no Upgrade) ------------------------------------------------
+  const status = (res: HttpResponse, req: HttpRequest): void => {
+    const info = readRequest(res, req);
+    const st = begin(res);
+    void (async () => {
+      try {
+        const user = await authenticate(o, info);
+        const u = registry.find(info.query.get('guid'), user);
+        sendSuccess(res, st, 'Upload status', statusReply(u));
+      } catch (e) {
+        sendError(res, st, e, log);
+      }
+    })();
+  };
+  app.get(statusRoute, status);
+  app.get(chunkRoute, status);
+
+  // --- PUT upload-chunk?guid=G[&chunk=N] ------------------------------------------------------------------------------
+  app.put(chunkRoute, (res, req) => putChunk(ctx, res, readRequest(res, req)));
+
+  // --- everything else ------------------------------------------------------------------------------------------------
+  const notAllowed = (allow: string) => (res: HttpResponse, req: HttpRequest) => {
+    readRequest(res, req);
+    const st = begin(res);
+    sendError(res, st, methodNotAllowed(allow), log);
+  };
+  app.any(chunkRoute, notAllowed('GET, POST, PUT, DELETE'));
+  app.any(statusRoute, notAllowed('GET'));
+  app.get('/healthz', (res) => {
+    const st = begin(res);
+    sendJson(res, st, ctx.isClosing() ? 503 : 200, {
+      status: ctx.isClosing() ? 'error' : 'success',
+      message: ctx.isClosing() ? 'shutting down' : 'ok',
+      data: { uploads: registry.size, inFlightBytes: ctx.slabs.inUseBytes },
+    });
+  });
+  if (o.benchEndpoints) {
+    app.get('/__bench/eld', (res) => {
+      const st = begin(res);
+      sendJson(res, st, 200, { status: 'success', message: 'event loop delay', data: ctx.eventLoopDelay() });
+    });
+    app.post('/__bench/eld/reset', (res) => {
+      const st = begin(res);
+      ctx.resetEventLoopDelay();
+      sendJson(res, st, 200, { status: 'success', message: 'reset' });
+    });
+  }
+  app.any('/*', (res, req) => {
+    readRequest(res, req);
+    const st = begin(res);
+    sendError(res, st, new UploadError('ERR_NOT_FOUND'), log);
+  });
+}
+
+/**
+ * One chunk as a PUT body: raw (`?chunk=N`) or in the PSWebHost form (10-byte header carrying the chunk number).
+ * The body is streamed into the chunk receiver piece by piece; nothing holds the whole chunk in memory.
+ */
+function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
+  const { options: o, log } = ctx;
+  const st: ResponseState = { aborted: false, done: false };
+  const abort = new AbortController();
+  type Phase = 'setup' | 'header' | 'body' | 'drain' | 'finishing' | 'over';
+  let phase: Phase = 'setup';
+  let busy = true; // an async step runs: pieces are queued (copied), the request is paused
+  let budgetPaused = false;
+  const queue: Array<{ bytes: Uint8Array; isLast: boolean }> = [];
+  let receiver: ChunkReceiver | null = null;
+  let upload: Upload | null = null;
+  let psReader: PsHeaderReader | null = null;
+  let dupAck: ChunkAck | null = null;
+  let drained = 0;
+  let expected = 0;
+  let deferredError: unknown = null; // an error answered once the body has been read (keeps the connection usable)
+
+  res.onAborted(() => {
+    st.aborted = true;
+    phase = 'over';
+    abort.abort();
+    receiver?.abort();
+  });
+
+  const fail = (e: unknown): void => {
+    if (phase === 'over') return;
+    receiver?.abort();
+    receiver = null;
+    // Once the body is read, the connection stays usable; otherwise close it rather than read an unwanted body.
+    const bodyRead = queue.some((q) => q.isLast) || phase === 'finishing';
+    phase = 'over';
+    sendError(res, st, e, log, !bodyRead);
+  };
+
+  /** Answer `e` after reading (and discarding) the rest of a body of sane size, or at once and close. */
+  const failAfterBody = (e: unknown): void => {
+    const bodyFits = info.contentLength !== null && info.contentLength <= o.maxChunkSize + PS_HEADER_SIZE;
+    if (!bodyFits) return fail(e);
+    receiver?.abort();
+    receiver = null;
+    deferredError = e;
+    phase = 'drain';
+    for (const q of queue.splice(0)) handle(q.bytes, q.isLast);
+  };
+
+  const pause = (): void => {
+    if (st.aborted || st.done || st.paused) return;
+    st.paused = true;
+    res.pause();
+  };
+  const resume = (): void => {
+    if (busy || budgetPaused || st.aborted || st.done || !st.paused) return;
+    st.paused = false;
+    res.resume();
+  };
+
+  /** Runs an async step with the request paused; queued pieces are handled afterwards, in order. */
+  const step = (fn: () => Promise<void>): void => {
+    busy = true;
+    pause();
+    fn().then(
+      () => {
+        busy = false;
+        while (!busy && queue.length > 0 && phase !== 'over') {
+          const q = queue.shift()!;
+          handle(q.bytes, q.isLast);
+        }
+        resume();
+      },
+      (e: unknown) => {
+        busy = false;
+        if (phase === 'setup' || phase === 'header') {
+          failAfterBody(e); // known before the body was used: answer after reading a sane-sized body
+          resume();
+        } else {
+          fail(e);
+        }
+      },
+    );
+  };
+
+  const startChunk = async (chunk: number): Promise<void> => {
+    const u = upload!;
+    if (chunk >= u.totalChunks) throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${chunk} is past the last chunk (${u.totalChunks - 1})`);
+    expected = chunkLength(u.fileSize, u.chunkSize, chunk);
+    const bodyLen = info.contentLength === null ? null : info.contentLength - (psReader ? PS_HEADER_SIZE : 0);
+    if (bodyLen !== null && bodyLen > expected) {
+      throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${chunk} is ${expected} bytes; the body is ${bodyLen}`);
+    }
+    if (bodyLen !== null && bodyLen < expected) {
+      throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${chunk} is ${expected} bytes; the body is ${bodyLen}`);
+    }
+    const writerId = nextWriterId();
+    const dup = await claimChunk(ctx, u, chunk, writerId, abort.signal);
+    if (st.aborted) {
+      if (!dup) u.releaseClaim(chunk, writerId);
+      return;
+    }
+    if (dup) {
+      dupAck = dup;
+      phase = 'drain';
+      return;
+    }
+    receiver = new ChunkReceiver(
+      ctx,
+      u,
+      chunk,
+      writerId,
+      () => {
+        budgetPaused = true;
+        pause();
+      },
+      () => {
+        budgetPaused = false;
+        resume();
+      },
+    );
+    phase = 'body';
+  };
+
+  const finish = (): void => {
+    const r = receiver!;
+    phase = 'finishing';
+    step(async () => {
+      const a = await r.finish();
+      receiver = null;
+      phase = 'over';
+      const { message, data } = chunkReply(a);
+      sendSuccess(res, st, message, data);
+    });
+  };
+
+  function handle(bytes: Uint8Array, isLast: boolean): void {
+    switch (phase) {
+      case 'header': {
+        const got = psReader!.push(bytes);
+        if (!got) {
+          if (isLast) fail(new UploadError('ERR_CHUNK_HEADER_INVALID', `Body is shorter than the ${PS_HEADER_SIZE}-byte chunk header`));
+          return;
+        }
+        queue.unshift({ bytes: got.rest.slice(), isLast });
+        step(() => startChunk(got.header.chunkNumber));
+        return;
+      }
+      case 'body':
+        try {
+          receiver!.push(bytes);
+        } catch (e) {
+          failAfterBody(e);
+          return;
+        }
+        if (isLast) finish();
+        return;
+      case 'drain':
+        drained += bytes.length;
+        if (!isLast) return;
+        if (deferredError !== null) {
+          phase = 'over';
+          sendError(res, st, deferredError, log);
+        } else if (drained !== expected) {
+          fail(new UploadError(drained > expected ? 'ERR_CHUNK_TOO_LARGE' : 'ERR_CHUNK_TOO_SMALL', `Chunk is ${expected} bytes; the body is ${drained}`));
+        } else {
+          phase = 'over';
+          const { message, data } = chunkReply(dupAck!);
+          sendSuccess(res, st, message, data);
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  res.onData((ab, isLast) => {
+    if (phase === 'over') return;
+    const piece = new Uint8Array(ab);
+    if (busy) {
+      queue.push({ bytes: piece.slice(), isLast }); // copy: `ab` is only valid during this callback
+      return;
+    }
+    handle(piece, isLast);
+  });
+
+  // Setup: who, which upload, which chunk. Synchronous with token auth; the hook may make it async.
+  step(async () => {
+    const user = await authenticate(o, info);
+    if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
+    upload = ctx.registry.find(info.query.get('guid'), user);
+    const raw = info.query.get('chunk');
+    if (raw !== null) {
+      await startChunk(parseChunkNumber(raw));
+    } else {
+      psReader = new PsHeaderReader();
+      phase = 'header';
+    }
+  });
+}

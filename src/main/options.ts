@@ -1,0 +1,196 @@
+/**
+ * Every engine option with its meaning and default. `resolveOptions()` validates, names the bad field, fills the
+ * defaults and freezes the result; nothing else in the engine reads raw options.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { LockMode } from '../workers/shared-layout.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+
+export type Durability = 'chunk' | 'upload';
+export type ConflictPolicy = 'rename' | 'overwrite' | 'reject';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/** What an `authenticate` hook sees of a request (read synchronously from uWS before any await). */
+export interface AuthRequest {
+  readonly method: string;
+  readonly url: string;
+  /** Lower-case header names. */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly query: URLSearchParams;
+  readonly remoteAddress: string;
+}
+
+export interface UploadEngineOptions {
+  /** Upload root: completed files land under it. Staging files live in `<dir>/.updraft-staging`. Default `./uploads`. */
+  dir?: string;
+  /** Route prefix for the upload API. Default `/api/v1/files`. */
+  prefix?: string;
+  /** Address `listen()` binds. Default `127.0.0.1`. */
+  host?: string;
+  /** Port `listen()` binds; 0 picks any free port. Default 8080. */
+  port?: number;
+  /** Chunk size used when a client sends none. Default 8 MiB. */
+  chunkSize?: number;
+  /** Smallest chunk size a client may ask for. Default 1 KiB. */
+  minChunkSize?: number;
+  /** Largest chunk size a client may ask for; also bounds one PUT body and one WebSocket frame. Default 64 MiB. */
+  maxChunkSize?: number;
+  /** Largest file accepted. Default 1 TiB. */
+  maxFileSize?: number;
+  /** Most chunks one upload may have (bounds the per-upload shared state). Default 1,048,576. */
+  maxChunks?: number;
+  /** Worker threads writing chunks. Default: the number of CPUs (at least 2). */
+  workers?: number;
+  /**
+   * `chunk` (default): a chunk is acknowledged only after an fdatasync that covers it (group-committed).
+   * `upload`: chunks are acknowledged once written; only completion is durable (checkpoints every second).
+   */
+  durability?: Durability;
+  /** What completion does when the target name exists: `rename` (default, "name (1).ext"), `overwrite`, `reject` (409). */
+  onConflict?: ConflictPolicy;
+  /** Lock granularity in the workers: `chunk` (default, distinct chunks write in parallel) or `upload`. */
+  lockMode?: LockMode;
+  /** Bearer tokens: token -> user name. With none (and no `authenticate`), everyone is the user `anonymous`. */
+  tokens?: Readonly<Record<string, string>>;
+  /** Embedder's authentication: return the user name, or null to refuse (401). Replaces `tokens` when given. */
+  authenticate?: (req: AuthRequest) => string | null | Promise<string | null>;
+  /** Uploads idle longer than this expire with their staging files (ms). Default 24 h. */
+  uploadTtl?: number;
+  /** How long a completed, cancelled or expired upload keeps its record for retries and status calls (ms). Default 1 h. */
+  recordTtl?: number;
+  /** Bytes of request bodies that may wait for the disk at once; requests pause beyond it. Default 64 MiB. */
+  maxInFlightBytes?: number;
+  /** Size of one batch handed to a worker (a slab of the in-flight budget). Default 2 MiB. */
+  batchSize?: number;
+  /** How long a second writer of the same chunk waits for the first before ERR_CHUNK_BUSY (ms). Default 30 s. */
+  chunkBusyTimeout?: number;
+  /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
+  checkpointInterval?: number;
+  /** How often the reaper looks for expired uploads and records (ms). Default 60 s. */
+  reapInterval?: number;
+  /** Prefix put in front of every guid (letters, digits, '-'), e.g. an instance id for routing. Default none. */
+  instanceId?: string;
+  /** pino log level. Default `info`. */
+  logLevel?: LogLevel;
+  /** A pino logger to use instead of the engine's own (stderr). */
+  logger?: Logger;
+  /** Expose `/__bench/eld` (event-loop delay) for the benchmark harness. Default false. */
+  benchEndpoints?: boolean;
+}
+
+export interface ResolvedOptions {
+  readonly dir: string;
+  readonly stagingDir: string;
+  readonly prefix: string;
+  readonly host: string;
+  readonly port: number;
+  readonly chunkSize: number;
+  readonly minChunkSize: number;
+  readonly maxChunkSize: number;
+  readonly maxFileSize: number;
+  readonly maxChunks: number;
+  readonly workers: number;
+  readonly durability: Durability;
+  readonly onConflict: ConflictPolicy;
+  readonly lockMode: LockMode;
+  readonly tokens: ReadonlyMap<string, string>;
+  readonly authenticate: UploadEngineOptions['authenticate'] | undefined;
+  readonly uploadTtl: number;
+  readonly recordTtl: number;
+  readonly maxInFlightBytes: number;
+  readonly batchSize: number;
+  readonly chunkBusyTimeout: number;
+  readonly checkpointInterval: number;
+  readonly reapInterval: number;
+  readonly instanceId: string;
+  readonly logLevel: LogLevel;
+  readonly logger: Logger | undefined;
+  readonly benchEndpoints: boolean;
+}
+
+/** Name of the staging folder under the upload root; no target path may start with it. */
+export const STAGING_DIR_NAME = '.updraft-staging';
+
+export class OptionsError extends Error {
+  constructor(field: string, problem: string) {
+    super(`invalid option ${field}: ${problem}`);
+    this.name = 'OptionsError';
+  }
+}
+
+function int(field: string, v: unknown, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new OptionsError(field, `expected an integer from ${min} to ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function oneOf<T extends string>(field: string, v: unknown, def: T, allowed: readonly T[]): T {
+  if (v === undefined) return def;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+    throw new OptionsError(field, `expected one of ${allowed.join(', ')}, got ${String(v)}`);
+  }
+  return v as T;
+}
+
+export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
+  const dir = path.resolve(o.dir ?? './uploads');
+  let prefix = o.prefix ?? '/api/v1/files';
+  if (typeof prefix !== 'string' || !/^(\/[A-Za-z0-9._~-]+)*\/?$/.test(prefix)) {
+    throw new OptionsError('prefix', 'expected a path like /api/v1/files');
+  }
+  prefix = prefix.replace(/\/+$/, '');
+  const maxChunkSize = int('maxChunkSize', o.maxChunkSize, 64 * MiB, 1, 1024 * MiB);
+  const minChunkSize = int('minChunkSize', o.minChunkSize, 1 * KiB, 1, maxChunkSize);
+  const chunkSize = int('chunkSize', o.chunkSize, Math.min(8 * MiB, maxChunkSize), minChunkSize, maxChunkSize);
+  const tokens = new Map<string, string>();
+  for (const [token, user] of Object.entries(o.tokens ?? {})) {
+    if (token.length < 8 || /\s/.test(token)) throw new OptionsError('tokens', 'each token needs at least 8 non-space characters');
+    if (!/^[\w.@-]{1,64}$/.test(user)) throw new OptionsError('tokens', `user names are 1-64 of [A-Za-z0-9_.@-], got ${JSON.stringify(user)}`);
+    tokens.set(token, user);
+  }
+  if (o.authenticate !== undefined && typeof o.authenticate !== 'function') {
+    throw new OptionsError('authenticate', 'expected a function');
+  }
+  const instanceId = o.instanceId ?? '';
+  if (typeof instanceId !== 'string' || !/^[A-Za-z0-9-]{0,32}$/.test(instanceId)) {
+    throw new OptionsError('instanceId', 'expected up to 32 letters, digits or dashes');
+  }
+  const batchSize = int('batchSize', o.batchSize, 2 * MiB, 64 * KiB, 64 * MiB);
+  const resolved: ResolvedOptions = {
+    dir,
+    stagingDir: path.join(dir, STAGING_DIR_NAME),
+    prefix,
+    host: typeof o.host === 'string' && o.host !== '' ? o.host : '127.0.0.1',
+    port: int('port', o.port, 8080, 0, 65535),
+    chunkSize,
+    minChunkSize,
+    maxChunkSize,
+    maxFileSize: int('maxFileSize', o.maxFileSize, 1024 * GiB, 0),
+    maxChunks: int('maxChunks', o.maxChunks, 1_048_576, 1, 16_777_216),
+    workers: int('workers', o.workers, Math.max(2, os.availableParallelism()), 1, 256),
+    durability: oneOf('durability', o.durability, 'chunk', ['chunk', 'upload']),
+    onConflict: oneOf('onConflict', o.onConflict, 'rename', ['rename', 'overwrite', 'reject']),
+    lockMode: oneOf('lockMode', o.lockMode, 'chunk', ['chunk', 'upload']),
+    tokens,
+    authenticate: o.authenticate,
+    uploadTtl: int('uploadTtl', o.uploadTtl, 24 * 3600_000, 1),
+    recordTtl: int('recordTtl', o.recordTtl, 3600_000, 0),
+    maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 64 * MiB, batchSize),
+    batchSize,
+    chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
+    checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),
+    reapInterval: int('reapInterval', o.reapInterval, 60_000, 10),
+    instanceId,
+    logLevel: oneOf('logLevel', o.logLevel, 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    logger: o.logger,
+    benchEndpoints: o.benchEndpoints === true,
+  };
+  return Object.freeze(resolved);
+}

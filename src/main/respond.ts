@@ -1,0 +1,90 @@
+/**
+ * The one place HTTP results and errors become bytes (STYLE.md "Errors"): cork -> status -> headers -> end.
+ * An unknown error becomes ERR_INTERNAL, is logged once with its stack, and never leaks a server path.
+ */
+import type { HttpResponse } from 'uWebSockets.js';
+import type { Logger } from 'pino';
+import { UploadError, envelopeStatusFor } from '../protocol/errors.js';
+import type { Envelope } from '../protocol/errors.js';
+
+const REASONS: Record<number, string> = {
+  200: 'OK',
+  204: 'No Content',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  410: 'Gone',
+  413: 'Payload Too Large',
+  422: 'Unprocessable Entity',
+  429: 'Too Many Requests',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+  507: 'Insufficient Storage',
+};
+
+/** Per-request flags: uWS forbids touching a response after it was aborted or ended. */
+export interface ResponseState {
+  aborted: boolean;
+  done: boolean;
+  /** Extra headers for every reply of this request (CORS, request id). */
+  headers?: Record<string, string>;
+  /**
+   * The request is paused (res.pause). A paused socket stays paused for the next request on the same keep-alive
+   * connection, and a response is invalid after end(), so the reply resumes it first.
+   */
+  paused?: boolean;
+}
+
+export function sendJson(
+  res: HttpResponse,
+  st: ResponseState,
+  status: number,
+  body: Envelope<unknown>,
+  extraHeaders?: Record<string, string>,
+  closeConnection = false,
+): void {
+  if (st.aborted || st.done) return;
+  st.done = true;
+  const payload = JSON.stringify(body);
+  res.cork(() => {
+    if (st.paused) {
+      st.paused = false;
+      res.resume();
+    }
+    res.writeStatus(`${status} ${REASONS[status] ?? 'Unknown'}`);
+    res.writeHeader('Content-Type', 'application/json; charset=utf-8');
+    res.writeHeader('Cache-Control', 'no-store');
+    res.writeHeader('X-Content-Type-Options', 'nosniff');
+    if (st.headers) for (const [k, v] of Object.entries(st.headers)) res.writeHeader(k, v);
+    if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) res.writeHeader(k, v);
+    res.end(payload, closeConnection);
+  });
+}
+
+export function sendSuccess(res: HttpResponse, st: ResponseState, message: string, data?: unknown): void {
+  const body: Envelope<unknown> = { status: 'success', message };
+  if (data !== undefined) body.data = data;
+  sendJson(res, st, 200, body);
+}
+
+/** Turns any error into its catalogue reply. */
+export function toUploadError(err: unknown, log: Logger): UploadError {
+  if (err instanceof UploadError) return err;
+  log.error({ err }, 'internal error');
+  return new UploadError('ERR_INTERNAL');
+}
+
+export function sendError(res: HttpResponse, st: ResponseState, err: unknown, log: Logger, closeConnection = false): void {
+  const e = toUploadError(err, log);
+  const headers: Record<string, string> = {};
+  if (e.status === 429 || e.status === 503 || e.code === 'ERR_CHUNK_BUSY') headers['Retry-After'] = '1';
+  if (e.code === 'ERR_METHOD_NOT_ALLOWED' && e.details?.allow) headers['Allow'] = String(e.details.allow);
+  const body: Envelope<unknown> = { status: envelopeStatusFor(e.status), message: e.message, code: e.code };
+  const data: Record<string, unknown> = { retryable: e.retryable };
+  if (e.details) for (const [k, v] of Object.entries(e.details)) if (k !== 'allow') data[k] = v;
+  body.data = data;
+  sendJson(res, st, e.status, body, headers, closeConnection);
+}

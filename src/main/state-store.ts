@@ -1,0 +1,186 @@
+/**
+ * What survives a restart (durability.md invariants 5, 6 and 8), all inside the staging folder:
+ *
+ *   <guid>.part     the staging file: chunk c at byte c * chunkSize
+ *   <guid>.meta     msgpack UploadMeta, replaced atomically (write tmp -> fdatasync -> rename -> fsync folder)
+ *   <guid>.journal  append-only uint32 LE chunk numbers. A number is appended only after an fdatasync of the .part
+ *                   file that began after that chunk's bytes were written, and the append is itself fdatasync'ed
+ *                   before anyone is told the chunk is safe. So the journal never claims bytes a crash could lose.
+ *                   A torn tail (length not a multiple of 4) is ignored on load.
+ *
+ * The meta file changes rarely (init, finalizing, completed, cancelled, failed, expired), so its three syncs are
+ * off the per-chunk path; the per-chunk cost is one group-committed fdatasync of .part plus one of .journal.
+ *
+ * All I/O here is fs/promises (libuv's pool): the main thread never blocks on the disk.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { Packr } from 'msgpackr';
+
+export type UploadStatus = 'active' | 'finalizing' | 'completed' | 'cancelled' | 'failed' | 'expired';
+
+export interface UploadMeta {
+  v: 1;
+  guid: string;
+  user: string;
+  fileName: string;
+  fileSize: number;
+  chunkSize: number;
+  totalChunks: number;
+  targetPath: string[];
+  uploadMethod?: string;
+  startTime: number;
+  lastActivityTime: number;
+  status: UploadStatus;
+  /** Name chosen in the target folder; recorded before the move so recovery after a crash picks the same one. */
+  finalName?: string;
+  endTime?: number;
+  failure?: { code: string; message: string };
+}
+
+const packr = new Packr({ useRecords: false });
+
+/** A guid as the engine makes it: optional instance id, a dot, a UUID. Anything else is never a file name. */
+export const GUID_RE = /^(?:[A-Za-z0-9-]{1,32}\.)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export class StateStore {
+  constructor(readonly dir: string) {}
+
+  partPath(guid: string): string {
+    return path.join(this.dir, `${guid}.part`);
+  }
+  metaPath(guid: string): string {
+    return path.join(this.dir, `${guid}.meta`);
+  }
+  journalPath(guid: string): string {
+    return path.join(this.dir, `${guid}.journal`);
+  }
+
+  async init(): Promise<void> {
+    await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+  }
+
+  /** Replaces the meta file atomically and durably. */
+  async writeMeta(meta: UploadMeta): Promise<void> {
+    const final = this.metaPath(meta.guid);
+    const tmp = `${final}.tmp`;
+    const fh = await fsp.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(packr.pack(meta));
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, final);
+    await this.syncDir();
+  }
+
+  async syncDir(dir = this.dir): Promise<void> {
+    const fh = await fsp.open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Removes every file of an upload (missing ones are fine). */
+  async removeAll(guid: string, keepMeta = false): Promise<void> {
+    const files = [this.partPath(guid), this.journalPath(guid), `${this.metaPath(guid)}.tmp`];
+    if (!keepMeta) files.push(this.metaPath(guid));
+    await Promise.all(files.map((f) => fsp.rm(f, { force: true })));
+  }
+
+  /**
+   * Reads every upload's meta and journal. Files that belong to no readable meta (orphan .part/.journal, .tmp left
+   * by a crash mid-write) are removed: without a meta nobody can resume them.
+   */
+  async loadAll(): Promise<Array<{ meta: UploadMeta; journal: number[] }>> {
+    const names = await fsp.readdir(this.dir);
+    const metas = new Map<string, UploadMeta>();
+    for (const name of names) {
+      if (!name.endsWith('.meta')) continue;
+      const guid = name.slice(0, -'.meta'.length);
+      if (!GUID_RE.test(guid)) continue;
+      try {
+        const meta = packr.unpack(await fsp.readFile(path.join(this.dir, name))) as UploadMeta;
+        if (meta?.v === 1 && meta.guid === guid) metas.set(guid, meta);
+      } catch {
+        // An unreadable meta cannot be trusted to describe its bytes: the upload is dropped below.
+      }
+    }
+    const out: Array<{ meta: UploadMeta; journal: number[] }> = [];
+    for (const name of names) {
+      const m = /^(.*)\.(part|journal|meta|meta\.tmp)$/.exec(name);
+      const guid = m?.[1];
+      if (guid === undefined || !metas.has(guid) || m?.[2] === 'meta.tmp') {
+        await fsp.rm(path.join(this.dir, name), { force: true, recursive: true });
+      }
+    }
+    for (const meta of metas.values()) {
+      let journal: number[] = [];
+      if (meta.status === 'active' || meta.status === 'finalizing') {
+        journal = await this.readJournal(meta.guid, meta.totalChunks);
+      }
+      out.push({ meta, journal });
+    }
+    return out;
+  }
+
+  async readJournal(guid: string, totalChunks: number): Promise<number[]> {
+    let buf: Buffer;
+    try {
+      buf = await fsp.readFile(this.journalPath(guid));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    const out: number[] = [];
+    const whole = buf.length - (buf.length % 4); // a torn last record is ignored
+    for (let i = 0; i < whole; i += 4) {
+      const c = buf.readUInt32LE(i);
+      if (c < totalChunks) out.push(c);
+    }
+    return out;
+  }
+}
+
+/** An open journal: appends chunk numbers at explicit positions and syncs them. */
+export class Journal {
+  #offset: number;
+  private constructor(
+    private readonly fh: fsp.FileHandle,
+    offset: number,
+  ) {
+    this.#offset = offset;
+  }
+
+  static async open(file: string): Promise<Journal> {
+    // Never O_APPEND: every record goes to an explicit position, so a torn tail is overwritten by the next append.
+    const fh = await fsp.open(file, 'r+').catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+      return fsp.open(file, 'w+', 0o600);
+    });
+    const { size } = await fh.stat();
+    return new Journal(fh, size - (size % 4));
+  }
+
+  /** Appends the chunk numbers and fdatasyncs them; resolves only when they are durable. */
+  async append(chunks: readonly number[]): Promise<void> {
+    if (chunks.length === 0) return;
+    const buf = Buffer.allocUnsafe(4 * chunks.length);
+    for (let i = 0; i < chunks.length; i++) buf.writeUInt32LE(chunks[i]!, 4 * i);
+    const at = this.#offset;
+    this.#offset += buf.length;
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, at + done);
+      done += bytesWritten;
+    }
+    await this.fh.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close().catch(() => {});
+  }
+}

@@ -1,0 +1,484 @@
+/**
+ * Upload id -> state: create, find, cancel, complete, fail, expire, and reload after a restart.
+ *
+ * Completion follows durability.md invariant 6 exactly: every bit set -> no commit running -> fdatasync the staging
+ * file -> close -> record the chosen name (meta 'finalizing') -> link to the final name, which fails rather than
+ * replace an existing file (or rename, under onConflict 'overwrite') -> unlink the staging name -> fsync the target
+ * folder -> record 'completed' -> only then resolve, so the client hears "complete" last.
+ */
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { Logger } from 'pino';
+import { UploadError } from '../protocol/errors.js';
+import type { InitRequest } from '../protocol/validate.js';
+import {
+  B_RECEIVED_BYTES,
+  H_RECEIVED_CHUNKS,
+  allChunksSet,
+  chunkLength,
+  createSharedState,
+  setChunkBit,
+} from '../workers/shared-layout.js';
+import { STAGING_DIR_NAME } from './options.js';
+import type { ResolvedOptions } from './options.js';
+import { GUID_RE, Journal, StateStore } from './state-store.js';
+import type { UploadMeta } from './state-store.js';
+import { Upload, storageFailure } from './upload.js';
+import type { CompletionInfo } from './upload.js';
+
+const fdatasync = promisify(fs.fdatasync);
+const closeFd = promisify(fs.close);
+const ftruncate = promisify(fs.ftruncate);
+// A plain numeric fd (not a FileHandle, which would close it when garbage-collected): workers write through it.
+const openFd = promisify(fs.open) as (p: string, flags: string, mode?: number) => Promise<number>;
+
+export interface UploadEvents {
+  created: [info: UploadInfo];
+  completed: [info: UploadInfo & { finalName: string; durationMs: number }];
+  failed: [info: UploadInfo & { code: string; message: string }];
+  cancelled: [info: UploadInfo];
+  expired: [info: UploadInfo];
+}
+
+/** What hooks and events see of an upload (no server paths). */
+export interface UploadInfo {
+  guid: string;
+  user: string;
+  fileName: string;
+  fileSize: number;
+  chunkSize: number;
+  totalChunks: number;
+  targetPath: string;
+}
+
+export function uploadInfo(u: Upload): UploadInfo {
+  return {
+    guid: u.guid,
+    user: u.user,
+    fileName: u.fileName,
+    fileSize: u.fileSize,
+    chunkSize: u.chunkSize,
+    totalChunks: u.totalChunks,
+    targetPath: u.targetPath.join('/'),
+  };
+}
+
+export class UploadRegistry extends EventEmitter<UploadEvents> {
+  readonly #uploads = new Map<string, Upload>();
+  readonly store: StateStore;
+  #rootReal = '';
+  #reaper: NodeJS.Timeout | undefined;
+  #checkpointer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(
+    readonly options: ResolvedOptions,
+    readonly log: Logger,
+  ) {
+    super();
+    this.store = new StateStore(options.stagingDir);
+  }
+
+  get size(): number {
+    return this.#uploads.size;
+  }
+
+  *uploads(): IterableIterator<Upload> {
+    yield* this.#uploads.values();
+  }
+
+  async start(): Promise<void> {
+    await fsp.mkdir(this.options.dir, { recursive: true });
+    this.#rootReal = await fsp.realpath(this.options.dir);
+    await this.store.init();
+    await this.#reload();
+    this.#reaper = setInterval(() => void this.reap(), this.options.reapInterval).unref();
+    if (this.options.durability === 'upload') {
+      this.#checkpointer = setInterval(() => void this.checkpoint(), this.options.checkpointInterval).unref();
+    }
+  }
+
+  // --- lookup ---------------------------------------------------------------------------------------------------------
+
+  /** The caller's upload. Another user's guid is answered exactly like an unknown one (404). */
+  find(guid: string | null | undefined, user: string): Upload {
+    if (guid === null || guid === undefined || guid === '') throw new UploadError('ERR_MISSING_GUID');
+    const u = GUID_RE.test(guid) ? this.#uploads.get(guid) : undefined;
+    if (!u || u.user !== user) throw new UploadError('ERR_UPLOAD_NOT_FOUND');
+    if (u.status === 'expired') throw new UploadError('ERR_UPLOAD_EXPIRED');
+    if (u.status === 'cancelled') throw new UploadError('ERR_UPLOAD_CANCELLED');
+    return u;
+  }
+
+  // --- create ---------------------------------------------------------------------------------------------------------
+
+  async create(user: string, req: InitRequest): Promise<Upload> {
+    if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
+    if (req.targetPath.length === 0 && req.fileName.toLowerCase().startsWith('.updraft')) {
+      throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
+    }
+    const dir = await this.resolveTargetDir(req.targetPath);
+    if (this.options.onConflict === 'reject' && (await exists(path.join(dir, req.fileName)))) {
+      throw new UploadError('ERR_FILE_EXISTS');
+    }
+    await this.#checkFreeSpace(req.fileSize);
+
+    const guid = (this.options.instanceId ? `${this.options.instanceId}.` : '') + randomUUID();
+    const now = Date.now();
+    const meta: UploadMeta = {
+      v: 1,
+      guid,
+      user,
+      fileName: req.fileName,
+      fileSize: req.fileSize,
+      chunkSize: req.chunkSize,
+      totalChunks: req.totalChunks,
+      targetPath: req.targetPath,
+      startTime: now,
+      lastActivityTime: now,
+      status: 'active',
+    };
+    if (req.uploadMethod !== undefined) meta.uploadMethod = req.uploadMethod;
+    const u = new Upload(meta, createSharedState(req.totalChunks, req.chunkSize, this.options.lockMode));
+    try {
+      // 'wx': a fresh file, never append mode, so every write lands at the position it names (invariant 10).
+      u.fd = await openFd(this.store.partPath(guid), 'wx', 0o600);
+      await ftruncate(u.fd, req.fileSize);
+      u.journal = await Journal.open(this.store.journalPath(guid));
+      await this.store.writeMeta(meta);
+    } catch (e) {
+      await this.#closeFiles(u);
+      await this.store.removeAll(guid);
+      throw storageFailure(e);
+    }
+    this.#uploads.set(guid, u);
+    this.log.info({ event: 'upload.created', guid, user, size: req.fileSize, chunks: req.totalChunks, method: req.uploadMethod }, 'upload created');
+    this.emit('created', uploadInfo(u));
+    return u;
+  }
+
+  /**
+   * Walks the target folder from the upload root one segment at a time, creating what is missing, and refuses any
+   * step that leaves the root (a symlink pointing outside, or a non-folder). `mkdir -p` would follow a symlink out of
+   * the root before any check could run, so it is not used.
+   */
+  async resolveTargetDir(segments: readonly string[]): Promise<string> {
+    if (segments.length > 0 && segments[0]!.toLowerCase().startsWith('.updraft')) {
+      throw new UploadError('ERR_INVALID_TARGET_PATH', `Target folders starting with ".updraft" are reserved`);
+    }
+    let cur = this.#rootReal;
+    for (const seg of segments) {
+      const next = path.join(cur, seg);
+      let st: fs.Stats | undefined;
+      try {
+        st = await fsp.lstat(next);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw storageFailure(e);
+      }
+      if (!st) {
+        await fsp.mkdir(next).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'EEXIST') throw storageFailure(e);
+        });
+        st = await fsp.lstat(next);
+      }
+      if (st.isSymbolicLink()) {
+        const real = await fsp.realpath(next).catch(() => '');
+        if (!this.#insideRoot(real)) throw new UploadError('ERR_INVALID_TARGET_PATH', 'Target path leaves the upload root');
+        st = await fsp.stat(real);
+        cur = real;
+      } else {
+        cur = next;
+      }
+      if (!st.isDirectory()) throw new UploadError('ERR_INVALID_TARGET_PATH', 'Target path names a file, not a folder');
+      if (path.resolve(cur) === path.resolve(this.#rootReal, STAGING_DIR_NAME)) {
+        throw new UploadError('ERR_INVALID_TARGET_PATH', 'Target path names the staging folder');
+      }
+    }
+    return cur;
+  }
+
+  #insideRoot(p: string): boolean {
+    return p !== '' && (p === this.#rootReal || p.startsWith(this.#rootReal + path.sep));
+  }
+
+  async #checkFreeSpace(fileSize: number): Promise<void> {
+    if (fileSize === 0) return;
+    let reserved = 0;
+    for (const u of this.#uploads.values()) if (u.status === 'active') reserved += u.fileSize - u.receivedBytes;
+    const st = await fsp.statfs(this.options.stagingDir);
+    const free = st.bavail * st.bsize;
+    if (fileSize + reserved > free) throw new UploadError('ERR_INSUFFICIENT_STORAGE');
+  }
+
+  // --- completion -------------------------------------------------------------------------------------------------------
+
+  /** Finalizes once; every caller gets the same promise. */
+  finalize(u: Upload): Promise<CompletionInfo> {
+    u.completion ??= this.#finalize(u);
+    return u.completion;
+  }
+
+  async #finalize(u: Upload): Promise<CompletionInfo> {
+    u.status = 'finalizing';
+    try {
+      await u.commitsIdle();
+      if (u.failure) throw new UploadError('ERR_UPLOAD_FAILED');
+      if (u.fd !== null) {
+        await fdatasync(u.fd);
+        await this.#closeFiles(u);
+      }
+      const dir = await this.resolveTargetDir(u.targetPath);
+      const name = await this.#place(u, dir);
+      await this.store.syncDir(dir);
+      await this.store.syncDir();
+      u.finalName = name;
+      u.endTime = Date.now();
+      u.status = 'completed';
+      await this.store.writeMeta(u.toMeta());
+      await fsp.rm(this.store.journalPath(u.guid), { force: true });
+      const durationMs = u.endTime - u.startTime;
+      this.log.info(
+        {
+          event: 'upload.completed',
+          guid: u.guid,
+          user: u.user,
+          size: u.fileSize,
+          method: u.uploadMethod,
+          durationMs,
+          mbPerSec: durationMs > 0 ? Math.round(u.fileSize / 1000 / durationMs) : null,
+        },
+        'upload completed',
+      );
+      this.emit('completed', { ...uploadInfo(u), finalName: name, durationMs });
+      return { guid: u.guid, fileName: name, size: u.fileSize, targetPath: u.targetPath.join('/') };
+    } catch (e) {
+      const err = e instanceof UploadError ? e : storageFailure(e);
+      await this.fail(u, err);
+      throw err;
+    }
+  }
+
+  /** Moves the staging file to its final name under the conflict policy; returns the name used. */
+  async #place(u: Upload, dir: string): Promise<string> {
+    const staging = this.store.partPath(u.guid);
+    const policy = this.options.onConflict;
+    if (policy === 'overwrite') {
+      u.finalName = u.fileName;
+      await this.store.writeMeta(u.toMeta());
+      await fsp.rename(staging, path.join(dir, u.fileName)).catch((e) => {
+        throw storageFailure(e);
+      });
+      return u.fileName;
+    }
+    for (let i = 0; i < 10_000; i++) {
+      const name = i === 0 ? u.fileName : withCounter(u.fileName, i);
+      if (Buffer.byteLength(name) > 255) break;
+      const target = path.join(dir, name);
+      if (await exists(target)) {
+        if (policy === 'reject') throw new UploadError('ERR_FILE_EXISTS');
+        continue;
+      }
+      u.finalName = name;
+      await this.store.writeMeta(u.toMeta()); // status 'finalizing': recovery looks for this name
+      try {
+        await fsp.link(staging, target); // fails with EEXIST instead of replacing (rename would replace silently)
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+          if (policy === 'reject') throw new UploadError('ERR_FILE_EXISTS');
+          continue;
+        }
+        throw storageFailure(e);
+      }
+      await fsp.unlink(staging);
+      return name;
+    }
+    throw new UploadError('ERR_FILE_EXISTS', 'No free name for the file in the target folder');
+  }
+
+  // --- ending -----------------------------------------------------------------------------------------------------------
+
+  async fail(u: Upload, err: UploadError): Promise<void> {
+    if (u.status === 'completed' || u.status === 'failed' || u.status === 'cancelled' || u.status === 'expired') return;
+    u.failure ??= { code: err.code, message: err.message };
+    u.status = 'failed';
+    u.endTime = Date.now();
+    this.log.warn({ event: 'upload.failed', guid: u.guid, user: u.user, size: u.fileSize, code: err.code }, 'upload failed');
+    await this.#end(u);
+    this.emit('failed', { ...uploadInfo(u), code: u.failure.code, message: u.failure.message });
+  }
+
+  async cancel(u: Upload): Promise<void> {
+    if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete');
+    if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING');
+    if (u.status !== 'active') return;
+    u.status = 'cancelled';
+    u.endTime = Date.now();
+    this.log.info({ event: 'upload.cancelled', guid: u.guid, user: u.user }, 'upload cancelled');
+    await this.#end(u);
+    this.emit('cancelled', uploadInfo(u));
+  }
+
+  /** Waits for the workers to leave the file, then removes the staging data and keeps a tombstone record. */
+  async #end(u: Upload): Promise<void> {
+    // The state word is already non-active, so no new task writes; tasks already running finish first.
+    for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
+    await u.commitsIdle();
+    await this.#closeFiles(u);
+    await this.store.removeAll(u.guid, true);
+    await this.store.writeMeta(u.toMeta()).catch((e) => this.log.error({ err: e, guid: u.guid }, 'could not record upload end'));
+  }
+
+  async #closeFiles(u: Upload): Promise<void> {
+    const fd = u.fd;
+    u.fd = null;
+    if (fd !== null) await closeFd(fd).catch(() => {});
+    const j = u.journal;
+    u.journal = null;
+    if (j) await j.close();
+  }
+
+  /** Expires idle uploads (never one with a writer or a task in flight) and drops old records. */
+  async reap(now = Date.now()): Promise<void> {
+    for (const u of [...this.#uploads.values()]) {
+      if (u.status === 'active') {
+        if (now - u.lastActivityTime < this.options.uploadTtl) continue;
+        if (u.claimCount > 0 || u.tasksInFlight > 0) continue;
+        u.status = 'expired';
+        u.endTime = now;
+        this.log.info({ event: 'upload.expired', guid: u.guid, user: u.user, size: u.fileSize }, 'upload expired');
+        await this.#end(u);
+        this.emit('expired', uploadInfo(u));
+      } else if (u.status !== 'finalizing' && (u.endTime ?? 0) + this.options.recordTtl <= now) {
+        this.#uploads.delete(u.guid);
+        await this.store.removeAll(u.guid);
+      }
+    }
+  }
+
+  /** `upload` durability: sync and journal whatever was written since the last checkpoint. */
+  async checkpoint(): Promise<void> {
+    await Promise.all(
+      [...this.#uploads.values()]
+        .filter((u) => u.status === 'active' && u.hasUncommitted)
+        .map((u) => u.commit([]).catch(() => this.fail(u, new UploadError('ERR_STORAGE_FAILED')))),
+    );
+  }
+
+  /** Stop: commit what was written (so it resumes after restart), close every file. In-flight writes are done first. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#reaper);
+    clearInterval(this.#checkpointer);
+    await Promise.all(
+      [...this.#uploads.values()].map(async (u) => {
+        if (u.completion) await u.completion.catch(() => {});
+        if (u.status !== 'active') return;
+        for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
+        if (u.hasUncommitted) await u.commit([]).catch(() => {});
+        await u.commitsIdle();
+        await this.store.writeMeta(u.toMeta()).catch(() => {});
+        await this.#closeFiles(u);
+      }),
+    );
+  }
+
+  // --- restart ----------------------------------------------------------------------------------------------------------
+
+  async #reload(): Promise<void> {
+    const now = Date.now();
+    for (const { meta, journal } of await this.store.loadAll()) {
+      if (
+        !Number.isSafeInteger(meta.fileSize) ||
+        meta.chunkSize <= 0 ||
+        meta.totalChunks !== Math.ceil(meta.fileSize / meta.chunkSize)
+      ) {
+        await this.store.removeAll(meta.guid);
+        continue;
+      }
+      if (meta.status === 'active' || meta.status === 'finalizing') {
+        const u = await this.#reopen(meta, journal);
+        if (u) this.#uploads.set(u.guid, u);
+      } else if ((meta.endTime ?? now) + this.options.recordTtl > now) {
+        this.#uploads.set(meta.guid, new Upload(meta, null));
+      } else {
+        await this.store.removeAll(meta.guid);
+      }
+    }
+    const resumed = [...this.#uploads.values()].filter((u) => u.status === 'active');
+    if (resumed.length > 0) this.log.info({ event: 'uploads.reloaded', count: resumed.length }, 'uploads reloaded');
+    // Uploads whose every chunk was durable before the stop finish now.
+    for (const u of resumed) {
+      if (u.shared && allChunksSet(u.shared)) void this.finalize(u).catch(() => {});
+    }
+  }
+
+  async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
+    const staging = this.store.partPath(meta.guid);
+    if (meta.status === 'finalizing' && meta.finalName !== undefined) {
+      // Crashed mid-move: decide from what is on disk whether the move happened.
+      const dir = await this.resolveTargetDir(meta.targetPath).catch(() => null);
+      const target = dir ? await fsp.stat(path.join(dir, meta.finalName)).catch(() => null) : null;
+      const part = await fsp.stat(staging).catch(() => null);
+      if (target && (!part || part.ino === target.ino)) {
+        if (part) await fsp.unlink(staging);
+        const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
+        await this.store.writeMeta(u.toMeta());
+        await fsp.rm(this.store.journalPath(meta.guid), { force: true });
+        return u;
+      }
+      if (!part) {
+        const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);
+        await this.store.writeMeta(u.toMeta());
+        return u;
+      }
+      // Not moved yet: every chunk was durable before 'finalizing' was recorded, so finish the completion.
+      journal = Array.from({ length: meta.totalChunks }, (_, i) => i);
+      meta = { ...meta, status: 'active' };
+    }
+    let fd: number;
+    try {
+      fd = await openFd(staging, 'r+');
+    } catch {
+      const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);
+      await this.store.writeMeta(u.toMeta());
+      await this.store.removeAll(meta.guid, true);
+      return u;
+    }
+    const shared = createSharedState(meta.totalChunks, meta.chunkSize, this.options.lockMode);
+    // No worker sees this state yet; Atomics are used only to keep one way of touching it.
+    for (const c of journal) {
+      if (setChunkBit(shared, c)) {
+        Atomics.add(shared.header, H_RECEIVED_CHUNKS, 1);
+        Atomics.add(shared.counters, B_RECEIVED_BYTES, BigInt(chunkLength(meta.fileSize, meta.chunkSize, c)));
+      }
+    }
+    const u = new Upload({ ...meta, status: 'active' }, shared);
+    u.fd = fd;
+    u.journal = await Journal.open(this.store.journalPath(meta.guid));
+    return u;
+  }
+}
+
+/** "name.ext" -> "name (n).ext"; a leading dot is part of the name (".bashrc" -> ".bashrc (1)"). */
+export function withCounter(name: string, n: number): string {
+  const dot = name.lastIndexOf('.');
+  if (dot <= 0) return `${name} (${n})`;
+  return `${name.slice(0, dot)} (${n})${name.slice(dot)}`;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fsp.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

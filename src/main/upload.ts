@@ -1,0 +1,322 @@
+/**
+ * One upload as the main thread sees it: its metadata, the SharedArrayBuffer the workers update, the staging fd,
+ * which writer currently owns which chunk, and the group commit that makes written chunks durable.
+ *
+ * Chunk ownership ("claims") lives here, on the main thread, because every request and frame enters through it:
+ * a chunk has at most one writer at a time, so pieces of two writers can never interleave (invariant 3). A second
+ * writer of the same chunk waits (asynchronously) for the first; if the first completes, the second is answered as
+ * a duplicate, and if the first is aborted, the second takes over.
+ */
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+import { UploadError } from '../protocol/errors.js';
+import type { ErrorCode } from '../protocol/errors.js';
+import {
+  B_RECEIVED_BYTES,
+  H_RECEIVED_CHUNKS,
+  H_STATE,
+  H_TASKS_IN_FLIGHT,
+  STATE_ACTIVE,
+  STATE_CANCELLED,
+  STATE_COMPLETED,
+  STATE_EXPIRED,
+  STATE_FAILED,
+  STATE_FINALIZING,
+  missingChunks,
+} from '../workers/shared-layout.js';
+import type { SharedState } from '../workers/shared-layout.js';
+import type { Journal, UploadMeta, UploadStatus } from './state-store.js';
+
+const fdatasync = promisify(fs.fdatasync);
+
+const STATE_WORD: Record<UploadStatus, number> = {
+  active: STATE_ACTIVE,
+  finalizing: STATE_FINALIZING,
+  completed: STATE_COMPLETED,
+  cancelled: STATE_CANCELLED,
+  failed: STATE_FAILED,
+  expired: STATE_EXPIRED,
+};
+
+export interface CompletionInfo {
+  guid: string;
+  /** The name the file got in its target folder (may differ from the requested one under `onConflict: rename`). */
+  fileName: string;
+  size: number;
+  /** The target folder relative to the upload root, '/'-separated ('' = the root). */
+  targetPath: string;
+}
+
+export interface StatusData {
+  guid: string;
+  fileName: string;
+  fileSize: number;
+  chunkSize: number;
+  totalChunks: number;
+  receivedChunks: number;
+  receivedBytes: number;
+  missingChunks: number[];
+  uploadStatus: 'active' | 'completed' | 'cancelled' | 'failed';
+  startTime: number;
+  lastActivityTime: number;
+  finalName?: string;
+  targetPath: string;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+export class Upload {
+  readonly guid: string;
+  readonly user: string;
+  readonly fileName: string;
+  readonly fileSize: number;
+  readonly chunkSize: number;
+  readonly totalChunks: number;
+  readonly targetPath: string[];
+  readonly uploadMethod: string | undefined;
+  readonly startTime: number;
+  lastActivityTime: number;
+  #status: UploadStatus;
+  finalName: string | undefined;
+  endTime: number | undefined;
+  failure: { code: ErrorCode; message: string } | undefined;
+
+  /** Present while the upload can receive bytes (active/finalizing); null for an ended record. */
+  shared: SharedState | null;
+  fd: number | null = null;
+  journal: Journal | null = null;
+  /** Set once completion starts; every caller that sees the last chunk awaits the same promise. */
+  completion: Promise<CompletionInfo> | null = null;
+
+  readonly #claims = new Map<number, number>();
+  readonly #claimWaiters = new Map<number, Set<() => void>>();
+
+  // Group commit: chunks written since the last commit began, and who waits for them to be durable.
+  #pending: number[] = [];
+  #waiters: Waiter[] = [];
+  #committing: Promise<void> | null = null;
+
+  constructor(meta: UploadMeta, shared: SharedState | null) {
+    this.guid = meta.guid;
+    this.user = meta.user;
+    this.fileName = meta.fileName;
+    this.fileSize = meta.fileSize;
+    this.chunkSize = meta.chunkSize;
+    this.totalChunks = meta.totalChunks;
+    this.targetPath = meta.targetPath;
+    this.uploadMethod = meta.uploadMethod;
+    this.startTime = meta.startTime;
+    this.lastActivityTime = meta.lastActivityTime;
+    this.#status = meta.status;
+    this.finalName = meta.finalName;
+    this.endTime = meta.endTime;
+    this.failure = meta.failure as Upload['failure'];
+    this.shared = shared;
+  }
+
+  get status(): UploadStatus {
+    return this.#status;
+  }
+
+  set status(s: UploadStatus) {
+    this.#status = s;
+    // Atomics.store: workers read H_STATE before writing; seq-cst so a cancelled upload is seen by the next task.
+    if (this.shared) Atomics.store(this.shared.header, H_STATE, STATE_WORD[s]);
+  }
+
+  get receivedChunks(): number {
+    if (!this.shared) return this.#status === 'completed' ? this.totalChunks : 0;
+    return Atomics.load(this.shared.header, H_RECEIVED_CHUNKS);
+  }
+
+  get receivedBytes(): number {
+    if (!this.shared) return this.#status === 'completed' ? this.fileSize : 0;
+    return Number(Atomics.load(this.shared.counters, B_RECEIVED_BYTES));
+  }
+
+  /** Tasks dispatched to workers and not yet settled (the reaper and cancel wait for 0). */
+  get tasksInFlight(): number {
+    return this.shared ? Atomics.load(this.shared.header, H_TASKS_IN_FLIGHT) : 0;
+  }
+
+  get claimCount(): number {
+    return this.#claims.size;
+  }
+
+  touch(now = Date.now()): void {
+    this.lastActivityTime = now;
+  }
+
+  toMeta(): UploadMeta {
+    const meta: UploadMeta = {
+      v: 1,
+      guid: this.guid,
+      user: this.user,
+      fileName: this.fileName,
+      fileSize: this.fileSize,
+      chunkSize: this.chunkSize,
+      totalChunks: this.totalChunks,
+      targetPath: this.targetPath,
+      startTime: this.startTime,
+      lastActivityTime: this.lastActivityTime,
+      status: this.#status,
+    };
+    if (this.uploadMethod !== undefined) meta.uploadMethod = this.uploadMethod;
+    if (this.finalName !== undefined) meta.finalName = this.finalName;
+    if (this.endTime !== undefined) meta.endTime = this.endTime;
+    if (this.failure !== undefined) meta.failure = this.failure;
+    return meta;
+  }
+
+  statusData(): StatusData {
+    const s = this.#status;
+    const data: StatusData = {
+      guid: this.guid,
+      fileName: this.fileName,
+      fileSize: this.fileSize,
+      chunkSize: this.chunkSize,
+      totalChunks: this.totalChunks,
+      receivedChunks: this.receivedChunks,
+      receivedBytes: this.receivedBytes,
+      missingChunks: this.shared ? missingChunks(this.shared) : [],
+      uploadStatus: s === 'finalizing' ? 'active' : s === 'expired' ? 'failed' : s,
+      startTime: this.startTime,
+      lastActivityTime: this.lastActivityTime,
+      targetPath: this.targetPath.join('/'),
+    };
+    if (this.finalName !== undefined && s === 'completed') data.finalName = this.finalName;
+    return data;
+  }
+
+  /** Throws the error a chunk for this upload gets when it can no longer be written. */
+  assertWritable(): void {
+    switch (this.#status) {
+      case 'active':
+        return;
+      case 'finalizing':
+        throw new UploadError('ERR_UPLOAD_FINALIZING');
+      case 'cancelled':
+        throw new UploadError('ERR_UPLOAD_CANCELLED');
+      case 'expired':
+        throw new UploadError('ERR_UPLOAD_EXPIRED');
+      case 'failed':
+        throw new UploadError('ERR_UPLOAD_FAILED', this.failure ? `Upload failed: ${this.failure.message}` : undefined);
+      case 'completed':
+        return; // callers answer "already received" with the completion record
+    }
+  }
+
+  // --- claims ------------------------------------------------------------------------------------------------------
+
+  /** Takes the chunk for `writerId` when nobody holds it. Never blocks. */
+  tryClaim(chunk: number, writerId: number): boolean {
+    if (this.#claims.has(chunk)) return false;
+    this.#claims.set(chunk, writerId);
+    return true;
+  }
+
+  releaseClaim(chunk: number, writerId: number): void {
+    if (this.#claims.get(chunk) !== writerId) return;
+    this.#claims.delete(chunk);
+    const waiters = this.#claimWaiters.get(chunk);
+    if (waiters) {
+      this.#claimWaiters.delete(chunk);
+      for (const w of waiters) w();
+    }
+  }
+
+  /**
+   * Resolves true when the chunk is claimed by `writerId`, false after `timeoutMs` (or when `signal` aborts).
+   * Waiting is a promise on the main thread; nothing blocks.
+   */
+  async claim(chunk: number, writerId: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.tryClaim(chunk, writerId)) {
+      const left = deadline - Date.now();
+      if (left <= 0 || signal?.aborted) return false;
+      await new Promise<void>((resolve) => {
+        let set = this.#claimWaiters.get(chunk);
+        if (!set) this.#claimWaiters.set(chunk, (set = new Set()));
+        const done = (): void => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', done);
+          set!.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        signal?.addEventListener('abort', done, { once: true });
+        set.add(done);
+      });
+    }
+    return true;
+  }
+
+  // --- durability ----------------------------------------------------------------------------------------------------
+
+  /**
+   * `chunk` durability: resolves once an fdatasync that began after these chunks were written has finished and the
+   * journal records them durably (group commit: one sync acknowledges everything written before it began).
+   * Rejects with ERR_STORAGE_FAILED, and fails the upload, if a sync fails: a failed fsync is never retried into a
+   * success (invariant 7).
+   */
+  commit(chunks: readonly number[]): Promise<void> {
+    for (const c of chunks) this.#pending.push(c);
+    return new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ resolve, reject });
+      this.#committing ??= this.#runCommits();
+    });
+  }
+
+  /** `upload` durability: remember a written chunk for the next checkpoint, acknowledge at once. */
+  markWritten(chunk: number): void {
+    this.#pending.push(chunk);
+  }
+
+  get hasUncommitted(): boolean {
+    return this.#pending.length > 0;
+  }
+
+  /** Waits until no commit is running. */
+  async commitsIdle(): Promise<void> {
+    while (this.#committing) await this.#committing;
+  }
+
+  async #runCommits(): Promise<void> {
+    try {
+      while (this.#waiters.length > 0 || this.#pending.length > 0) {
+        const waiters = this.#waiters;
+        const chunks = this.#pending;
+        this.#waiters = [];
+        this.#pending = [];
+        try {
+          if (this.failure) throw new UploadError('ERR_UPLOAD_FAILED');
+          if (this.fd === null || this.journal === null) {
+            // Completion closed the staging file after its own fdatasync, which covered these chunks.
+            if (this.#status !== 'completed' && this.#status !== 'finalizing') throw new UploadError('ERR_UPLOAD_FAILED');
+          } else {
+            await fdatasync(this.fd);
+            await this.journal.append(chunks);
+          }
+          for (const w of waiters) w.resolve();
+        } catch (e) {
+          const err = e instanceof UploadError ? e : storageFailure(e);
+          if (!this.failure) this.failure = { code: err.code, message: err.message };
+          for (const w of waiters) w.reject(err);
+        }
+      }
+    } finally {
+      this.#committing = null;
+    }
+  }
+}
+
+export function storageFailure(e: unknown): UploadError {
+  const errno = (e as NodeJS.ErrnoException)?.code;
+  return new UploadError(
+    'ERR_STORAGE_FAILED',
+    errno ? `Writing to storage failed (${errno}); the upload cannot continue` : undefined,
+  );
+}
