@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 import { pack, unpack } from 'msgpackr';
 import { describe, expect, it, vi } from 'vitest';
 
@@ -18,6 +20,7 @@ import {
   type PsHeader,
 } from '../../src/protocol/codec.js';
 import { ERROR_CODES, UploadError, type ErrorCode } from '../../src/protocol/errors.js';
+import * as messages from '../../src/protocol/messages.js';
 import {
   CLOSE_GOING_AWAY,
   CLOSE_INTERNAL,
@@ -638,5 +641,29 @@ describe('closeCodeForError', () => {
       const registered = close >= 1000 && close <= 1014 && close !== 1005 && close !== 1006;
       expect(registered || (close >= 4000 && close <= 4999), code).toBe(true);
     }
+  });
+});
+
+// --- docs/PROTOCOL.md stays true -----------------------------------------------------------------------------------
+
+describe('docs/PROTOCOL.md', () => {
+  const doc = readFileSync(new URL('../../docs/PROTOCOL.md', import.meta.url), 'utf8');
+  const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+
+  it('lists every close-code constant with its value, and nothing else', () => {
+    const rows = [...doc.matchAll(/^\| (\d{4}) \| `(CLOSE_[A-Z_]+)` \|/gm)].map((m) => [m[2], Number(m[1])]);
+    const constants = Object.entries(messages).filter(([name]) => name.startsWith('CLOSE_'));
+    expect(Object.fromEntries(rows)).toEqual(Object.fromEntries(constants));
+    expect(rows).toHaveLength(constants.length);
+  });
+
+  it('shows the bytes the codec writes', () => {
+    const status = encodeFrame({ t: 'status' });
+    expect(doc).toContain(`\`{t:"status"}\` is \`${hex(status)}\``);
+    const crc = encodeFrame({ t: 'chunk', c: 300, k: { a: 'crc32', v: 'cbf43926' } });
+    expect(doc).toContain(`\`${hex(crc.subarray(2))}\``);
+    expect(doc).toContain(`(\`H = 0x${crc[0]!.toString(16)}\`)`);
+    const ps = new Uint8Array([0x34, 0x12, ...encodePsHeader({ chunkNumber: 3, bytesRemaining: 0 }).subarray(2)]);
+    expect(doc).toContain(hex(ps).replace(/^(.. ..) (.. .. .. ..) (.. .. .. ..)$/, '$1  $2  $3'));
   });
 });

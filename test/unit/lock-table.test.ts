@@ -12,6 +12,9 @@ beforeAll(() => {
   // Real worker threads, one task per thread, all started up front so that concurrent tasks run on distinct threads.
   pool = new Piscina({
     ...workerSpec('../fixtures/lock-table-worker', import.meta.url),
+    // piscina loads the module at worker start-up through `name` (default: 'default'); when that export is missing it
+    // retries with import(), which has no tsx hooks in a worker on Node 20 and fails. Name an export that exists.
+    name: 'acquireOnce',
     minThreads: THREADS,
     maxThreads: THREADS,
     concurrentTasksPerWorker: 1,

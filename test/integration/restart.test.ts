@@ -1,0 +1,154 @@
+/**
+ * State survives restarts: upload half, stop the server (gracefully, or SIGKILL of a real process), start it again
+ * on the same folder, finish from upload-status, compare every byte.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  PREFIX,
+  bytesOf,
+  call,
+  initUpload,
+  listFiles,
+  putChunks,
+  shuffled,
+  startCli,
+  startServer,
+  tempDir,
+  waitExit,
+} from '../fixtures/server.js';
+import type { CliServer, TestServer } from '../fixtures/server.js';
+
+const CS = 256 * 1024;
+let server: TestServer | null = null;
+let cli: CliServer | null = null;
+
+afterEach(async () => {
+  await server?.close();
+  server = null;
+  if (cli && cli.child.exitCode === null && cli.child.signalCode === null) {
+    cli.child.kill('SIGKILL');
+    await waitExit(cli.child);
+  }
+  cli = null;
+});
+
+async function finishFromStatus(base: string, guid: string, data: Uint8Array, headers: Record<string, string> = {}) {
+  const st = await call(base, 'GET', `${PREFIX}/upload-status?guid=${guid}`, undefined, headers);
+  expect(st.status, JSON.stringify(st.json)).toBe(200);
+  const missing = st.json.data!.missingChunks as number[];
+  const replies = await putChunks(base, guid, data, CS, missing, 4, headers);
+  for (const r of replies) expect(r.status, JSON.stringify(r.json)).toBe(200);
+  return { missing, replies };
+}
+
+describe('restart', () => {
+  for (const durability of ['chunk', 'upload'] as const) {
+    it(`graceful stop and start resumes with exactly the missing chunks (${durability} durability)`, async () => {
+      const dir = await tempDir();
+      server = await startServer({ dir, durability });
+      const data = bytesOf(10 * CS + 77);
+      const init = await initUpload(server.base, { fileName: 'resume.bin', fileSize: data.length, chunkSize: CS, targetPath: 'in' });
+      const guid = init.json.data!.guid as string;
+      const sent = shuffled([...Array(11).keys()], 3).slice(0, 6);
+      for (const r of await putChunks(server.base, guid, data, CS, sent)) expect(r.status).toBe(200);
+      await server.close();
+      server = await startServer({ dir, durability });
+      const { missing } = await finishFromStatus(server.base, guid, data);
+      expect(missing).toEqual([...Array(11).keys()].filter((c) => !sent.includes(c)));
+      expect(Buffer.compare(await fsp.readFile(path.join(dir, 'in', 'resume.bin')), data)).toBe(0);
+    });
+  }
+
+  /** Stops after 2 of 3 chunks, then completes the rest on disk the way a crash just before completion leaves it. */
+  async function craftAllJournaled(dir: string, data: Uint8Array): Promise<string> {
+    server = await startServer({ dir });
+    const init = await initUpload(server.base, { fileName: 'all.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await putChunks(server.base, guid, data, CS, [0, 2]);
+    await server.close();
+    server = null;
+    const staging = path.join(dir, '.updraft-staging');
+    const fh = await fsp.open(path.join(staging, `${guid}.part`), 'r+');
+    await fh.write(data, CS, CS, CS); // chunk 1's bytes at its place
+    await fh.close();
+    await fsp.appendFile(path.join(staging, `${guid}.journal`), Buffer.from([1, 0, 0, 0]));
+    return guid;
+  }
+
+  it('finishes at start an upload whose every chunk was journaled before a crash', async () => {
+    const dir = await tempDir();
+    const data = bytesOf(3 * CS);
+    const guid = await craftAllJournaled(dir, data);
+    server = await startServer({ dir });
+    let st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    for (let i = 0; i < 50 && st.json.data?.uploadStatus !== 'completed'; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    }
+    expect(st.json.data).toMatchObject({ uploadStatus: 'completed', finalName: 'all.bin', receivedChunks: 3 });
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'all.bin')), data)).toBe(0);
+  });
+
+  it('recovers a crash between linking the final name and removing the staging name without a duplicate', async () => {
+    const dir = await tempDir();
+    const data = bytesOf(3 * CS);
+    const guid = await craftAllJournaled(dir, data);
+    const staging = path.join(dir, '.updraft-staging');
+    const { Packr } = await import('msgpackr');
+    const packr = new Packr({ useRecords: false });
+    const meta = packr.unpack(await fsp.readFile(path.join(staging, `${guid}.meta`))) as Record<string, unknown>;
+    await fsp.writeFile(path.join(staging, `${guid}.meta`), packr.pack({ ...meta, status: 'finalizing', finalName: 'all.bin' }));
+    await fsp.link(path.join(staging, `${guid}.part`), path.join(dir, 'all.bin'));
+    server = await startServer({ dir });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data).toMatchObject({ uploadStatus: 'completed', finalName: 'all.bin' });
+    expect(await listFiles(dir)).toEqual(['all.bin']);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'all.bin')), data)).toBe(0);
+    expect((await fsp.readdir(staging)).filter((f) => !f.endsWith('.meta'))).toEqual([]);
+  });
+
+  it('SIGKILL of the server process loses no acknowledged chunk (chunk durability)', async () => {
+    const dir = await tempDir();
+    const token = 'kill-test-token-1';
+    const auth = { authorization: `Bearer ${token}` };
+    cli = await startCli(['--dir', dir, '--token', `tester:${token}`]);
+    const data = bytesOf(16 * CS + 1);
+    const init = await initUpload(cli.base, { fileName: 'killed.bin', fileSize: data.length, chunkSize: CS }, auth);
+    const guid = init.json.data!.guid as string;
+    const acked = shuffled([...Array(17).keys()], 9).slice(0, 9);
+    for (const r of await putChunks(cli.base, guid, data, CS, acked, 4, auth)) expect(r.status).toBe(200);
+    cli.child.kill('SIGKILL');
+    expect((await waitExit(cli.child)).signal).toBe('SIGKILL');
+    cli = await startCli(['--dir', dir, '--token', `tester:${token}`]);
+    const { missing } = await finishFromStatus(cli.base, guid, data, auth);
+    for (const c of acked) expect(missing).not.toContain(c);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'killed.bin')), data)).toBe(0);
+    expect(await listFiles(dir)).toEqual(['killed.bin']);
+  });
+
+  it('SIGTERM exits 0 after persisting state', async () => {
+    const dir = await tempDir();
+    cli = await startCli(['--dir', dir]);
+    const data = bytesOf(4 * CS);
+    const init = await initUpload(cli.base, { fileName: 'term.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await putChunks(cli.base, guid, data, CS, [0, 2]);
+    cli.child.kill('SIGTERM');
+    expect(await waitExit(cli.child)).toEqual({ code: 0, signal: null });
+    cli = await startCli(['--dir', dir]);
+    const { missing } = await finishFromStatus(cli.base, guid, data);
+    expect(missing).toEqual([1, 3]);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'term.bin')), data)).toBe(0);
+  });
+
+  it('removes staging files that have no state at start', async () => {
+    const dir = await tempDir();
+    await fsp.mkdir(path.join(dir, '.updraft-staging'), { recursive: true });
+    await fsp.writeFile(path.join(dir, '.updraft-staging', '00000000-0000-4000-8000-000000000000.part'), 'orphan');
+    await fsp.writeFile(path.join(dir, '.updraft-staging', 'junk.meta.tmp'), 'x');
+    server = await startServer({ dir });
+    expect(await fsp.readdir(path.join(dir, '.updraft-staging'))).toEqual([]);
+  });
+});
