@@ -104,6 +104,7 @@ async function pendingCompletion(u: Upload): Promise<CompletionInfo | undefined>
 
 /** After a chunk's last task: make it durable as the durability mode says, finalize if it was the last bit. */
 async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResult): Promise<ChunkAck> {
+  if (r.directRefused) u.directRefused = true;
   if (r.failure) {
     const err = new UploadError(r.failure.code, r.failure.message);
     if (r.failure.code === 'ERR_STORAGE_FAILED') await ctx.registry.fail(u, err);
@@ -132,6 +133,7 @@ function baseTask(ctx: IngestContext, u: Upload, chunk: number, writerId: number
   return {
     sab: u.shared.sab,
     fd: u.fd,
+    ...(u.directFd !== null && !u.directRefused ? { directFd: u.directFd } : {}),
     fileSize: u.fileSize,
     chunkSize: u.chunkSize,
     chunk,
@@ -255,6 +257,7 @@ export class ChunkReceiver {
           first,
           last,
         });
+        if (r.directRefused) this.u.directRefused = true;
         if (r.failure) this.#error ??= r;
         else if (r.duplicate) this.#duplicate = true;
         return r;

@@ -67,6 +67,11 @@ export interface UploadEngineOptions {
   maxInFlightBytes?: number;
   /** Size of one batch handed to a worker (a slab of the in-flight budget). Default 2 MiB. */
   batchSize?: number;
+  /**
+   * Write aligned pieces with O_DIRECT, bypassing the page cache (steady throughput, near-free fdatasync); pieces
+   * that are not 4 KiB-aligned, and filesystems that refuse O_DIRECT, use the page cache. Default true.
+   */
+  directIo?: boolean;
   /** How long a second writer of the same chunk waits for the first before ERR_CHUNK_BUSY (ms). Default 30 s. */
   chunkBusyTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
@@ -81,6 +86,35 @@ export interface UploadEngineOptions {
   logger?: Logger;
   /** Expose `/__bench/eld` (event-loop delay) for the benchmark harness. Default false. */
   benchEndpoints?: boolean;
+
+  // --- WebSocket ---
+  /**
+   * Browser origins (`scheme://host[:port]`) allowed to open an upload WebSocket, in addition to the server's own
+   * origin (an `Origin` whose host equals the `Host` header). `'*'` allows any origin. An upgrade without `Origin`
+   * (a non-browser client) is always allowed; any other origin is refused with 403 ERR_FORBIDDEN_ORIGIN, because a
+   * browser sends its cookies with a cross-site upgrade. Default `[]`: same origin only.
+   */
+  allowedOrigins?: readonly string[];
+  /**
+   * Seconds of silence after which a WebSocket is closed (uWS `idleTimeout`). The server pings a silent connection
+   * after half of it, so a live client (its pong counts as traffic) behind an idle proxy stays connected while a dead
+   * one is closed. 0 disables it; otherwise a multiple of 4 from 8 to 960 (uWS's timer granularity). Default 32.
+   */
+  wsIdleTimeout?: number;
+  /** Most open upload WebSockets per user; the next one is closed with 4029 (ERR_RATE_LIMITED). Default 8. */
+  maxWsConnectionsPerUser?: number;
+  /**
+   * `updraft.v1` window: chunks a client may have sent and not yet seen acknowledged, and so the most chunks the
+   * server holds in memory for one connection (of either protocol). Default 8, at most 64.
+   */
+  wsWindow?: number;
+
+  // --- demo ---
+  /**
+   * Serve the demo page at `/` and the browser client at `/updraft-client.js` (src/main/static-routes.ts).
+   * Default false here, so an embedding app's `/` stays its own; the `updraft serve` CLI turns it on (--no-demo off).
+   */
+  demo?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -104,6 +138,7 @@ export interface ResolvedOptions {
   readonly recordTtl: number;
   readonly maxInFlightBytes: number;
   readonly batchSize: number;
+  readonly directIo: boolean;
   readonly chunkBusyTimeout: number;
   readonly checkpointInterval: number;
   readonly reapInterval: number;
@@ -111,6 +146,14 @@ export interface ResolvedOptions {
   readonly logLevel: LogLevel;
   readonly logger: Logger | undefined;
   readonly benchEndpoints: boolean;
+  // --- WebSocket ---
+  /** Normalized origins (`URL.origin`), or `'*'`. */
+  readonly allowedOrigins: readonly string[];
+  readonly wsIdleTimeout: number;
+  readonly maxWsConnectionsPerUser: number;
+  readonly wsWindow: number;
+  // --- demo ---
+  readonly demo: boolean;
 }
 
 /** Name of the staging folder under the upload root; no target path may start with it. */
@@ -163,6 +206,12 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     throw new OptionsError('instanceId', 'expected up to 32 letters, digits or dashes');
   }
   const batchSize = int('batchSize', o.batchSize, 2 * MiB, 64 * KiB, 64 * MiB);
+  if (batchSize % (4 * KiB) !== 0) throw new OptionsError('batchSize', 'must be a multiple of 4 KiB (O_DIRECT alignment)');
+  const wsIdleTimeout = int('wsIdleTimeout', o.wsIdleTimeout, 32, 0, 960);
+  // uWS terminates the process on 1..7 and warns on stderr for values that are not a multiple of 4.
+  if (wsIdleTimeout !== 0 && (wsIdleTimeout < 8 || wsIdleTimeout % 4 !== 0)) {
+    throw new OptionsError('wsIdleTimeout', `expected 0 or a multiple of 4 from 8 to 960, got ${wsIdleTimeout}`);
+  }
   const resolved: ResolvedOptions = {
     dir,
     stagingDir: path.join(dir, STAGING_DIR_NAME),
@@ -184,6 +233,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     recordTtl: int('recordTtl', o.recordTtl, 3600_000, 0),
     maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 64 * MiB, batchSize),
     batchSize,
+    directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
     checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),
     reapInterval: int('reapInterval', o.reapInterval, 60_000, 10),
@@ -191,6 +241,37 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     logLevel: oneOf('logLevel', o.logLevel, 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     logger: o.logger,
     benchEndpoints: o.benchEndpoints === true,
+    allowedOrigins: resolveOrigins(o.allowedOrigins),
+    wsIdleTimeout,
+    maxWsConnectionsPerUser: int('maxWsConnectionsPerUser', o.maxWsConnectionsPerUser, 8, 1, 65_536),
+    wsWindow: int('wsWindow', o.wsWindow, 8, 1, 64),
+    // --- demo ---
+    demo: o.demo === true,
   };
   return Object.freeze(resolved);
+}
+
+/** Each entry is `'*'` or an origin `scheme://host[:port]` (http or https, no path); returns `URL.origin` forms. */
+function resolveOrigins(v: unknown): readonly string[] {
+  if (v === undefined) return Object.freeze([]);
+  if (!Array.isArray(v)) throw new OptionsError('allowedOrigins', 'expected an array of origins like https://app.example.com');
+  const out: string[] = [];
+  for (const entry of v as unknown[]) {
+    if (entry === '*') {
+      out.push('*');
+      continue;
+    }
+    let url: URL | null = null;
+    try {
+      url = typeof entry === 'string' ? new URL(entry) : null;
+    } catch {
+      url = null;
+    }
+    const bare = url !== null && url.pathname === '/' && url.search === '' && url.hash === '' && url.username === '' && url.password === '';
+    if (!url || !bare || (url.protocol !== 'http:' && url.protocol !== 'https:') || !/^[a-z]+:\/\/[^/]+\/?$/i.test(String(entry))) {
+      throw new OptionsError('allowedOrigins', `expected '*' or an origin like https://app.example.com, got ${JSON.stringify(entry)}`);
+    }
+    out.push(url.origin);
+  }
+  return Object.freeze(out);
 }

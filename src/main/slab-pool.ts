@@ -139,7 +139,7 @@ export class SlabPool {
     if (this.#arena === null || this.#arenaUsed === this.#arenaSlabs) {
       // The last arena is cut to what the budget still allows, so allocated memory never exceeds capacityBytes.
       this.#arenaSlabs = Math.min(this.#slabsPerArena, this.#maxSlabs - this.#carved);
-      this.#arena = new SharedArrayBuffer(this.#arenaSlabs * this.slabSize);
+      this.#arena = alignedSharedBuffer(this.#arenaSlabs * this.slabSize);
       this.#arenaUsed = 0;
     }
     const offset = this.#arenaUsed * this.slabSize;
@@ -166,4 +166,14 @@ export class SlabPool {
     }
     if (firstError !== null) throw firstError;
   }
+}
+
+/**
+ * A SharedArrayBuffer whose memory starts on a page boundary: the memory of a shared WebAssembly.Memory is mapped
+ * page-aligned, while `new SharedArrayBuffer` comes from malloc and is not. Aligned slabs let the workers write them
+ * with O_DIRECT (buffer address, offset and length must all be aligned). Wasm pages are 64 KiB.
+ */
+export function alignedSharedBuffer(bytes: number): SharedArrayBuffer {
+  const pages = Math.ceil(bytes / 65536);
+  return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer as unknown as SharedArrayBuffer;
 }

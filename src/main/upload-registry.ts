@@ -34,7 +34,7 @@ const fdatasync = promisify(fs.fdatasync);
 const closeFd = promisify(fs.close);
 const ftruncate = promisify(fs.ftruncate);
 // A plain numeric fd (not a FileHandle, which would close it when garbage-collected): workers write through it.
-const openFd = promisify(fs.open) as (p: string, flags: string, mode?: number) => Promise<number>;
+const openFd = promisify(fs.open) as (p: string, flags: string | number, mode?: number) => Promise<number>;
 
 export interface UploadEvents {
   created: [info: UploadInfo];
@@ -147,6 +147,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     try {
       // 'wx': a fresh file, never append mode, so every write lands at the position it names (invariant 10).
       u.fd = await openFd(this.store.partPath(guid), 'wx', 0o600);
+      u.directFd = await this.#openDirect(this.store.partPath(guid));
       await ftruncate(u.fd, req.fileSize);
       u.journal = await Journal.open(this.store.journalPath(guid));
       await this.store.writeMeta(meta);
@@ -332,9 +333,18 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     await this.store.writeMeta(u.toMeta()).catch((e) => this.log.error({ err: e, guid: u.guid }, 'could not record upload end'));
   }
 
+  /** The staging file with O_DIRECT, or null where the filesystem refuses it (tmpfs) or the option is off. */
+  async #openDirect(file: string): Promise<number | null> {
+    if (!this.options.directIo) return null;
+    return openFd(file, fs.constants.O_RDWR | fs.constants.O_DIRECT).catch(() => null);
+  }
+
   async #closeFiles(u: Upload): Promise<void> {
     const fd = u.fd;
+    const direct = u.directFd;
     u.fd = null;
+    u.directFd = null;
+    if (direct !== null) await closeFd(direct).catch(() => {});
     if (fd !== null) await closeFd(fd).catch(() => {});
     const j = u.journal;
     u.journal = null;
@@ -458,6 +468,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
     const u = new Upload({ ...meta, status: 'active' }, shared);
     u.fd = fd;
+    u.directFd = await this.#openDirect(staging);
     u.journal = await Journal.open(this.store.journalPath(meta.guid));
     return u;
   }

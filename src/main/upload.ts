@@ -87,6 +87,10 @@ export class Upload {
   /** Present while the upload can receive bytes (active/finalizing); null for an ended record. */
   shared: SharedState | null;
   fd: number | null = null;
+  /** The staging file opened with O_DIRECT (aligned slab pieces bypass the page cache), or null. */
+  directFd: number | null = null;
+  /** A worker saw the O_DIRECT fd refuse a write: stop using it (it is closed with the others). */
+  directRefused = false;
   journal: Journal | null = null;
   /** Set once completion starts; every caller that sees the last chunk awaits the same promise. */
   completion: Promise<CompletionInfo> | null = null;

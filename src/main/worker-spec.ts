@@ -6,6 +6,13 @@
  *   - compiled (`node dist/...`): the caller is a .js file, the worker is its sibling .js file, no loader;
  *   - dev (`tsx x.ts`, `node --import tsx x.ts`): the worker inherits process.execArgv, which already has tsx;
  *   - tests (vitest): the caller is .ts but tsx is not in execArgv, so we add `--import <tsx loader URL>`.
+ *
+ * Two traps, both seen on Node 20.20 with tsx 4.23: in a worker thread only tsx's require() hook works, not its
+ * import() hook. piscina loads a module with require() first and falls back to import(), so
+ *   - every .ts worker module must have the export named by the pool's `name` option (piscina resolves it once at
+ *     worker start-up, default 'default'); a missing export sends piscina to import() and the worker fails with
+ *     ERR_UNKNOWN_FILE_EXTENSION;
+ *   - a bare `new Worker(url-of-a-.ts-file)` fails the same way: run .ts worker code through piscina.
  */
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';

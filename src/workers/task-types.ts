@@ -21,6 +21,11 @@ export interface WriteTask {
   sab: SharedArrayBuffer;
   /** The staging file, opened once by the main thread (never in append mode); workers never close it. */
   fd: number;
+  /**
+   * The same file opened with O_DIRECT, when the filesystem allows it. Used for pieces whose buffer address, file
+   * offset and length are 4 KiB-aligned (slab pieces); everything else goes through `fd` and the page cache.
+   */
+  directFd?: number;
   fileSize: number;
   chunkSize: number;
   chunk: number;
@@ -68,6 +73,8 @@ export interface WriteResult {
   /** Counters after this task (read with Atomics.load). */
   receivedChunks: number;
   receivedBytes: number;
+  /** The O_DIRECT fd refused the write (EINVAL) and the piece went through `fd`: stop sending `directFd`. */
+  directRefused?: boolean;
   /** Set when the write did not happen or did not complete; nothing was counted. */
   failure?: { code: WriteFailureCode; message: string; errno?: string };
 }

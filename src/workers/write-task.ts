@@ -90,7 +90,7 @@ export function writePiece(task: WriteTask): WriteResult {
     if (isChunkSet(state, chunk)) return result(state, 0, true, false, false);
 
     const ioError = writeFully(task);
-    if (ioError !== null) return failed(state, 'ERR_STORAGE_FAILED', ioError.message, ioError.errno);
+    if (ioError !== null && ioError.directRefused !== true) return failed(state, 'ERR_STORAGE_FAILED', ioError.message, ioError.errno);
 
     let flipped = false;
     let finalize = false;
@@ -99,8 +99,9 @@ export function writePiece(task: WriteTask): WriteResult {
       // were written by earlier tasks that the main thread awaited before dispatching this one.
       flipped = setChunkBit(state, chunk);
       if (flipped) {
-        // Atomics.add (seq-cst RMW): the counters are shared with other workers counting other chunks, and a reader
-        // that sees our bit (Atomics.load) also sees these adds once it reads the counters after it.
+        // Atomics.add (seq-cst RMW): other workers add for other chunks at the same time. The adds come after the
+        // bit (only the flip may count), so a reader can briefly see a set bit not yet counted; nothing decides on
+        // the counters (completion reads the bitmap), and they are exact once every task has returned.
         Atomics.add(state.header, H_RECEIVED_CHUNKS, 1);
         Atomics.add(state.counters, B_RECEIVED_BYTES, BigInt(chunkLength(task.fileSize, task.chunkSize, chunk)));
       }
@@ -109,7 +110,9 @@ export function writePiece(task: WriteTask): WriteResult {
       // the compareExchange on H_FINALIZER (0 -> 1) lets exactly one task ever report finalize.
       if (allChunksSet(state) && Atomics.compareExchange(state.header, H_FINALIZER, 0, 1) === 0) finalize = true;
     }
-    return result(state, task.length, false, flipped, finalize);
+    const r = result(state, task.length, false, flipped, finalize);
+    if (ioError?.directRefused) r.directRefused = true;
+    return r;
   } finally {
     // Always, even if something above threw: a lock left held would stall every later writer of the chunk until
     // their timeouts, and the main thread could only free it with forceRelease.
@@ -124,6 +127,9 @@ export function writePiece(task: WriteTask): WriteResult {
 function checkContract(task: WriteTask): SharedState {
   if (!(task.sab instanceof SharedArrayBuffer)) throw new TypeError('write task: sab must be a SharedArrayBuffer');
   if (!Number.isSafeInteger(task.fd) || task.fd < 0) throw new TypeError(`write task: invalid fd ${task.fd}`);
+  if (task.directFd !== undefined && (!Number.isSafeInteger(task.directFd) || task.directFd < 0)) {
+    throw new TypeError(`write task: invalid directFd ${task.directFd}`);
+  }
   if (!(task.data instanceof SharedArrayBuffer) && !(task.data instanceof ArrayBuffer)) {
     throw new TypeError('write task: data must be a SharedArrayBuffer or an ArrayBuffer');
   }
@@ -206,13 +212,37 @@ function checkChecksum(task: WriteTask, checksum: ChunkChecksum): string | null 
  * Writes the whole piece at its validated position, looping over short writes (a positioned write may return less
  * than asked, e.g. near a quota or on a signal). Returns the error instead of throwing it.
  */
-function writeFully(task: WriteTask): { message: string; errno?: string } | null {
+function writeFully(task: WriteTask): { message: string; errno?: string; directRefused?: boolean } | null {
   const bytes = new Uint8Array(task.data, task.dataOffset, task.length);
   const base = task.chunk * task.chunkSize + task.chunkOffset;
+  // O_DIRECT (bypassing the page cache) needs the buffer address, the file offset and the length aligned. Slabs come
+  // from page-aligned WebAssembly memory and slab-sized pieces sit at aligned offsets; anything else (a chunk's
+  // unaligned tail, an overflow piece, a chunk size that is not a multiple of 4 KiB) goes through the page cache.
+  // Both fds name the same inode, so one fdatasync covers bytes written through either.
+  const direct =
+    task.directFd !== undefined &&
+    task.data instanceof SharedArrayBuffer &&
+    bytes.length > 0 &&
+    (base | task.dataOffset | bytes.length) % DIRECT_ALIGN === 0;
+  let directRefused = false;
+  let fd = direct ? task.directFd! : task.fd;
   let done = 0;
   try {
     while (done < bytes.length) {
-      const n = writeSync(task.fd, bytes, done, bytes.length - done, base + done);
+      let n: number;
+      try {
+        n = writeSync(fd, bytes, done, bytes.length - done, base + done);
+      } catch (e) {
+        // EINVAL: this filesystem or buffer refuses O_DIRECT. Rewrite the piece through the page cache (the same
+        // bytes at the same place, so a partial direct write is simply overwritten) and tell the main thread.
+        if (fd !== task.fd && (e as NodeJS.ErrnoException).code === 'EINVAL') {
+          fd = task.fd;
+          directRefused = true;
+          done = 0;
+          continue;
+        }
+        throw e;
+      }
       // A zero-byte write would loop forever; the kernel returns it only when it cannot make progress.
       if (n <= 0) return { message: `write made no progress after ${done} of ${bytes.length} bytes` };
       done += n;
@@ -223,8 +253,11 @@ function writeFully(task: WriteTask): { message: string; errno?: string } | null
     const message = `write failed after ${done} of ${bytes.length} bytes: ${(e as Error).message}`;
     return errno === undefined ? { message } : { message, errno };
   }
-  return null;
+  return directRefused ? { message: '', directRefused } : null;
 }
+
+/** Alignment O_DIRECT needs here (logical block size is 512 B on this disk; 4 KiB is safe everywhere). */
+const DIRECT_ALIGN = 4096;
 
 function result(state: SharedState, written: number, duplicate: boolean, flipped: boolean, finalize: boolean): WriteResult {
   return {

@@ -99,7 +99,8 @@ describe('lock table, real worker threads', () => {
     const counters = new Int32Array(sab, 8 + 4 * slots, slots);
     const done = Array.from({ length: THREADS }, (_, i) => hammerInWorker({ sab, slots, ownerId: i + 1, iterations }));
     // Handshake: start contention only when every worker sits at the barrier.
-    await until(ctl, 0, THREADS);
+    // A worker that fails before the barrier would leave this waiting forever: race it against the results.
+    await Promise.race([until(ctl, 0, THREADS), Promise.all(done).then(() => expect.fail('workers returned before the barrier'))]);
     Atomics.store(ctl, 1, 1);
     Atomics.notify(ctl, 1);
     const results = await Promise.all(done);

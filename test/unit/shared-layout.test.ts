@@ -94,6 +94,16 @@ describe('shared layout', () => {
     });
   }
 
+  it('completes uploads whose last bitmap word uses 31 bits (31, 63, 95 chunks)', () => {
+    // Regression: the mask (1 << 31) - 1 is -2147483649 as a double and never equalled the Int32 result of `&`, so
+    // these uploads could never finalize.
+    for (const n of [31, 63, 95]) {
+      const s = createSharedState(n, 10, 'upload');
+      for (let c = 0; c < n; c++) setChunkBit(s, c);
+      expect(allChunksSet(s), `${n} chunks`).toBe(true);
+    }
+  });
+
   it('allChunksSet ignores nothing: each single missing chunk keeps it false', () => {
     for (const n of [31, 33, 64, 65]) {
       for (let missing = 0; missing < n; missing++) {

@@ -1,0 +1,153 @@
+import { describe, expect, it } from 'vitest';
+import { SlabPool, type Slab } from '../../src/main/slab-pool.js';
+
+const KIB = 1024;
+
+/** Lets queued microtasks run (onAvailable serves an immediately available slab in one). */
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe('SlabPool', () => {
+  it('defaults to 2 MiB slabs and a 64 MiB budget, allocated lazily', () => {
+    const pool = new SlabPool();
+    expect(pool.slabSize).toBe(2 * 1024 * KIB);
+    expect(pool.capacityBytes).toBe(64 * 1024 * KIB);
+    expect(pool.allocatedBytes).toBe(0);
+    const slab = pool.tryAcquire()!;
+    expect(slab.size).toBe(2 * 1024 * KIB);
+    expect(pool.inUseBytes).toBe(slab.size);
+    expect(pool.allocatedBytes).toBe(slab.size);
+    pool.release(slab);
+    expect(pool.inUseBytes).toBe(0);
+  });
+
+  it('carves disjoint slabs out of SharedArrayBuffers, up to the budget and no further', () => {
+    // 10 slabs of 4 KiB in arenas of 3: arenas of 3, 3, 3 and a last one cut to 1.
+    const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 10 * 4 * KIB + 100, arenaBytes: 3 * 4 * KIB });
+    expect(pool.capacityBytes).toBe(40 * KIB); // rounded down to whole slabs
+    const slabs: Slab[] = [];
+    for (let s = pool.tryAcquire(); s !== null; s = pool.tryAcquire()) slabs.push(s);
+    expect(slabs).toHaveLength(10);
+    expect(pool.inUseBytes).toBe(40 * KIB);
+    expect(pool.allocatedBytes).toBe(40 * KIB);
+    const arenas = new Set(slabs.map((s) => s.sab));
+    // Arenas are shared WebAssembly memory (page-aligned, for O_DIRECT), so each is rounded up to whole 64 KiB pages.
+    expect([...arenas].map((a) => a.byteLength)).toEqual([12 * KIB, 12 * KIB, 12 * KIB, 4 * KIB].map((n) => Math.ceil(n / (64 * KIB)) * 64 * KIB));
+    for (const s of slabs) {
+      expect(s.sab).toBeInstanceOf(SharedArrayBuffer);
+      expect(s.bytes.buffer).toBe(s.sab);
+      expect(s.bytes.byteOffset).toBe(s.offset);
+      expect(s.bytes.byteLength).toBe(s.size);
+      expect(s.offset + s.size).toBeLessThanOrEqual(s.sab.byteLength);
+    }
+    // No two slabs share a byte: each writes its index everywhere and reads it back intact.
+    slabs.forEach((s, i) => s.bytes.fill(i + 1));
+    slabs.forEach((s, i) => expect(s.bytes.every((b) => b === i + 1)).toBe(true));
+  });
+
+  it('reuses released slabs instead of allocating', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 4 * KIB, arenaBytes: 2 * KIB });
+    const a = pool.tryAcquire()!;
+    const b = pool.tryAcquire()!;
+    pool.release(a);
+    const c = pool.tryAcquire()!;
+    expect(c).toBe(a); // the same slab object, same memory
+    expect(pool.allocatedBytes).toBe(2 * KIB);
+    pool.release(b);
+    pool.release(c);
+    for (let i = 0; i < 100; i++) pool.release(pool.tryAcquire()!);
+    expect(pool.allocatedBytes).toBe(2 * KIB);
+  });
+
+  it('throws on a double release or a foreign slab, without corrupting the accounting', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 2 * KIB });
+    const other = new SlabPool({ slabSize: KIB, maxBytes: 2 * KIB });
+    const a = pool.tryAcquire()!;
+    pool.release(a);
+    expect(() => pool.release(a)).toThrow(/not in use/);
+    expect(() => pool.release(other.tryAcquire()!)).toThrow(/not in use/);
+    // Had the double release been accepted, two acquires would return the same slab.
+    const x = pool.tryAcquire()!;
+    const y = pool.tryAcquire()!;
+    expect(x).not.toBe(y);
+    expect(pool.tryAcquire()).toBeNull();
+  });
+
+  it('resumes waiters in FIFO order, handing each the released slab directly', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 2 * KIB });
+    const held = [pool.tryAcquire()!, pool.tryAcquire()!];
+    expect(pool.tryAcquire()).toBeNull();
+    const served: Array<[string, Slab]> = [];
+    for (const name of ['a', 'b', 'c']) pool.onAvailable((slab) => served.push([name, slab]));
+    expect(pool.waiting).toBe(3);
+    pool.release(held[1]!);
+    expect(served).toEqual([['a', held[1]]]); // synchronously, inside release
+    pool.release(held[0]!);
+    expect(served.map(([n]) => n)).toEqual(['a', 'b']);
+    expect(pool.waiting).toBe(1);
+    expect(pool.inUseBytes).toBe(2 * KIB); // both slabs now belong to a and b
+    pool.release(served[0]![1]);
+    expect(served.map(([n]) => n)).toEqual(['a', 'b', 'c']);
+    expect(pool.waiting).toBe(0);
+  });
+
+  it('keeps newcomers from jumping the queue: tryAcquire returns null while anyone waits', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 1 * KIB });
+    const held = pool.tryAcquire()!;
+    const served: Slab[] = [];
+    pool.onAvailable((s) => served.push(s));
+    expect(pool.tryAcquire()).toBeNull();
+    pool.release(held);
+    expect(served).toEqual([held]);
+    expect(pool.tryAcquire()).toBeNull(); // the waiter has it
+    pool.release(served[0]!);
+    expect(pool.tryAcquire()).toBe(held);
+  });
+
+  it('cancels an aborted waiter so it neither holds a place nor receives a slab', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 1 * KIB });
+    const held = pool.tryAcquire()!;
+    const served: string[] = [];
+    const cancelA = pool.onAvailable(() => served.push('a'));
+    pool.onAvailable(() => served.push('b'));
+    cancelA();
+    cancelA(); // idempotent
+    expect(pool.waiting).toBe(1);
+    pool.release(held);
+    expect(served).toEqual(['b']);
+  });
+
+  it('serves a waiter in a microtask when a slab is free at once, never before onAvailable returns', async () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 2 * KIB });
+    let got: Slab | null = null;
+    pool.onAvailable((s) => (got = s));
+    expect(got).toBeNull();
+    await tick();
+    expect(got).not.toBeNull();
+    expect(pool.inUseBytes).toBe(KIB);
+    // A waiter cancelled before its microtask runs gets nothing and takes nothing.
+    const cancel = pool.onAvailable(() => expect.fail('cancelled waiter was served'));
+    cancel();
+    await tick();
+    expect(pool.inUseBytes).toBe(KIB);
+  });
+
+  it('does not strand later waiters when one callback throws, and returns that slab', () => {
+    const pool = new SlabPool({ slabSize: KIB, maxBytes: 1 * KIB });
+    const held = pool.tryAcquire()!;
+    const served: Slab[] = [];
+    pool.onAvailable(() => {
+      throw new Error('waiter bug');
+    });
+    pool.onAvailable((s) => served.push(s));
+    expect(() => pool.release(held)).toThrow('waiter bug');
+    expect(served).toEqual([held]);
+    expect(pool.inUseBytes).toBe(KIB);
+  });
+
+  it('validates its options', () => {
+    expect(() => new SlabPool({ slabSize: 0 })).toThrow(RangeError);
+    expect(() => new SlabPool({ slabSize: 1.5 })).toThrow(RangeError);
+    expect(() => new SlabPool({ slabSize: 4 * KIB, maxBytes: KIB })).toThrow(RangeError);
+    expect(() => new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB, arenaBytes: KIB })).toThrow(RangeError);
+  });
+});
