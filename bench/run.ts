@@ -49,7 +49,11 @@ const mode = flags.quick ? 'quick' : 'full';
 const reps = positiveInt(flags.reps, mode === 'quick' ? 1 : 3, '--reps');
 const verify = flags.verify ?? (mode === 'quick' ? 'all' : 'first');
 if (!['all', 'first', 'none'].includes(verify)) fail(`--verify must be all, first or none (got ${verify})`);
-const budgetSeconds = positiveInt(flags.budget, mode === 'quick' ? 110 : 1500, '--budget');
+const budgetSeconds = positiveInt(flags.budget, mode === 'quick' ? 55 : 720, '--budget');
+/** A run slower than this fails instead of eating the budget (a quick run must stay under a minute). */
+const runTimeoutMs = (mode === 'quick' ? 12 : 120) * 1000;
+/** A run during which other processes used more than this share of all cores is measured once more. */
+const DISTURBED_SHARE = 0.25;
 const wantTargets = splitList(flags.targets);
 const wantScenarios = splitList(flags.scenarios);
 
@@ -107,6 +111,9 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
   const hashed = new Set<string>();
   const notRun: string[] = [];
   let runCounter = 0;
+  // Repeats of disturbed runs: none in quick mode (it must stay under a minute), at most 10% more runs in full mode.
+  const plannedRuns = plan.reduce((sum, s) => sum + s.reps * s.targets.length, 0);
+  let repeatsLeft = mode === 'quick' ? 0 : Math.ceil(plannedRuns * 0.1);
 
   for (let si = 0; si < plan.length; si++) {
     const scenario = plan[si]!;
@@ -122,13 +129,27 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
           continue;
         }
         const hash = verify === 'all' || (verify === 'first' && !hashed.has(target.id));
+        const measure = (): Promise<RunResult> => measureRun({
+          scenario, dataset, target, rep, hash,
+          runDir: path.join(runsDir, `${runCounter++}-${target.id}`),
+          runTimeoutMs,
+          context: { workDir, repoRoot, startTimeoutMs: 30_000, requestTimeoutMs: runTimeoutMs },
+        });
         let result: RunResult;
         try {
-          result = await measureRun({
-            scenario, dataset, target, rep, hash,
-            runDir: path.join(runsDir, `${runCounter++}-${target.id}`),
-            context: { workDir, repoRoot, startTimeoutMs: 30_000, requestTimeoutMs: 300_000 },
-          });
+          result = await measure();
+          log(`  ${describeResult(result, scenario.reps)}`);
+          // On a shared VM another session can take a core for seconds: measure such a run once more and keep the
+          // quieter of the two (both stay in the JSON). Kernel writeback caused by the target counts as "other" too,
+          // so a repeat is not always quieter; one repeat bounds the cost.
+          if (result.ok && (result.otherCpuShare ?? 0) > DISTURBED_SHARE && repeatsLeft > 0 && Date.now() < deadline) {
+            repeatsLeft--;
+            const again = await measure();
+            log(`  ${describeResult(again, scenario.reps)} (repeat: the first was disturbed)`);
+            const keepAgain = again.ok && (again.otherCpuShare ?? 1) < (result.otherCpuShare ?? 0);
+            results.push({ ...(keepAgain ? result : again), superseded: true });
+            result = keepAgain ? again : result;
+          }
         } catch (error) {
           if (error instanceof TargetUnavailable) {
             skipped.set(target.id, error.message);
@@ -139,7 +160,6 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
         }
         results.push(result);
         if (result.ok && result.verified === 'sha256') hashed.add(target.id);
-        log(`  ${describeResult(result, scenario.reps)}`);
       }
     }
     if (!plan.slice(si + 1).some((s) => s.fileSize === scenario.fileSize && s.chunkSize === scenario.chunkSize)) store.drop(dataset);
@@ -185,6 +205,9 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
       'Updraft syncs per chunk (durability=chunk) or per upload (durability=upload).',
     'CPU s/GiB: utime+stime of the server\'s process tree from /proc/<pid>/stat (worker threads included; nginx master ' +
       '+ workers) over the window, per GiB sent. The disk limit\'s CPU is this process\'s own. curl CPU: the curl processes of the window.',
+    'other CPU: the share of all cores, over the window, used by processes other than the target, curl and the ' +
+      'harness (other sessions on the VM, kernel threads such as writeback, steal; not interrupt time); the worst repetition is shown. A run above ' +
+      `${DISTURBED_SHARE * 100}% is measured once more (full mode, up to 10% extra runs) and the quieter of the two is kept (both are in the JSON).`,
     'Peak RSS: VmHWM from /proc/<pid>/status, reset through /proc/<pid>/clear_refs at the start of the window; the ' +
       'root process for Node targets, master + workers summed for nginx.',
     'ELD: main-thread event-loop delay from perf_hooks.monitorEventLoopDelay (1 ms resolution, excess over the ' +
@@ -203,6 +226,7 @@ function describeResult(r: RunResult, repsInScenario: number): string {
   if (r.cpuSecondsPerGiB !== undefined) parts.push(`cpu ${r.cpuSecondsPerGiB.toFixed(2)} s/GiB`);
   if (r.peakRssBytes !== undefined) parts.push(`rss ${(r.peakRssBytes / 1024 / 1024).toFixed(0)} MiB`);
   if (r.loopDelay !== undefined) parts.push(`eld p99 ${r.loopDelay.p99Ms.toFixed(1)} ms`);
+  if (r.otherCpuShare !== undefined) parts.push(`other cpu ${(r.otherCpuShare * 100).toFixed(0)}%`);
   parts.push(r.verified === 'sha256' ? 'sha256 ok' : r.verified === 'size' ? 'size ok' : 'counted');
   return `${tag}: ${parts.join(', ')}`;
 }

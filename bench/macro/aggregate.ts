@@ -13,6 +13,8 @@ export interface Aggregate {
   readonly mbPerSecondMax?: number;
   readonly cpuSecondsPerGiB?: number;
   readonly clientCpuSecondsPerGiB?: number;
+  /** Worst (largest) share of CPU taken by other processes during a repetition. */
+  readonly otherCpuShare?: number;
   /** Worst peak over the repetitions. */
   readonly peakRssBytes?: number;
   readonly peakRssWindowOnly: boolean;
@@ -25,6 +27,7 @@ export interface Aggregate {
 export function aggregate(results: readonly RunResult[]): Aggregate[] {
   const groups = new Map<string, RunResult[]>();
   for (const r of results) {
+    if (r.superseded === true) continue;
     const key = `${r.scenario}\u0000${r.target}`;
     const list = groups.get(key);
     if (list === undefined) groups.set(key, [r]);
@@ -54,6 +57,7 @@ export function aggregate(results: readonly RunResult[]): Aggregate[] {
       mbPerSecondMax: speeds.length > 0 ? Math.max(...speeds) : undefined,
       cpuSecondsPerGiB: median(defined(ok.map((r) => r.cpuSecondsPerGiB))),
       clientCpuSecondsPerGiB: median(defined(ok.map((r) => r.clientCpuSecondsPerGiB))),
+      otherCpuShare: maxOf(defined(ok.map((r) => r.otherCpuShare))),
       peakRssBytes: rss.length > 0 ? Math.max(...rss) : undefined,
       peakRssWindowOnly: ok.length > 0 && ok.every((r) => r.peakRssWindowOnly),
       loopDelayP99Ms: median(eldP99),
@@ -62,6 +66,10 @@ export function aggregate(results: readonly RunResult[]): Aggregate[] {
     });
   }
   return out;
+}
+
+function maxOf(xs: readonly number[]): number | undefined {
+  return xs.length > 0 ? Math.max(...xs) : undefined;
 }
 
 export function median(xs: readonly number[]): number | undefined {

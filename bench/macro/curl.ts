@@ -39,15 +39,24 @@ export class CurlFailed extends Error {}
 
 /** curl processes running now, so an interrupted benchmark can stop them (ours, by handle). */
 const running = new Set<ChildProcess>();
+/** While closed, runCurl refuses to start: a run past its time limit must not start its next upload. */
+let gateOpen = true;
 
+/** Kills every running curl and refuses new ones until openCurlGate(). */
 export function killCurlsNow(): void {
+  gateOpen = false;
   for (const child of running) child.kill('SIGKILL');
   running.clear();
+}
+
+export function openCurlGate(): void {
+  gateOpen = true;
 }
 
 const WRITE_OUT = '%{urlnum} %{http_code} %{size_upload}\\n';
 
 export async function runCurl(batch: CurlBatch): Promise<void> {
+  if (!gateOpen) throw new CurlFailed('stopped: the run is over its time limit');
   fs.writeFileSync(batch.configPath, curlConfig(batch));
   try {
     const { code, stdout, stderr, timedOut } = await spawnCurl(['-K', batch.configPath], batch.timeoutMs);
@@ -91,21 +100,21 @@ function checkTransfers(batch: CurlBatch, stdout: string, code: number | null, s
   const seen = new Array<boolean>(batch.transfers.length).fill(false);
   const problems: string[] = [];
   const lines = stdout.split('\n').filter((l) => l !== '');
-  lines.forEach((line, position) => {
+  for (const line of lines) {
     const [numText, statusText, sizeText] = line.split(' ');
-    // urlnum restarts at 0 after each `next`, so sequential batches are matched by position instead.
-    const index = batch.mode === 'parallel' ? Number(numText) : position;
+    // urlnum counts transfers in config order across `next` too; parallel lines arrive in completion order.
+    const index = Number(numText);
     const transfer = batch.transfers[index];
     if (transfer === undefined) {
       problems.push(`unexpected write-out line: ${line}`);
-      return;
+      continue;
     }
     seen[index] = true;
     const status = Number(statusText);
     const sent = Number(sizeText);
     if (!(status >= 200 && status < 300)) problems.push(`${transfer.url} answered ${statusText}`);
     else if (sent !== transfer.bytes) problems.push(`${transfer.url} sent ${sizeText} of ${transfer.bytes} bytes`);
-  });
+  }
   const missing = seen.filter((s) => !s).length;
   if (missing > 0) problems.push(`${missing} transfer(s) reported nothing`);
   if (code !== 0 && problems.length === 0) problems.push(`curl exited with code ${code}`);

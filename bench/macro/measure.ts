@@ -11,10 +11,12 @@
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { sha256OfFiles, warmupSlice, type Dataset } from './dataset.js';
-import { peakRssBytes, reapedChildrenCpuSeconds, resetPeakRss, treeCpuSeconds } from './proc-stats.js';
+import { killCurlsNow, openCurlGate } from './curl.js';
+import { machineBusySeconds, peakRssBytes, reapedChildrenCpuSeconds, resetPeakRss, treeCpuSeconds } from './proc-stats.js';
 import type { RunningTarget, Scenario, StoredLayout, TargetContext, TargetSpec, UploadJob } from './model.js';
 
 const GIB = 1024 ** 3;
@@ -39,6 +41,11 @@ export interface RunResult {
   readonly cpuSecondsPerGiB?: number;
   /** CPU of the curl processes that finished in the window, per GiB. */
   readonly clientCpuSecondsPerGiB?: number;
+  /**
+   * Share of the machine's CPU capacity (all cores x window) used by anything other than the target, curl and this
+   * process: other sessions, kernel threads (writeback). High values flag a disturbed run.
+   */
+  readonly otherCpuShare?: number;
   readonly peakRssBytes?: number;
   /** True when VmHWM was reset after warm-up, so the peak is the window's own. */
   readonly peakRssWindowOnly: boolean;
@@ -46,6 +53,8 @@ export interface RunResult {
   readonly loopDelay?: LoopDelay;
   /** 'sha256' (every upload hashed and equal), 'size' (lengths only), 'none' (not stored: counted only). */
   readonly verified: 'sha256' | 'size' | 'none';
+  /** Set when the run was disturbed and measured again; the report then uses the repeat. */
+  readonly superseded?: boolean;
 }
 
 export interface RunOptions {
@@ -56,6 +65,8 @@ export interface RunOptions {
   readonly hash: boolean;
   readonly context: Omit<TargetContext, 'dataDir'>;
   readonly runDir: string;
+  /** The measured window may last this long; then its curl processes are stopped and the run fails. */
+  readonly runTimeoutMs: number;
 }
 
 /** Throws TargetUnavailable from start(); every other failure comes back as a result with ok=false. */
@@ -65,6 +76,7 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
   fs.mkdirSync(dataDir, { recursive: true });
   const base = { scenario: scenario.id, target: target.id, rep };
   let running: RunningTarget | undefined;
+  openCurlGate();
   try {
     running = await target.start({ ...options.context, dataDir });
     const client = running.client.describe(scenario.inFlight);
@@ -91,24 +103,38 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     const eldAvailable = running.eldBaseUrl !== undefined && (await resetLoopDelay(running.eldBaseUrl));
     const server = running.server;
     const windowOnly = server !== undefined && resetPeakRss(server.pid, server.rssScope);
-    const cpuBefore = server === undefined ? process.cpuUsage() : undefined;
+    const selfBefore = process.cpuUsage();
+    const busyBefore = machineBusySeconds();
     const serverCpuBefore = server === undefined ? 0 : treeCpuSeconds(server.pid);
     const clientCpuBefore = reapedChildrenCpuSeconds();
     const started = performance.now();
 
-    const settled = await runPool(jobs, scenario.concurrentUploads, (job) => running!.client.upload(job));
+    openCurlGate();
+    const limit = { expired: false };
+    const timer = setTimeout(() => {
+      limit.expired = true;
+      killCurlsNow(); // only this run's uploads are in flight
+    }, options.runTimeoutMs);
+    const settled = await runPool(jobs, scenario.concurrentUploads, limit, (job) => running!.client.upload(job));
+    clearTimeout(timer);
 
     const seconds = (performance.now() - started) / 1000;
-    const serverCpu = server === undefined
-      ? cpuSeconds(process.cpuUsage(cpuBefore))
-      : treeCpuSeconds(server.pid) - serverCpuBefore;
+    const selfCpu = cpuSeconds(process.cpuUsage(selfBefore));
+    const serverCpu = server === undefined ? selfCpu : treeCpuSeconds(server.pid) - serverCpuBefore;
     const clientCpu = reapedChildrenCpuSeconds() - clientCpuBefore;
+    const busy = machineBusySeconds() - busyBefore;
+    const otherCpu = busy - clientCpu - selfCpu - (server === undefined ? 0 : serverCpu);
+    const otherCpuShare = Math.max(0, otherCpu) / (seconds * os.availableParallelism());
     const rss = server === undefined ? undefined : peakRssBytes(server.pid, server.rssScope);
     const loopDelay = eldAvailable && running.eldBaseUrl !== undefined ? await readLoopDelay(running.eldBaseUrl) : undefined;
 
-    const firstFailure = settled.find((s) => s.status === 'rejected');
+    if (limit.expired) {
+      const done = settled.filter((s) => s?.status === 'fulfilled').length;
+      return failed(new Error(`did not finish within ${options.runTimeoutMs / 1000} s (${done}/${jobs.length} uploads done)`));
+    }
+    const firstFailure = settled.find((s) => s?.status === 'rejected');
     if (firstFailure !== undefined) {
-      const count = settled.filter((s) => s.status === 'rejected').length;
+      const count = settled.filter((s) => s?.status === 'rejected').length;
       return failed(new Error(`${count}/${jobs.length} uploads failed: ${(firstFailure.reason as Error).message}`));
     }
     let verified: RunResult['verified'];
@@ -126,6 +152,7 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
       mbPerSecond: bytes / 1e6 / seconds,
       cpuSecondsPerGiB: serverCpu / (bytes / GIB),
       clientCpuSecondsPerGiB: server === undefined ? undefined : clientCpu / (bytes / GIB),
+      otherCpuShare,
       peakRssBytes: rss,
       peakRssWindowOnly: windowOnly,
       loopDelay,
@@ -165,12 +192,20 @@ async function verifyStored(
   return verified;
 }
 
-/** Runs fn over items with at most `limit` at once; never rejects (each outcome is reported). */
-async function runPool<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
-  const results = new Array<PromiseSettledResult<R>>(items.length);
+/**
+ * Runs fn over items with at most `limit` at once; never rejects (each outcome is reported). Starts nothing new once
+ * `stop.expired` is set, so the slots of items never started stay empty.
+ */
+async function runPool<T, R>(
+  items: readonly T[],
+  limit: number,
+  stop: { readonly expired: boolean },
+  fn: (item: T) => Promise<R>,
+): Promise<Array<PromiseSettledResult<R> | undefined>> {
+  const results = new Array<PromiseSettledResult<R> | undefined>(items.length).fill(undefined);
   let next = 0;
   const worker = async (): Promise<void> => {
-    while (next < items.length) {
+    while (next < items.length && !stop.expired) {
       const index = next++;
       try {
         results[index] = { status: 'fulfilled', value: await fn(items[index]!) };
@@ -205,9 +240,11 @@ async function readLoopDelay(baseUrl: string): Promise<LoopDelay | undefined> {
       await response.arrayBuffer();
       return undefined;
     }
-    const body = (await response.json()) as { p99Ms?: unknown; maxMs?: unknown };
-    if (typeof body.p99Ms !== 'number' || typeof body.maxMs !== 'number') return undefined;
-    return { p99Ms: body.p99Ms, maxMs: body.maxMs };
+    // The peers answer the figures bare; an Updraft-style envelope {"status","data":{...}} is accepted too.
+    const body = (await response.json()) as { p99Ms?: unknown; maxMs?: unknown; data?: { p99Ms?: unknown; maxMs?: unknown } };
+    const figures = typeof body.p99Ms === 'number' ? body : body.data;
+    if (typeof figures?.p99Ms !== 'number' || typeof figures.maxMs !== 'number') return undefined;
+    return { p99Ms: figures.p99Ms, maxMs: figures.maxMs };
   } catch {
     return undefined;
   }

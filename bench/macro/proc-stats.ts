@@ -133,3 +133,19 @@ function safeReaddir(dir: string): string[] {
     return [];
   }
 }
+
+/**
+ * CPU seconds the whole machine has spent in processes so far (all cores; /proc/stat user + nice + system + steal).
+ * Over a window, that minus the target, curl and this process is what everything else took: other sessions on a
+ * shared VM, kernel threads (writeback), other guests (steal). irq and softirq time are left out: loopback TCP is
+ * processed there on behalf of the transfer itself, and counting it would make every network run look disturbed.
+ */
+export function machineBusySeconds(): number {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+    const [, user, nice, system, , , , , steal] = line.trim().split(/\s+/).map(Number);
+    return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (steal ?? 0)) / CLOCK_TICKS;
+  } catch {
+    return 0;
+  }
+}

@@ -29,7 +29,7 @@ export interface Report {
 
 function rows(report: Report, scenario: Scenario): string[][] {
   const header = ['target', 'client', 'MB/s', ...(scenarioReps(report, scenario) > 1 ? ['range'] : []),
-    ...REFERENCES.map((r) => `x ${r}`), 'CPU s/GiB', 'curl CPU s/GiB', 'peak RSS MiB', 'ELD p99 ms', 'ELD max ms', 'bytes'];
+    ...REFERENCES.map((r) => `x ${r}`), 'CPU s/GiB', 'curl CPU s/GiB', 'peak RSS MiB', 'ELD p99 ms', 'ELD max ms', 'other CPU', 'bytes'];
   const out = [header];
   for (const target of report.targets) {
     const g = report.aggregates.find((a) => a.scenario === scenario.id && a.target === target.id);
@@ -46,6 +46,7 @@ function rows(report: Report, scenario: Scenario): string[][] {
       g.peakRssBytes === undefined ? 'n/a' : fixed(g.peakRssBytes / MiB, 0),
       g.loopDelayP99Ms === undefined ? 'n/a' : fixed(g.loopDelayP99Ms, 1),
       g.loopDelayMaxMs === undefined ? 'n/a' : fixed(g.loopDelayMaxMs, 1),
+      g.otherCpuShare === undefined ? '-' : `${(g.otherCpuShare * 100).toFixed(0)}%`,
       { sha256: 'sha256 ok', size: 'size ok', none: 'counted', failed: 'FAILED' }[g.verified],
     ];
     out.push(cells);

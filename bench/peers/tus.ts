@@ -12,7 +12,7 @@ import { FileStore } from '@tus/file-store';
 import { announceListening, readServerArgs } from './server-args.js';
 import { ELD_PATH, ELD_RESET_PATH, startLoopDelayMonitor } from './loop-delay.js';
 
-export const TUS_PATH = '/files';
+const TUS_PATH = '/files'; // the harness's TusPatchClient posts to <base>/files
 
 const args = readServerArgs();
 const eld = startLoopDelayMonitor();

@@ -35,7 +35,7 @@ export function startUwsPeer(args: ServerArgs, behaviour: UwsPeerBehaviour): voi
   const route = `${args.prefix}/upload-chunk`;
   const app = uWS.App();
 
-  app.post(route, (res, req) => readInit(res, req, table, behaviour, args.prefix));
+  app.post(route, (res) => readInit(res, table, behaviour, args.prefix));
   app.put(route, (res, req) => receiveChunk(res, req, table, behaviour));
   app.get(ELD_PATH, (res) => {
     res.writeStatus('200 OK').writeHeader('content-type', 'application/json').end(JSON.stringify(eld.snapshot()));
@@ -53,12 +53,12 @@ export function startUwsPeer(args: ServerArgs, behaviour: UwsPeerBehaviour): voi
       process.stderr.write(`cannot listen on ${args.host}:${args.port}\n`);
       process.exit(1);
     }
+    // A listen socket is a us_socket underneath; the 20.30 typings keep the two types apart.
     announceListening(args.host, uWS.us_socket_local_port(socket as unknown as uWS.us_socket));
   });
 }
 
-function readInit(res: HttpResponse, req: HttpRequest, table: UploadTable, behaviour: UwsPeerBehaviour, prefix: string): void {
-  void req; // the request object is only valid during this call; the init route needs nothing from it
+function readInit(res: HttpResponse, table: UploadTable, behaviour: UwsPeerBehaviour, prefix: string): void {
   let aborted = false;
   res.onAborted(() => {
     aborted = true;

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { createUploadEngine } from '../index.js';
 import type { UploadEngineOptions } from '../index.js';
 import { UsageError, parseDuration, parseInteger, parseSize, parseTokenSpec } from './args.js';
+import { uploadMain } from './upload.js';
 
 const SERVE_HELP = `Usage: updraft serve [options]
 
@@ -26,7 +27,11 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
   --token USER:TOKEN      accept "Authorization: Bearer TOKEN" as USER; repeatable
                           (UPDRAFT_TOKENS, comma-separated). Without any, everyone is "anonymous".
   --upload-ttl DURATION   expire uploads idle this long (UPDRAFT_UPLOAD_TTL, default 24h)
+  --allowed-origin ORIGIN browser origin (https://app.example.com, or *) allowed to open an upload WebSocket
+                          besides the server's own; repeatable (UPDRAFT_ALLOWED_ORIGINS, comma-separated)
   --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
+  --no-demo               do not serve the demo page at / and the browser client at /updraft-client.js
+                          (UPDRAFT_DEMO=0)
   -h, --help              this text
 
 Sizes take B, K/KiB, M/MiB, G/GiB (or KB/MB/GB for powers of 1000); durations ms, s, m, h, d.
@@ -38,6 +43,7 @@ const HELP = `Usage: updraft <command> [options]
 
 Commands:
   serve      start the upload server (updraft serve --help)
+  upload     upload files to a server (updraft upload --help)
 `;
 
 export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngineOptions | 'help' {
@@ -58,8 +64,10 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
       'on-conflict': { type: 'string' },
       'lock-mode': { type: 'string' },
       token: { type: 'string', multiple: true },
+      'allowed-origin': { type: 'string', multiple: true },
       'upload-ttl': { type: 'string' },
       'log-level': { type: 'string' },
+      'no-demo': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -94,7 +102,11 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   str('logLevel', 'log-level', 'UPDRAFT_LOG_LEVEL');
   const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').filter(Boolean) : []);
   if (specs.length > 0) o.tokens = Object.fromEntries(specs.map(parseTokenSpec));
+  const origins = values['allowed-origin'] ?? (env.UPDRAFT_ALLOWED_ORIGINS ? env.UPDRAFT_ALLOWED_ORIGINS.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  if (origins.length > 0) o.allowedOrigins = origins;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
+  // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
+  o.demo = values['no-demo'] !== true && env.UPDRAFT_DEMO !== '0';
   return o;
 }
 
@@ -104,6 +116,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     process.stdout.write(HELP);
     return cmd === undefined ? 2 : 0;
   }
+  if (cmd === 'upload') return uploadMain(rest, env);
   if (cmd !== 'serve') {
     process.stderr.write(`updraft: unknown command "${cmd}"\n${HELP}`);
     return 2;

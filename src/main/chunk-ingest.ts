@@ -17,12 +17,14 @@ import type { SlabPool, Slab } from './slab-pool.js';
 import type { Upload, CompletionInfo } from './upload.js';
 import type { UploadRegistry } from './upload-registry.js';
 import type { WritePool } from './write-pool.js';
+import type { Metrics } from './metrics.js';
 
 export interface IngestContext {
   readonly options: ResolvedOptions;
   readonly pool: WritePool;
   readonly slabs: SlabPool;
   readonly registry: UploadRegistry;
+  readonly metrics?: Metrics | null;
 }
 
 export interface ChunkAck {
@@ -75,18 +77,30 @@ export async function claimChunk(
     throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${chunk} is past the last chunk (${u.totalChunks - 1})`);
   }
   if (u.status === 'completed') return ack(u, chunk, true, completionOf(u));
-  u.assertWritable();
+  // While finalizing, every bit is set: a chunk sent now is a duplicate whose reply waits for the completion's
+  // outcome (a retry that did nothing wrong is not refused).
+  if (u.status !== 'finalizing') u.assertWritable();
   u.touch();
-  if (u.shared && isChunkSet(u.shared, chunk)) return ack(u, chunk, true, await pendingCompletion(u));
+  // A set bit is not yet an acknowledgement: its writer sets it right after the write and only then commits
+  // (chunk durability: fdatasync + journal). While that writer still holds the claim, a crash can take the chunk
+  // away, so a duplicate that answered "already received" now would acknowledge bytes that are not durable
+  // (durability.md invariant 4). Writers keep the claim until their commit has ended (ChunkReceiver.abort
+  // included), so "bit set and nobody holds the claim" means durable, or the upload has failed (checked above).
+  // Otherwise the duplicate waits for the claim like any second writer and looks again.
+  if (u.shared && isChunkSet(u.shared, chunk) && !u.isClaimed(chunk)) return ack(u, chunk, true, await pendingCompletion(u));
   if (!(await u.claim(chunk, writerId, ctx.options.chunkBusyTimeout, signal))) {
     if (signal?.aborted) throw new UploadError('ERR_CHUNK_INCOMPLETE');
     throw new UploadError('ERR_CHUNK_BUSY');
   }
-  // The previous owner may have finished the chunk, or the upload may have ended, while we waited.
-  const completed = (u.status as string) === 'completed';
-  if (completed || (u.shared && isChunkSet(u.shared, chunk))) {
+  // The previous owner may have finished the chunk, or the upload may have ended, while we waited. An upload that
+  // failed meanwhile (e.g. the previous owner's commit failed) is reported as failed, never as "already received".
+  if ((u.status as string) === 'completed') {
     u.releaseClaim(chunk, writerId);
-    return ack(u, chunk, true, completed ? completionOf(u) : await pendingCompletion(u));
+    return ack(u, chunk, true, completionOf(u));
+  }
+  if (u.shared && isChunkSet(u.shared, chunk) && ((u.status as string) === 'active' || (u.status as string) === 'finalizing')) {
+    u.releaseClaim(chunk, writerId);
+    return ack(u, chunk, true, await pendingCompletion(u));
   }
   try {
     u.assertWritable();
@@ -103,7 +117,7 @@ async function pendingCompletion(u: Upload): Promise<CompletionInfo | undefined>
 }
 
 /** After a chunk's last task: make it durable as the durability mode says, finalize if it was the last bit. */
-async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResult): Promise<ChunkAck> {
+async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResult, startedAt: number): Promise<ChunkAck> {
   if (r.directRefused) u.directRefused = true;
   if (r.failure) {
     const err = new UploadError(r.failure.code, r.failure.message);
@@ -112,6 +126,15 @@ async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResu
   }
   if (r.duplicate) return ack(u, chunk, true, await pendingCompletion(u));
   if (r.flipped) {
+    ctx.registry.emit('chunk', {
+      guid: u.guid,
+      user: u.user,
+      chunk,
+      size: chunkLength(u.fileSize, u.chunkSize, chunk),
+      receivedChunks: r.receivedChunks,
+      totalChunks: u.totalChunks,
+      writeSeconds: (performance.now() - startedAt) / 1000,
+    });
     if (ctx.options.durability === 'chunk') {
       try {
         await u.commit([chunk]);
@@ -158,13 +181,15 @@ export async function writeWholeChunk(
   if (expected >= 0 && bytes.length < expected) throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${chunk} is ${expected} bytes, got ${bytes.length}`);
   const copy = new ArrayBuffer(bytes.length);
   new Uint8Array(copy).set(bytes);
+  ctx.metrics?.bytesReceived.inc(bytes.length);
   const writerId = nextWriterId();
   const dup = await claimChunk(ctx, u, chunk, writerId);
   if (dup) return dup;
   try {
     const task: WriteTask = { ...baseTask(ctx, u, chunk, writerId), chunkOffset: 0, data: copy, dataOffset: 0, length: copy.byteLength, first: true, last: true };
     if (checksum) task.checksum = checksum;
-    return await settle(ctx, u, chunk, await ctx.pool.write(task));
+    const startedAt = performance.now();
+    return await settle(ctx, u, chunk, await ctx.pool.write(task), startedAt);
   } finally {
     u.releaseClaim(chunk, writerId);
   }
@@ -187,8 +212,11 @@ export class ChunkReceiver {
   #error: unknown = null;
   #duplicate = false;
   #aborted = false;
+  /** finish() has started: it releases the claim itself, after the chunk's commit. */
+  #finishing = false;
   #paused = false;
   #cancelWait: (() => void) | null = null;
+  readonly #startedAt = performance.now();
 
   constructor(
     private readonly ctx: IngestContext,
@@ -292,6 +320,7 @@ export class ChunkReceiver {
 
   /** End of body: checks the length, writes the last piece, settles the chunk. Releases the claim. */
   async finish(): Promise<ChunkAck> {
+    this.#finishing = true;
     try {
       if (this.received < this.expected) {
         throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${this.chunk} is ${this.expected} bytes, got ${this.received}`);
@@ -308,7 +337,7 @@ export class ChunkReceiver {
         throw err;
       }
       if (this.#duplicate || r === null) return ack(this.u, this.chunk, true, await pendingCompletion(this.u));
-      return await settle(this.ctx, this.u, this.chunk, r);
+      return await settle(this.ctx, this.u, this.chunk, r, this.#startedAt);
     } finally {
       this.#release();
     }
@@ -318,6 +347,10 @@ export class ChunkReceiver {
   abort(): void {
     if (this.#aborted) return;
     this.#aborted = true;
+    // Once finish() runs, the last piece may already have set the chunk's bit, and its commit is still to come:
+    // releasing the claim now would let a duplicate answer "already received" before the chunk is durable (see
+    // claimChunk). finish() goes on without the client and releases the claim when the commit has ended.
+    if (this.#finishing) return;
     this.#release();
   }
 

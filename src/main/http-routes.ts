@@ -10,12 +10,17 @@ import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
-import { parseChunkNumber, parseInitRequest } from '../protocol/validate.js';
+import { parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate } from './auth.js';
+import { clientView, parseTrustProxy } from './forwarded.js';
+import type { ClientView } from './forwarded.js';
+import { corsHeaders, logValue, preflightHeaders, requestId } from './http-policy.js';
+import type { Metrics } from './metrics.js';
+import type { UserLimits } from './user-limits.js';
 import { ChunkReceiver, claimChunk, nextWriterId } from './chunk-ingest.js';
 import type { ChunkAck, IngestContext } from './chunk-ingest.js';
-import type { AuthRequest } from './options.js';
+import type { AuthRequest, ResolvedOptions, UploadPlacement } from './options.js';
 import { sendError, sendJson, sendSuccess } from './respond.js';
 import type { ResponseState } from './respond.js';
 import type { Upload } from './upload.js';
@@ -23,33 +28,53 @@ import type { Upload } from './upload.js';
 export interface RouteContext extends IngestContext {
   readonly log: Logger;
   /** Event-loop delay figures for the benchmark endpoint. */
-  readonly eventLoopDelay: () => { p99Ms: number; maxMs: number; meanMs: number };
+  readonly eventLoopDelay: () => { p99Ms: number; maxMs: number; meanMs: number; resolutionMs: number };
   readonly resetEventLoopDelay: () => void;
   readonly isClosing: () => boolean;
+  readonly metrics: Metrics | null;
+  readonly userLimits: UserLimits;
 }
+
+const NO_PROXY_TRUST = parseTrustProxy([]);
 
 /** Largest JSON control body (init, cancel). */
 const MAX_JSON_BODY = 64 * 1024;
 
 export interface RequestInfo extends AuthRequest {
   readonly contentLength: number | null;
+  /** The client as seen through trusted proxies (trustProxy), or the socket peer. */
+  readonly client: ClientView;
+  readonly requestId: string;
 }
 
-/** Reads everything needed from `req` synchronously (it is invalid after the handler returns or awaits). */
-export function readRequest(res: HttpResponse, req: HttpRequest): RequestInfo {
+/**
+ * Reads everything needed from `req` synchronously (it is invalid after the handler returns or awaits). With the
+ * options, forwarded headers are interpreted under `trustProxy`; without, the socket peer is the client.
+ */
+export function readRequest(res: HttpResponse, req: HttpRequest, o?: ResolvedOptions): RequestInfo {
   const headers: Record<string, string> = {};
   req.forEach((k, v) => {
     headers[k] = v;
   });
   const cl = headers['content-length'];
+  const peer = Buffer.from(res.getRemoteAddressAsText()).toString();
+  const client = clientView(o?.trustProxy ?? NO_PROXY_TRUST, peer, headers);
   return {
     method: req.getMethod().toUpperCase(),
     url: req.getUrl(),
     headers,
     query: new URLSearchParams(req.getQuery() ?? ''),
-    remoteAddress: Buffer.from(res.getRemoteAddressAsText()).toString(),
+    remoteAddress: client.ip,
     contentLength: cl !== undefined && /^[0-9]{1,15}$/.test(cl) ? Number(cl) : null,
+    client,
+    requestId: requestId(headers),
   };
+}
+
+/** Absolute URLs as the client addressed us (scheme and host through trusted proxies). */
+export function absoluteUrls(info: RequestInfo, path: string): { location: string; webSocketUrl: string } {
+  const { proto, host } = info.client;
+  return { location: `${proto}://${host}${path}`, webSocketUrl: `${proto === 'https' ? 'wss' : 'ws'}://${host}${path}` };
 }
 
 function methodNotAllowed(allow: string): UploadError {
@@ -81,8 +106,9 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   const chunkRoute = `${o.prefix}/upload-chunk`;
   const statusRoute = `${o.prefix}/upload-status`;
 
-  const begin = (res: HttpResponse): ResponseState => {
+  const begin = (res: HttpResponse, info?: RequestInfo): ResponseState => {
     const st: ResponseState = { aborted: false, done: false };
+    if (info) st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) };
     res.onAborted(() => {
       st.aborted = true;
     });
@@ -91,8 +117,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
 
   // --- POST upload-chunk: init | cancel ----------------------------------------------------------------------------
   app.post(chunkRoute, (res, req) => {
-    const info = readRequest(res, req);
-    const st = begin(res);
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
     if (info.contentLength !== null && info.contentLength > MAX_JSON_BODY) {
       sendError(res, st, new UploadError('ERR_BODY_TOO_LARGE'), log, true);
       return;
@@ -121,7 +147,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
             throw new UploadError('ERR_INVALID_JSON', 'Request body must be a JSON object');
           }
           const action = (body as { action?: unknown }).action;
-          if (action === 'init') await handleInit(res, st, user, body);
+          if (action === 'init') await handleInit(res, st, info, user, body);
           else if (action === 'cancel') await handleCancel(res, st, user, (body as { guid?: unknown }).guid);
           else throw new UploadError('ERR_UNKNOWN_ACTION', `Unknown action; expected "init" or "cancel"`);
         } catch (e) {
@@ -131,19 +157,59 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     });
   });
 
-  async function handleInit(res: HttpResponse, st: ResponseState, user: string, body: object): Promise<void> {
+  async function handleInit(res: HttpResponse, st: ResponseState, info: RequestInfo, user: string, body: object): Promise<void> {
     if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
-    const req = parseInitRequest(body, {
+    let req = parseInitRequest(body, {
       defaultChunkSize: o.chunkSize,
       minChunkSize: o.minChunkSize,
       maxChunkSize: o.maxChunkSize,
       maxFileSize: o.maxFileSize,
       maxChunks: o.maxChunks,
     });
+    let open = 0;
+    let mine = 0;
+    for (const u of registry.uploads()) {
+      if (u.status !== 'active' && u.status !== 'finalizing') continue;
+      open++;
+      if (u.user === user) mine++;
+    }
+    if (open >= o.maxUploads) throw new UploadError('ERR_SERVER_BUSY', 'The server has too many open uploads; retry later');
+    if (mine >= o.maxUploadsPerUser) throw new UploadError('ERR_RATE_LIMITED', 'Too many open uploads for this user; finish or cancel some first');
+    if (o.onUploadCreate) {
+      let placement: void | UploadPlacement;
+      try {
+        placement = await o.onUploadCreate(
+          {
+            user,
+            fileName: req.fileName,
+            fileSize: req.fileSize,
+            chunkSize: req.chunkSize,
+            totalChunks: req.totalChunks,
+            targetPath: req.targetPath.join('/'),
+            ...(req.uploadMethod !== undefined ? { uploadMethod: req.uploadMethod } : {}),
+            clientIp: info.client.ip,
+          },
+          info,
+        );
+      } catch (e) {
+        if (e instanceof UploadError) throw e;
+        log.warn({ err: e, reqId: info.requestId }, 'onUploadCreate refused an upload');
+        throw new UploadError('ERR_UPLOAD_REFUSED');
+      }
+      if (placement) {
+        req = {
+          ...req,
+          ...(placement.fileName !== undefined ? { fileName: validateFileName(placement.fileName) } : {}),
+          ...(placement.targetPath !== undefined ? { targetPath: validateTargetPath(placement.targetPath) } : {}),
+        };
+      }
+    }
     const u = await registry.create(user, req);
+    const uploadUrl = `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`;
     const data: Record<string, unknown> = {
       guid: u.guid,
-      uploadUrl: `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`,
+      uploadUrl,
+      ...absoluteUrls(info, uploadUrl),
       fileName: u.fileName,
       fileSize: u.fileSize,
       chunkSize: u.chunkSize,
@@ -167,8 +233,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
 
   // --- DELETE upload-chunk?guid= -------------------------------------------------------------------------------------
   app.del(chunkRoute, (res, req) => {
-    const info = readRequest(res, req);
-    const st = begin(res);
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
     void (async () => {
       try {
         const user = await authenticate(o, info);
@@ -181,8 +247,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
 
   // --- GET upload-status?guid= and GET upload-chunk?guid= (no Upgrade) ------------------------------------------------
   const status = (res: HttpResponse, req: HttpRequest): void => {
-    const info = readRequest(res, req);
-    const st = begin(res);
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
     void (async () => {
       try {
         const user = await authenticate(o, info);
@@ -197,14 +263,53 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   app.get(chunkRoute, status);
 
   // --- PUT upload-chunk?guid=G[&chunk=N] ------------------------------------------------------------------------------
-  app.put(chunkRoute, (res, req) => putChunk(ctx, res, readRequest(res, req)));
+  app.put(chunkRoute, (res, req) => putChunk(ctx, res, readRequest(res, req, o)));
 
   // --- everything else ------------------------------------------------------------------------------------------------
   const notAllowed = (allow: string) => (res: HttpResponse, req: HttpRequest) => {
-    readRequest(res, req);
-    const st = begin(res);
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
     sendError(res, st, methodNotAllowed(allow), log);
   };
+  // CORS preflight for the API routes: answered for allowed origins, refused (403) for others.
+  app.options(`${o.prefix}/*`, (res, req) => {
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
+    const headers = preflightHeaders(o, info.headers);
+    if (!headers) {
+      sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log);
+      return;
+    }
+    st.done = true;
+    res.cork(() => {
+      res.writeStatus('204 No Content');
+      for (const [k, v] of Object.entries({ ...headers, 'X-Request-Id': info.requestId })) res.writeHeader(k, v);
+      res.endWithoutBody();
+    });
+  });
+  if (o.metrics && ctx.metrics) {
+    const metrics = ctx.metrics;
+    app.get('/metrics', (res, req) => {
+      const info = readRequest(res, req, o);
+      const st = begin(res, info);
+      if (o.metricsToken !== undefined && info.headers['authorization'] !== `Bearer ${o.metricsToken}`) {
+        sendError(res, st, new UploadError('ERR_UNAUTHORIZED'), log);
+        return;
+      }
+      metrics.text().then(
+        (text) => {
+          if (st.aborted) return;
+          st.done = true;
+          res.cork(() => {
+            res.writeStatus('200 OK');
+            res.writeHeader('Content-Type', metrics.contentType);
+            res.end(text);
+          });
+        },
+        (e: unknown) => sendError(res, st, e, log),
+      );
+    });
+  }
   app.any(chunkRoute, notAllowed('GET, POST, PUT, DELETE'));
   app.any(statusRoute, notAllowed('GET'));
   app.get('/healthz', (res) => {
@@ -227,8 +332,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     });
   }
   app.any('/*', (res, req) => {
-    readRequest(res, req);
-    const st = begin(res);
+    const info = readRequest(res, req, o);
+    const st = begin(res, info);
     sendError(res, st, new UploadError('ERR_NOT_FOUND'), log);
   });
 }
@@ -239,8 +344,14 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
  */
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
-  const st: ResponseState = { aborted: false, done: false };
+  const st: ResponseState = { aborted: false, done: false, headers: { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) } };
   const abort = new AbortController();
+  let user = '';
+  let reserved = 0; // chunk bytes counted against the user's in-flight limit
+  const unreserve = (): void => {
+    if (reserved > 0) ctx.userLimits.release(user, reserved);
+    reserved = 0;
+  };
   type Phase = 'setup' | 'header' | 'body' | 'drain' | 'finishing' | 'over';
   let phase: Phase = 'setup';
   let busy = true; // an async step runs: pieces are queued (copied), the request is paused
@@ -259,12 +370,14 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     phase = 'over';
     abort.abort();
     receiver?.abort();
+    unreserve();
   });
 
   const fail = (e: unknown): void => {
     if (phase === 'over') return;
     receiver?.abort();
     receiver = null;
+    unreserve();
     // Once the body is read, the connection stays usable; otherwise close it rather than read an unwanted body.
     const bodyRead = queue.some((q) => q.isLast) || phase === 'finishing';
     phase = 'over';
@@ -277,6 +390,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     if (!bodyFits) return fail(e);
     receiver?.abort();
     receiver = null;
+    unreserve();
     deferredError = e;
     phase = 'drain';
     for (const q of queue.splice(0)) handle(q.bytes, q.isLast);
@@ -340,6 +454,13 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
       phase = 'drain';
       return;
     }
+    try {
+      ctx.userLimits.reserve(user, expected);
+      reserved = expected;
+    } catch (e) {
+      u.releaseClaim(chunk, writerId);
+      throw e;
+    }
     receiver = new ChunkReceiver(
       ctx,
       u,
@@ -361,7 +482,8 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     const r = receiver!;
     phase = 'finishing';
     step(async () => {
-      const a = await r.finish();
+      const a = await r.finish().finally(unreserve);
+      ctx.metrics?.bytesReceived.inc(r.received);
       receiver = null;
       phase = 'over';
       const { message, data } = chunkReply(a);
@@ -421,7 +543,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
 
   // Setup: who, which upload, which chunk. Synchronous with token auth; the hook may make it async.
   step(async () => {
-    const user = await authenticate(o, info);
+    user = await authenticate(o, info);
     if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
     upload = ctx.registry.find(info.query.get('guid'), user);
     const raw = info.query.get('chunk');

@@ -6,6 +6,40 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { LockMode } from '../workers/shared-layout.js';
+import { parseTrustProxy } from './forwarded.js';
+import type { ProxyTrust } from './forwarded.js';
+
+/** What `onUploadCreate` sees (values as validated from the client's init). */
+export interface UploadCreateInfo {
+  user: string;
+  fileName: string;
+  fileSize: number;
+  chunkSize: number;
+  totalChunks: number;
+  /** Folder relative to the upload root, '/'-separated ('' = the root). */
+  targetPath: string;
+  uploadMethod?: string;
+  /** The client's address (after trusted proxies). */
+  clientIp: string;
+}
+
+/** What `onUploadCreate` may decide: the target folder (relative to the root) and the file's name. */
+export interface UploadPlacement {
+  targetPath?: string;
+  fileName?: string;
+}
+
+/** What `onUploadComplete` sees: the upload and where its file now is. */
+export interface UploadCompleteInfo {
+  guid: string;
+  user: string;
+  /** The final name in the target folder. */
+  fileName: string;
+  size: number;
+  targetPath: string;
+  /** Absolute path of the completed file on this server (for scanning, indexing, moving). */
+  path: string;
+}
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -109,6 +143,38 @@ export interface UploadEngineOptions {
    */
   wsWindow?: number;
 
+  // --- production: proxies, limits, hooks, metrics (issue 6) ---
+  /**
+   * Reverse proxies whose forwarded headers are believed: IP addresses or CIDRs (`127.0.0.1`, `10.0.0.0/8`,
+   * `::1`). Only when the socket peer is one of them are `X-Forwarded-For/-Proto/-Host` and `Forwarded` used; the
+   * client is the rightmost address that is not itself a trusted proxy. Default none: forwarded headers ignored.
+   */
+  trustProxy?: readonly string[];
+  /** Open (active) uploads one user may have; the next init gets 429. Default 100. */
+  maxUploadsPerUser?: number;
+  /** Chunk bytes one user may be sending at once over HTTP; the next chunk gets 429. Default 256 MiB. */
+  maxInFlightBytesPerUser?: number;
+  /** Open uploads on this server; the next init gets 503. Default 10,000. */
+  maxUploads?: number;
+  /** Allow credentialed cross-origin requests (cookies) from `allowedOrigins`. Default false. */
+  corsCredentials?: boolean;
+  /** Serve Prometheus metrics at `GET /metrics`. Default true. */
+  metrics?: boolean;
+  /** When set, `GET /metrics` requires `Authorization: Bearer <metricsToken>`. */
+  metricsToken?: string;
+  /**
+   * Decides on a new upload before anything is created. Throw an `UploadError` to refuse it (its code and message
+   * reach the client; any other error refuses with ERR_UPLOAD_REFUSED); return `{ targetPath, fileName }` to
+   * choose where the file goes (validated like a client's values).
+   */
+  onUploadCreate?: (info: UploadCreateInfo, req: AuthRequest) => void | UploadPlacement | Promise<void | UploadPlacement>;
+  /**
+   * Runs after the file is durable in its final place and before the client hears "complete". If it throws, the
+   * completion fails cleanly: the file is removed again, the upload is marked failed with the error (an
+   * `UploadError`'s code and message, otherwise ERR_HOOK_FAILED), and the client is told.
+   */
+  onUploadComplete?: (info: UploadCompleteInfo) => void | Promise<void>;
+
   // --- demo ---
   /**
    * Serve the demo page at `/` and the browser client at `/updraft-client.js` (src/main/static-routes.ts).
@@ -152,6 +218,15 @@ export interface ResolvedOptions {
   readonly wsIdleTimeout: number;
   readonly maxWsConnectionsPerUser: number;
   readonly wsWindow: number;
+  readonly trustProxy: ProxyTrust;
+  readonly maxUploadsPerUser: number;
+  readonly maxInFlightBytesPerUser: number;
+  readonly maxUploads: number;
+  readonly corsCredentials: boolean;
+  readonly metrics: boolean;
+  readonly metricsToken: string | undefined;
+  readonly onUploadCreate: UploadEngineOptions['onUploadCreate'] | undefined;
+  readonly onUploadComplete: UploadEngineOptions['onUploadComplete'] | undefined;
   // --- demo ---
   readonly demo: boolean;
 }
@@ -242,6 +317,15 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     logger: o.logger,
     benchEndpoints: o.benchEndpoints === true,
     allowedOrigins: resolveOrigins(o.allowedOrigins),
+    trustProxy: resolveTrustProxy(o.trustProxy),
+    maxUploadsPerUser: int('maxUploadsPerUser', o.maxUploadsPerUser, 100, 1),
+    maxInFlightBytesPerUser: int('maxInFlightBytesPerUser', o.maxInFlightBytesPerUser, 256 * MiB, 1),
+    maxUploads: int('maxUploads', o.maxUploads, 10_000, 1),
+    corsCredentials: o.corsCredentials === true,
+    metrics: o.metrics !== false,
+    metricsToken: resolveMetricsToken(o.metricsToken),
+    onUploadCreate: hook('onUploadCreate', o.onUploadCreate),
+    onUploadComplete: hook('onUploadComplete', o.onUploadComplete),
     wsIdleTimeout,
     maxWsConnectionsPerUser: int('maxWsConnectionsPerUser', o.maxWsConnectionsPerUser, 8, 1, 65_536),
     wsWindow: int('wsWindow', o.wsWindow, 8, 1, 64),
@@ -274,4 +358,27 @@ function resolveOrigins(v: unknown): readonly string[] {
     out.push(url.origin);
   }
   return Object.freeze(out);
+}
+
+function resolveTrustProxy(v: unknown): ProxyTrust {
+  if (v === undefined) return parseTrustProxy([]);
+  if (!Array.isArray(v) || !v.every((e) => typeof e === 'string')) {
+    throw new OptionsError('trustProxy', 'expected an array of IP addresses or CIDRs');
+  }
+  try {
+    return parseTrustProxy(v as string[]);
+  } catch (e) {
+    throw new OptionsError('trustProxy', (e as Error).message);
+  }
+}
+
+function resolveMetricsToken(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v.length < 8 || /\s/.test(v)) throw new OptionsError('metricsToken', 'expected at least 8 non-space characters');
+  return v;
+}
+
+function hook<T>(field: string, v: T | undefined): T | undefined {
+  if (v !== undefined && typeof v !== 'function') throw new OptionsError(field, 'expected a function');
+  return v;
 }

@@ -36,8 +36,21 @@ const ftruncate = promisify(fs.ftruncate);
 // A plain numeric fd (not a FileHandle, which would close it when garbage-collected): workers write through it.
 const openFd = promisify(fs.open) as (p: string, flags: string | number, mode?: number) => Promise<number>;
 
+export interface ChunkEvent {
+  guid: string;
+  user: string;
+  chunk: number;
+  /** Bytes of this chunk. */
+  size: number;
+  receivedChunks: number;
+  totalChunks: number;
+  /** Seconds from the chunk's first byte handed to the pool to its last byte written (before any commit). */
+  writeSeconds: number;
+}
+
 export interface UploadEvents {
   created: [info: UploadInfo];
+  chunk: [info: ChunkEvent];
   completed: [info: UploadInfo & { finalName: string; durationMs: number }];
   failed: [info: UploadInfo & { code: string; message: string }];
   cancelled: [info: UploadInfo];
@@ -74,6 +87,8 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   #reaper: NodeJS.Timeout | undefined;
   #checkpointer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** Called with the duration of every fdatasync of a staging file (metrics). */
+  onSync: ((seconds: number) => void) | undefined;
 
   constructor(
     readonly options: ResolvedOptions,
@@ -156,6 +171,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await this.store.removeAll(guid);
       throw storageFailure(e);
     }
+    u.observeSync = (sec) => this.onSync?.(sec);
     this.#uploads.set(guid, u);
     this.log.info({ event: 'upload.created', guid, user, size: req.fileSize, chunks: req.totalChunks, method: req.uploadMethod }, 'upload created');
     this.emit('created', uploadInfo(u));
@@ -224,12 +240,22 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   }
 
   async #finalize(u: Upload): Promise<CompletionInfo> {
+    // A worker decided "every bit set", but the upload may have ended since (a cancel accepted while the last
+    // chunk was being committed: cancel only waits for that commit). That end is final and its client has been
+    // answered; finalizing anyway would turn 'cancelled' into 'finalizing' and then fail on the removed staging
+    // file, or place a file for an upload its client was told is gone. The last chunk's writer gets the end's error.
+    if (u.status !== 'active') {
+      u.assertWritable();
+      throw new UploadError('ERR_UPLOAD_FAILED');
+    }
     u.status = 'finalizing';
     try {
       await u.commitsIdle();
       if (u.failure) throw new UploadError('ERR_UPLOAD_FAILED');
       if (u.fd !== null) {
+        const t0 = performance.now();
         await fdatasync(u.fd);
+        this.onSync?.((performance.now() - t0) / 1000);
         await this.#closeFiles(u);
       }
       const dir = await this.resolveTargetDir(u.targetPath);
@@ -237,6 +263,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await this.store.syncDir(dir);
       await this.store.syncDir();
       u.finalName = name;
+      if (this.options.onUploadComplete) await this.#completeHook(u, dir, name);
       u.endTime = Date.now();
       u.status = 'completed';
       await this.store.writeMeta(u.toMeta());
@@ -260,6 +287,31 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       const err = e instanceof UploadError ? e : storageFailure(e);
       await this.fail(u, err);
       throw err;
+    }
+  }
+
+  /**
+   * The embedder's onUploadComplete: the file is durable in place. If the hook throws, the file is removed again
+   * (and the removal synced) so a refused upload leaves nothing behind, and the completion fails with the hook's
+   * UploadError or ERR_HOOK_FAILED.
+   */
+  async #completeHook(u: Upload, dir: string, name: string): Promise<void> {
+    const file = path.join(dir, name);
+    try {
+      await this.options.onUploadComplete!({
+        guid: u.guid,
+        user: u.user,
+        fileName: name,
+        size: u.fileSize,
+        targetPath: u.targetPath.join('/'),
+        path: file,
+      });
+    } catch (e) {
+      this.log.warn({ err: e, guid: u.guid }, 'onUploadComplete failed; removing the file');
+      await fsp.rm(file, { force: true });
+      await this.store.syncDir(dir).catch(() => {});
+      u.finalName = undefined;
+      throw e instanceof UploadError ? e : new UploadError('ERR_HOOK_FAILED');
     }
   }
 
@@ -413,6 +465,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         const u = await this.#reopen(meta, journal);
         if (u) this.#uploads.set(u.guid, u);
       } else if ((meta.endTime ?? now) + this.options.recordTtl > now) {
+        // An ended upload keeps only its record. A crash after the record was written but before the data went
+        // (completion writes "completed" and then removes the journal) leaves files nothing would ever remove
+        // until the record expires.
+        await this.store.removeAll(meta.guid, true);
         this.#uploads.set(meta.guid, new Upload(meta, null));
       } else {
         await this.store.removeAll(meta.guid);
@@ -469,6 +525,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const u = new Upload({ ...meta, status: 'active' }, shared);
     u.fd = fd;
     u.directFd = await this.#openDirect(staging);
+    u.observeSync = (sec) => this.onSync?.(sec);
     u.journal = await Journal.open(this.store.journalPath(meta.guid));
     return u;
   }

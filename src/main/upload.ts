@@ -92,6 +92,8 @@ export class Upload {
   /** A worker saw the O_DIRECT fd refuse a write: stop using it (it is closed with the others). */
   directRefused = false;
   journal: Journal | null = null;
+  /** Told the duration of every group-commit fdatasync (metrics). */
+  observeSync: ((seconds: number) => void) | undefined;
   /** Set once completion starts; every caller that sees the last chunk awaits the same promise. */
   completion: Promise<CompletionInfo> | null = null;
 
@@ -222,6 +224,11 @@ export class Upload {
     return true;
   }
 
+  /** Some writer holds the chunk (it may be writing it, or committing it after its bit was set). */
+  isClaimed(chunk: number): boolean {
+    return this.#claims.has(chunk);
+  }
+
   releaseClaim(chunk: number, writerId: number): void {
     if (this.#claims.get(chunk) !== writerId) return;
     this.#claims.delete(chunk);
@@ -301,7 +308,9 @@ export class Upload {
             // Completion closed the staging file after its own fdatasync, which covered these chunks.
             if (this.#status !== 'completed' && this.#status !== 'finalizing') throw new UploadError('ERR_UPLOAD_FAILED');
           } else {
+            const t0 = performance.now();
             await fdatasync(this.fd);
+            this.observeSync?.((performance.now() - t0) / 1000);
             await this.journal.append(chunks);
           }
           for (const w of waiters) w.resolve();

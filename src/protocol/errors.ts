@@ -49,6 +49,7 @@ export const ERRORS = {
   ERR_UPLOAD_CANCELLED: { status: 410, message: 'Upload was cancelled', retryable: false },
   ERR_UPLOAD_FAILED: { status: 409, message: 'Upload has failed and accepts no more chunks', retryable: false },
   ERR_UPLOAD_FINALIZING: { status: 409, message: 'Upload is being finalized', retryable: true },
+  ERR_UPLOAD_REFUSED: { status: 403, message: 'The server refused this upload', retryable: false },
   ERR_MISSING_GUID: { status: 400, message: 'Missing guid', retryable: false },
 
   // --- chunks ----------------------------------------------------------------------------------------------------
@@ -60,6 +61,7 @@ export const ERRORS = {
   ERR_CHUNK_BUSY: { status: 409, message: 'Another request is writing this chunk; retry later', retryable: true },
   ERR_CHECKSUM_MISMATCH: { status: 422, message: 'Chunk checksum does not match its bytes', retryable: true },
   ERR_CHUNK_INCOMPLETE: { status: 400, message: 'Connection ended before the whole chunk arrived', retryable: true },
+  ERR_WINDOW_EXCEEDED: { status: 400, message: 'More chunks in flight on this connection than its window allows', retryable: false },
 
   // --- limits ----------------------------------------------------------------------------------------------------
   ERR_RATE_LIMITED: { status: 429, message: 'Too many concurrent requests for this user', retryable: true },

@@ -219,8 +219,14 @@ describe('expiry', () => {
     const put = await putChunk(server.base, guid, 1, slice(data, CS, 1));
     expect(put.status).toBe(410);
     expect(put.json.code).toBe('ERR_UPLOAD_EXPIRED');
-    const staging = await fsp.readdir(path.join(server.dir, '.updraft-staging'));
-    expect(staging.filter((f) => f.startsWith(guid) && !f.endsWith('.meta'))).toEqual([]);
+    // The status flips first (so no new write starts), then the files go once writes in flight are done.
+    let left: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      left = (await fsp.readdir(path.join(server.dir, '.updraft-staging'))).filter((f) => f.startsWith(guid) && !f.endsWith('.meta'));
+      if (left.length === 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(left).toEqual([]);
     expect(await listFiles(server.dir)).toEqual([]);
   });
 });

@@ -4,7 +4,7 @@
  * port picked free just before. nginx buffers each request body in `client_body_temp_path` and renames it into place,
  * so that folder sits inside the data directory (same filesystem: a rename, not a copy). No fsync.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { freeLoopbackPort, startServer, StartFailed, type StartedServer } from '../child-server.js';
@@ -26,14 +26,10 @@ export function findNginx(): string | undefined {
 }
 
 export function nginxVersion(binary: string): string | undefined {
-  try {
-    // nginx prints its version on stderr.
-    const out = execFileSync(binary, ['-v'], { encoding: 'utf8', timeout: 2000, stdio: ['ignore', 'pipe', 'pipe'] });
-    return out.trim() || undefined;
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr;
-    return typeof stderr === 'string' && stderr.trim() !== '' ? stderr.trim() : undefined;
-  }
+  // nginx prints its version on stderr.
+  const result = spawnSync(binary, ['-v'], { encoding: 'utf8', timeout: 2000 });
+  const text = `${result.stderr ?? ''}${result.stdout ?? ''}`.trim();
+  return text === '' ? undefined : text;
 }
 
 function nginxConfig(confDir: string, dataDir: string, port: number): string {
@@ -49,7 +45,6 @@ function nginxConfig(confDir: string, dataDir: string, port: number): string {
     '  access_log off;',
     `  client_body_temp_path ${q(path.join(dataDir, '.client-body'))};`,
     '  client_max_body_size 0;',
-    '  keepalive_requests 100000;',
     `  server {`,
     `    listen 127.0.0.1:${port};`,
     '    location /dav/ {',

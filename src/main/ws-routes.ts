@@ -1,0 +1,651 @@
+/**
+ * The WebSocket transport (issue 3; docs/PROTOCOL.md "WebSocket transport"): `GET <prefix>/upload-chunk?guid=G` with
+ * `Upgrade: websocket`. One connection carries chunks of one upload; PUTs and other connections may feed the same
+ * upload at the same time, through the same claims, bitmap and completion (chunk-ingest.ts).
+ *
+ * Upgrade: every check runs in uWS's `upgrade` handler, before a socket exists, and a refusal is a plain HTTP error
+ * reply (respond.ts): shutting down (503), Origin (403), subprotocol (400), authentication (401: `Authorization`,
+ * `?token=`, or a `bearer.<token>` subprotocol entry), upload (404 for an unknown guid and for another user's guid
+ * alike). The subprotocol picks the session: none or `json` -> PSWebHost JSON + binary, `updraft.v1` -> native.
+ *
+ * Contracts that keep this safe:
+ *   - Memory: a chunk frame is copied once, synchronously, by `writeWholeChunk` (uWS neuters the message's
+ *     ArrayBuffer when the handler returns). A connection never has more than `wsWindow` chunks between that copy
+ *     and its reply; past that, a native client is closed (it broke the window it was given in `hello`) and a
+ *     PSWebHost chunk is refused with an error. uWS's `maxPayloadLength` bounds one frame, so a larger one closes the
+ *     socket before it is buffered (uWS then closes abruptly: code 1006 on both sides, no close frame).
+ *   - Lifetime: the uWS WebSocket object is dead once `close` has fired (touching it aborts the process). Every send
+ *     goes through `Session.#send`, which checks `closed` after whatever await preceded it.
+ *   - Backpressure: replies are queued by us, never dropped by uWS: nothing is sent while the socket buffers
+ *     SEND_THRESHOLD bytes or more (`maxBackpressure` leaves room for the largest message above that), `drain`
+ *     flushes the queue, and a client that lets the queue grow past a bound stops being served (1008).
+ *   - Order: `complete` is sent after the upload is final and durable (registry `completed` event or the ack that
+ *     carries `completion`) and after every reply to chunks still in flight on that connection; the close follows it.
+ *   - A transport error never discards the upload: only `cancel` (native) or the HTTP cancel does.
+ */
+import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket, us_socket_context_t } from 'uWebSockets.js';
+import type { Logger } from 'pino';
+import {
+  FRAME_LENGTH_SIZE,
+  MAX_FRAME_HEADER,
+  MAX_PS_CONTROL_LENGTH,
+  decodeClientFrame,
+  encodeFrame,
+  encodePsControl,
+  parsePsControl,
+} from '../protocol/codec.js';
+import { UploadError } from '../protocol/errors.js';
+import type { ErrorCode } from '../protocol/errors.js';
+import { CLOSE_NORMAL, CLOSE_POLICY, NATIVE_PROTOCOL_VERSION, NATIVE_SUBPROTOCOL, closeCodeForError } from '../protocol/messages.js';
+import type { PsServerControl, ServerMessage, WireChecksum } from '../protocol/messages.js';
+import { chunkLength } from '../workers/shared-layout.js';
+import type { ChunkChecksum } from '../workers/task-types.js';
+import { authenticate } from './auth.js';
+import { completionOf, writeWholeChunk } from './chunk-ingest.js';
+import type { ChunkAck } from './chunk-ingest.js';
+import { readRequest } from './http-routes.js';
+import type { RouteContext } from './http-routes.js';
+import type { ResolvedOptions } from './options.js';
+import { sendError, toUploadError } from './respond.js';
+import type { ResponseState } from './respond.js';
+import type { CompletionInfo, Upload } from './upload.js';
+
+/** The PSWebHost subprotocol name a browser may offer (next to `bearer.<token>`); no subprotocol means the same. */
+export const PS_SUBPROTOCOL = 'json';
+const BEARER_PREFIX = 'bearer.';
+
+/** Replies wait in our queue while uWS buffers this much for the socket. */
+const SEND_THRESHOLD = 256 * 1024;
+/** Close reasons are at most 123 bytes (RFC 6455 5.5). */
+const MAX_CLOSE_REASON = 123;
+
+/**
+ * Errors after which the upload takes no more chunks: the connection gets the error and is closed with the code of
+ * `closeCodeForError`. Any other error is about one chunk (or one message) and the connection stays open.
+ */
+const FATAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'ERR_UPLOAD_CANCELLED',
+  'ERR_UPLOAD_EXPIRED',
+  'ERR_UPLOAD_FAILED',
+  'ERR_UPLOAD_NOT_FOUND',
+  'ERR_STORAGE_FAILED',
+  'ERR_HOOK_FAILED',
+  'ERR_SHUTTING_DOWN',
+]);
+
+interface WsUserData {
+  session: Session;
+}
+
+export interface WsRoutes {
+  /** Open upload WebSockets. */
+  readonly connections: number;
+  /** Engine shutdown: every connection gets ERR_SHUTTING_DOWN and is closed with 1001 (clients resume later). */
+  closeAll(): void;
+}
+
+/** Which wire format the client chose, and a token it carried in `Sec-WebSocket-Protocol`. */
+interface Subprotocol {
+  native: boolean;
+  /** The value the server answers with: '' when the client offered none (no header in the reply). */
+  answer: string;
+  token: string | undefined;
+}
+
+/**
+ * Reads `Sec-WebSocket-Protocol`: comma-separated, in the client's order of preference. `bearer.<token>` entries
+ * carry a token only and are never echoed (the reply names the real protocol, and the token stays out of response
+ * logs). A client that offers protocols must be answered with one of them (RFC 6455 4.1; `ws` and browsers fail
+ * the connection otherwise), so an offer with only a bearer entry, or only unknown protocols, is refused.
+ */
+export function chooseSubprotocol(header: string | undefined): Subprotocol {
+  const offered = (header ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p !== '');
+  let token: string | undefined;
+  const real: string[] = [];
+  for (const p of offered) {
+    if (p.toLowerCase().startsWith(BEARER_PREFIX)) token ??= p.slice(BEARER_PREFIX.length);
+    else real.push(p);
+  }
+  if (offered.length === 0) return { native: false, answer: '', token };
+  for (const p of real) {
+    if (p === NATIVE_SUBPROTOCOL) return { native: true, answer: p, token };
+    if (p === PS_SUBPROTOCOL) return { native: false, answer: p, token };
+  }
+  throw new UploadError(
+    'ERR_INVALID_FIELD',
+    `Sec-WebSocket-Protocol must offer "${NATIVE_SUBPROTOCOL}" or "${PS_SUBPROTOCOL}" (a bearer.<token> entry goes next to it)`,
+  );
+}
+
+/**
+ * The Origin check. No Origin: not a browser, allowed (its credentials are its own). Same origin (the Origin's host
+ * equals the Host header, default ports folded): allowed. Otherwise the origin must be listed, or the list holds '*'.
+ */
+export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<string, string>>): boolean {
+  const origin = headers['origin'];
+  if (origin === undefined || origin === '') return true;
+  if (o.allowedOrigins.includes('*')) return true;
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return false; // includes the opaque origin "null" (sandboxed frames, file: pages)
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
+  if (o.allowedOrigins.includes(url.origin)) return true;
+  const host = headers['host'];
+  if (host === undefined || host === '') return false;
+  let own: URL;
+  try {
+    own = new URL(`${url.protocol}//${host}`);
+  } catch {
+    return false;
+  }
+  // Both URLs use the Origin's scheme, so an omitted default port compares equal to an explicit one.
+  return own.host === url.host && own.username === '' && own.pathname === '/';
+}
+
+function closeReason(text: string): string {
+  if (Buffer.byteLength(text) <= MAX_CLOSE_REASON) return text;
+  let s = text.slice(0, MAX_CLOSE_REASON);
+  while (Buffer.byteLength(s) > MAX_CLOSE_REASON) s = s.slice(0, -1);
+  return s;
+}
+
+/** Everything a session needs from the route: context, limits and the connection table. */
+class Hub {
+  readonly byUpload = new Map<string, Set<Session>>();
+  readonly byUser = new Map<string, number>();
+  readonly all = new Set<Session>();
+  readonly maxPayload: number;
+
+  constructor(readonly ctx: RouteContext) {
+    this.maxPayload = ctx.options.maxChunkSize + FRAME_LENGTH_SIZE + MAX_FRAME_HEADER;
+  }
+
+  get log(): Logger {
+    return this.ctx.log;
+  }
+
+  /** Registers an opened session; false when its user is at the connection cap (the session is then refused). */
+  add(s: Session): boolean {
+    const n = this.byUser.get(s.user) ?? 0;
+    if (n >= this.ctx.options.maxWsConnectionsPerUser) return false;
+    this.byUser.set(s.user, n + 1);
+    this.all.add(s);
+    let set = this.byUpload.get(s.upload.guid);
+    if (!set) this.byUpload.set(s.upload.guid, (set = new Set()));
+    set.add(s);
+    return true;
+  }
+
+  remove(s: Session): void {
+    if (!this.all.delete(s)) return;
+    const n = (this.byUser.get(s.user) ?? 1) - 1;
+    if (n <= 0) this.byUser.delete(s.user);
+    else this.byUser.set(s.user, n);
+    const set = this.byUpload.get(s.upload.guid);
+    set?.delete(s);
+    if (set?.size === 0) this.byUpload.delete(s.upload.guid);
+  }
+
+  sessionsOf(guid: string): Session[] {
+    return [...(this.byUpload.get(guid) ?? [])];
+  }
+}
+
+/** One open connection: what both protocols share (lifetime, send queue, in-flight count, completion, errors). */
+abstract class Session {
+  #ws: WebSocket<WsUserData> | null = null;
+  /** uWS fired `close` (or the socket never opened): the WebSocket object must not be touched. */
+  closed = false;
+  /** We decided to close: nothing more is sent but what is queued, then the close frame. */
+  #ending: { code: number; reason: string } | null = null;
+  #queue: Array<{ data: string | Uint8Array; binary: boolean }> = [];
+  #registered = false;
+  /** Chunks copied and not yet answered (the window). */
+  inFlight = 0;
+  /** Set once the upload is final and durable; `complete` goes out when nothing is in flight on this connection. */
+  completion: CompletionInfo | null = null;
+  #finished = false;
+
+  constructor(
+    readonly hub: Hub,
+    readonly upload: Upload,
+    readonly user: string,
+  ) {}
+
+  get ctx(): RouteContext {
+    return this.hub.ctx;
+  }
+
+  get window(): number {
+    return this.ctx.options.wsWindow;
+  }
+
+  get ending(): boolean {
+    return this.#ending !== null || this.closed;
+  }
+
+  // --- lifecycle ---------------------------------------------------------------------------------------------------
+
+  open(ws: WebSocket<WsUserData>): void {
+    this.#ws = ws;
+    if (!this.hub.add(this)) {
+      this.fail(new UploadError('ERR_RATE_LIMITED', `At most ${this.ctx.options.maxWsConnectionsPerUser} upload connections per user`));
+      return;
+    }
+    this.#registered = true;
+    this.hub.log.debug({ event: 'ws.open', guid: this.upload.guid, user: this.user, protocol: this.protocol }, 'websocket open');
+    this.greet();
+    // The upload may have ended between the upgrade and now (its event found no session to tell).
+    const u = this.upload;
+    if (u.status === 'completed') this.uploadCompleted(completionOf(u));
+    else if (u.status === 'failed') this.fail(new UploadError('ERR_UPLOAD_FAILED'));
+    else if (u.status === 'cancelled') this.fail(new UploadError('ERR_UPLOAD_CANCELLED'));
+    else if (u.status === 'expired') this.fail(new UploadError('ERR_UPLOAD_EXPIRED'));
+  }
+
+  onClose(code: number, message: ArrayBuffer): void {
+    this.closed = true;
+    this.#ws = null;
+    this.#queue = [];
+    if (this.#registered) this.hub.remove(this);
+    const reason = Buffer.from(message).toString('utf8');
+    const fields = { event: 'ws.close', guid: this.upload.guid, user: this.user, code, reason, inFlight: this.inFlight };
+    // uWS closes without a close frame (1006 on both sides) when a frame exceeds maxPayloadLength.
+    if (code === 1006 && /too big/i.test(reason)) {
+      this.hub.log.info({ ...fields, maxPayloadLength: this.hub.maxPayload }, 'websocket frame over the size limit');
+    } else {
+      this.hub.log.debug(fields, 'websocket closed');
+    }
+  }
+
+  onDrain(): void {
+    const ws = this.#ws;
+    if (this.closed || ws === null) return;
+    ws.cork(() => {
+      while (this.#queue.length > 0 && ws.getBufferedAmount() < SEND_THRESHOLD) {
+        const m = this.#queue.shift()!;
+        ws.send(m.data, m.binary);
+      }
+    });
+    // end() runs the close handler at once, so it is called outside the cork, as the last use of `ws`.
+    if (this.#queue.length === 0 && this.#ending !== null) ws.end(this.#ending.code, this.#ending.reason);
+  }
+
+  // --- sending -----------------------------------------------------------------------------------------------------
+
+  /** Sends now, or queues behind backpressure. Safe after any await: a closed or closing session sends nothing. */
+  protected send(data: string | Uint8Array, binary: boolean): void {
+    const ws = this.#ws;
+    if (this.ending || ws === null) return;
+    if (this.#queue.length > 0 || ws.getBufferedAmount() >= SEND_THRESHOLD) {
+      this.#queue.push({ data, binary });
+      // Replies per chunk are bounded by the window; only a client that never reads (and keeps asking for status)
+      // gets here.
+      if (this.#queue.length > 4 * this.window + 64) this.#close(CLOSE_POLICY, 'Client is not reading its replies', true);
+      return;
+    }
+    ws.cork(() => ws.send(data, binary));
+  }
+
+  /** Closes after whatever is queued; `drop` discards the queue first. */
+  #close(code: number, reason: string, drop = false): void {
+    const ws = this.#ws;
+    if (this.ending || ws === null) return;
+    this.#ending = { code, reason: closeReason(reason) };
+    if (drop) this.#queue = [];
+    if (this.#queue.length === 0) ws.end(code, this.#ending.reason);
+  }
+
+  /** A fatal error: the error message, then the close code of `closeCodeForError`. */
+  fail(e: unknown): void {
+    if (this.ending) return;
+    const err = toUploadError(e, this.hub.log);
+    this.sendError(err, undefined, true);
+    this.#close(closeCodeForError(err.code), err.message);
+  }
+
+  /** A chunk's or a message's error: fatal ones close the connection, the rest leave it open. */
+  protected refuse(e: unknown, chunk?: number): void {
+    const err = toUploadError(e, this.hub.log);
+    if (FATAL.has(err.code)) this.fail(err);
+    else this.sendError(err, chunk, false);
+  }
+
+  // --- completion --------------------------------------------------------------------------------------------------
+
+  /** The upload is final and durable (registry event, or an ack that carried it). */
+  uploadCompleted(info: CompletionInfo): void {
+    this.completion ??= info;
+    this.maybeFinish();
+  }
+
+  /** Sends the completion sequence once nothing is in flight on this connection, then closes with 1000. */
+  protected maybeFinish(): void {
+    if (this.completion === null || this.#finished || this.inFlight > 0 || this.ending) return;
+    this.#finished = true;
+    this.sendCompletion(this.completion);
+    this.#close(CLOSE_NORMAL, 'Upload complete');
+  }
+
+  // --- chunks ------------------------------------------------------------------------------------------------------
+
+  /**
+   * Starts writing chunk `c` from `bytes`, a view of the uWS message: `writeWholeChunk` copies it before its first
+   * await, so this must be called synchronously from the message handler.
+   */
+  protected write(c: number, bytes: Uint8Array, checksum?: ChunkChecksum): void {
+    this.inFlight++;
+    writeWholeChunk(this.ctx, this.upload, c, bytes, checksum).then(
+      (ack) => {
+        this.inFlight--;
+        if (ack.completion) this.completion ??= ack.completion;
+        this.acked(ack);
+        this.maybeFinish();
+      },
+      (e: unknown) => {
+        const completing = this.upload.completion;
+        if (e instanceof UploadError && e.code === 'ERR_UPLOAD_FINALIZING' && completing) {
+          // claimChunk refuses any chunk while the upload finalizes, but finalization starts only once every bit is
+          // set, so this chunk is stored: answer it as a duplicate when the file is final (or fail with the upload).
+          completing.then(
+            (info) => {
+              const u = this.upload;
+              this.inFlight--;
+              this.completion ??= info;
+              const { receivedChunks, totalChunks, receivedBytes } = u;
+              this.acked({ chunk: c, duplicate: true, receivedChunks, totalChunks, receivedBytes, completion: info });
+              this.maybeFinish();
+            },
+            (err: unknown) => {
+              this.inFlight--;
+              this.refuse(err, c);
+            },
+          );
+          return;
+        }
+        this.inFlight--;
+        this.refuse(e, c);
+        this.maybeFinish();
+      },
+    );
+  }
+
+  /** The chunk length a frame for chunk `c` must have; throws the chunk's error when `c` or `length` is wrong. */
+  protected checkChunk(c: number, length: number): void {
+    const u = this.upload;
+    if (c >= u.totalChunks) throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${c} is past the last chunk (${u.totalChunks - 1})`);
+    const expected = chunkLength(u.fileSize, u.chunkSize, c);
+    if (length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${expected} bytes, got ${length}`);
+    if (length < expected) throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${c} is ${expected} bytes, got ${length}`);
+  }
+
+  abstract readonly protocol: string;
+  protected abstract greet(): void;
+  abstract message(bytes: ArrayBuffer, isBinary: boolean): void;
+  protected abstract acked(ack: ChunkAck): void;
+  protected abstract sendError(err: UploadError, chunk: number | undefined, fatal: boolean): void;
+  protected abstract sendCompletion(info: CompletionInfo): void;
+}
+
+/**
+ * PSWebHost protocol: a text `{"type":"chunk","chunkNumber":N}` names the chunk of the next binary message;
+ * `{"type":"getProgress"}` asks for the counters. Every binary message gets exactly one reply, `progress` or `error`.
+ */
+class PsSession extends Session {
+  readonly protocol = 'pswebhost';
+  /** The chunk announced by the last `chunk` message; one binary message consumes it. */
+  #announced: number | null = null;
+  #sentCompleteProgress = false;
+
+  protected greet(): void {}
+
+  message(bytes: ArrayBuffer, isBinary: boolean): void {
+    if (!isBinary) {
+      // Refuse long text before decoding it (a control message is a few dozen ASCII bytes).
+      if (bytes.byteLength > 4 * MAX_PS_CONTROL_LENGTH) {
+        this.refuse(new UploadError('ERR_CHUNK_HEADER_INVALID', `Invalid control message: longer than ${MAX_PS_CONTROL_LENGTH} characters`));
+        return;
+      }
+      try {
+        const ctl = parsePsControl(Buffer.from(bytes).toString('utf8'));
+        if (ctl.type === 'chunk') this.#announced = ctl.chunkNumber;
+        else this.#progress(-1, this.completion !== null);
+      } catch (e) {
+        this.refuse(e);
+      }
+      return;
+    }
+    const c = this.#announced;
+    this.#announced = null;
+    try {
+      if (c === null) throw new UploadError('ERR_CHUNK_HEADER_INVALID', 'Binary message without a {"type":"chunk"} message before it');
+      this.checkChunk(c, bytes.byteLength);
+      if (this.inFlight >= this.window) {
+        throw new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.window} chunks waiting on this connection; wait for their progress`);
+      }
+    } catch (e) {
+      this.refuse(e, c ?? undefined);
+      return;
+    }
+    this.write(c, new Uint8Array(bytes));
+  }
+
+  #progress(chunkNumber: number, complete: boolean): void {
+    const u = this.upload;
+    if (complete) this.#sentCompleteProgress = true;
+    this.#sendControl({
+      type: 'progress',
+      chunkNumber,
+      receivedChunks: u.receivedChunks,
+      totalChunks: u.totalChunks,
+      receivedBytes: u.receivedBytes,
+      complete,
+    });
+  }
+
+  #sendControl(m: PsServerControl): void {
+    this.send(encodePsControl(m), false);
+  }
+
+  protected acked(ack: ChunkAck): void {
+    const complete = this.completion !== null;
+    if (complete) this.#sentCompleteProgress = true;
+    this.#sendControl({
+      type: 'progress',
+      chunkNumber: ack.chunk,
+      receivedChunks: ack.receivedChunks,
+      totalChunks: ack.totalChunks,
+      receivedBytes: ack.receivedBytes,
+      complete,
+    });
+  }
+
+  protected sendError(err: UploadError): void {
+    this.#sendControl({ type: 'error', code: err.code, message: err.message });
+  }
+
+  protected sendCompletion(info: CompletionInfo): void {
+    if (!this.#sentCompleteProgress) this.#progress(-1, true);
+    this.#sendControl({ type: 'complete', fileName: info.fileName, size: info.size });
+  }
+}
+
+/** Native protocol `updraft.v1`: binary frames (codec.ts), `hello` first, one `ack` or chunk `error` per chunk. */
+class NativeSession extends Session {
+  readonly protocol = NATIVE_SUBPROTOCOL;
+
+  #frame(m: ServerMessage): void {
+    this.send(encodeFrame(m), true);
+  }
+
+  protected greet(): void {
+    const u = this.upload;
+    this.#frame({
+      t: 'hello',
+      v: NATIVE_PROTOCOL_VERSION,
+      guid: u.guid,
+      chunkSize: u.chunkSize,
+      fileSize: u.fileSize,
+      totalChunks: u.totalChunks,
+      maxFrame: this.hub.maxPayload,
+      window: this.window,
+      missing: u.statusData().missingChunks,
+    });
+  }
+
+  message(bytes: ArrayBuffer, isBinary: boolean): void {
+    if (!isBinary) {
+      this.fail(new UploadError('ERR_CHUNK_HEADER_INVALID', 'updraft.v1 messages are binary frames; got a text frame'));
+      return;
+    }
+    let frame;
+    try {
+      frame = decodeClientFrame(bytes);
+    } catch (e) {
+      this.fail(e); // an unreadable frame names no chunk: the connection cannot go on
+      return;
+    }
+    const m = frame.message;
+    switch (m.t) {
+      case 'chunk': {
+        // The client was told the window in hello; a conforming client never trips this because the server frees
+        // a slot before it sends the reply that frees the client's.
+        if (this.inFlight >= this.window) {
+          this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.window} chunks unacknowledged`));
+          return;
+        }
+        try {
+          this.checkChunk(m.c, frame.payload.length);
+        } catch (e) {
+          this.refuse(e, m.c);
+          return;
+        }
+        this.write(m.c, frame.payload, m.k && checksumOf(m.k));
+        return;
+      }
+      case 'status':
+        this.#progress();
+        return;
+      case 'cancel':
+        this.ctx.registry.cancel(this.upload).then(
+          () => {}, // the registry's `cancelled` event closes every connection of the upload with 4001
+          (e: unknown) => {
+            // Cancelling a completing upload fails; its `complete` is on the way.
+            if (e instanceof UploadError && e.code === 'ERR_UPLOAD_FINALIZING') return;
+            this.fail(e);
+          },
+        );
+        return;
+    }
+  }
+
+  #progress(): void {
+    const u = this.upload;
+    this.#frame({ t: 'progress', rc: u.receivedChunks, tc: u.totalChunks, rb: u.receivedBytes, complete: this.completion !== null });
+  }
+
+  protected acked(ack: ChunkAck): void {
+    this.#frame(
+      ack.duplicate
+        ? { t: 'ack', c: ack.chunk, dup: true, rc: ack.receivedChunks, rb: ack.receivedBytes }
+        : { t: 'ack', c: ack.chunk, rc: ack.receivedChunks, rb: ack.receivedBytes },
+    );
+  }
+
+  protected sendError(err: UploadError, chunk: number | undefined, fatal: boolean): void {
+    this.#frame(
+      chunk === undefined || fatal
+        ? { t: 'error', code: err.code, message: err.message, retry: err.retryable }
+        : { t: 'error', code: err.code, message: err.message, c: chunk, retry: err.retryable },
+    );
+  }
+
+  protected sendCompletion(info: CompletionInfo): void {
+    this.#progress();
+    this.#frame({ t: 'complete', fileName: info.fileName, size: info.size });
+  }
+}
+
+function checksumOf(k: WireChecksum): ChunkChecksum {
+  return { algorithm: k.a, expected: k.v };
+}
+
+/** Mounts the upload WebSocket on `<prefix>/upload-chunk`. uWS routes an Upgrade request here and a plain GET to the status route. */
+export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes {
+  const { options: o, registry, log } = ctx;
+  const hub = new Hub(ctx);
+
+  registry.on('completed', (info) => {
+    const c: CompletionInfo = { guid: info.guid, fileName: info.finalName, size: info.fileSize, targetPath: info.targetPath };
+    for (const s of hub.sessionsOf(info.guid)) s.uploadCompleted(c);
+  });
+  registry.on('cancelled', (info) => {
+    for (const s of hub.sessionsOf(info.guid)) s.fail(new UploadError('ERR_UPLOAD_CANCELLED'));
+  });
+  registry.on('expired', (info) => {
+    for (const s of hub.sessionsOf(info.guid)) s.fail(new UploadError('ERR_UPLOAD_EXPIRED'));
+  });
+  registry.on('failed', (info) => {
+    for (const s of hub.sessionsOf(info.guid)) s.fail(new UploadError('ERR_UPLOAD_FAILED', `Upload failed: ${info.message}`));
+  });
+
+  const upgrade = (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void => {
+    // Everything from `req` is read now: it is invalid after the first await.
+    const info = readRequest(res, req);
+    const key = req.getHeader('sec-websocket-key');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const st: ResponseState = { aborted: false, done: false };
+    res.onAborted(() => {
+      st.aborted = true;
+    });
+    void (async () => {
+      try {
+        if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
+        if (!originAllowed(o, info.headers)) throw new UploadError('ERR_FORBIDDEN_ORIGIN');
+        const proto = chooseSubprotocol(info.headers['sec-websocket-protocol']);
+        const queryToken = info.query.get('token') || undefined;
+        const user = await authenticate(o, info, queryToken ?? proto.token);
+        const upload = registry.find(info.query.get('guid'), user);
+        if (st.aborted) return;
+        st.done = true;
+        const session = proto.native ? new NativeSession(hub, upload, user) : new PsSession(hub, upload, user);
+        const data: WsUserData = { session };
+        res.cork(() => res.upgrade(data, key, proto.answer, extensions, context));
+      } catch (e) {
+        sendError(res, st, e, log);
+      }
+    })();
+  };
+
+  app.ws<WsUserData>(`${o.prefix}/upload-chunk`, {
+    // A whole chunk plus the largest updraft.v1 header: uWS closes on a larger frame without buffering it.
+    maxPayloadLength: hub.maxPayload,
+    // Room for the largest reply (hello's bitmap) on top of SEND_THRESHOLD, so uWS never drops a send.
+    maxBackpressure: SEND_THRESHOLD + Math.ceil(o.maxChunks / 8) + 2 * MAX_FRAME_HEADER + 64 * 1024,
+    idleTimeout: o.wsIdleTimeout,
+    sendPingsAutomatically: o.wsIdleTimeout > 0,
+    upgrade,
+    open: (ws) => ws.getUserData().session.open(ws),
+    message: (ws, message, isBinary) => {
+      const s = ws.getUserData().session;
+      if (!s.ending) s.message(message, isBinary);
+    },
+    drain: (ws) => ws.getUserData().session.onDrain(),
+    close: (ws, code, message) => ws.getUserData().session.onClose(code, message),
+  });
+
+  return {
+    get connections() {
+      return hub.all.size;
+    },
+    closeAll() {
+      for (const s of [...hub.all]) s.fail(new UploadError('ERR_SHUTTING_DOWN'));
+    },
+  };
+}

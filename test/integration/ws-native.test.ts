@@ -1,0 +1,291 @@
+/**
+ * The WebSocket transport, native protocol `updraft.v1` (issue 3): hello, windowed chunks, acks, checksums, resume
+ * from the hello bitmap, two connections on one upload, and the fatal cases (window overrun, bad frames, cancel).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import http from 'node:http';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { AckMessage, ErrorMessage, HelloMessage, ServerMessage } from '../../src/protocol/messages.js';
+import { PREFIX, bytesOf, call, initUpload, slice, startServer } from '../fixtures/server.js';
+import type { TestServer } from '../fixtures/server.js';
+import { TestSocket } from '../fixtures/ws-client.js';
+
+const MiB = 1024 * 1024;
+const CS = 64 * 1024;
+
+let server: TestServer | null = null;
+const sockets: TestSocket[] = [];
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.ws.terminate();
+  await server?.close();
+  server = null;
+});
+
+async function open(guid: string): Promise<{ s: TestSocket; hello: HelloMessage }> {
+  const s = await TestSocket.open(server!.base, guid, { protocols: ['updraft.v1'] });
+  sockets.push(s);
+  expect(s.protocol).toBe('updraft.v1');
+  const hello = await s.nextFrame();
+  if (hello.t !== 'hello') throw new Error(`expected hello, got ${hello.t}`);
+  return { s, hello };
+}
+
+async function init(size: number, chunkSize: number, fileName = 'f.bin') {
+  const r = await initUpload(server!.base, { fileName, fileSize: size, chunkSize });
+  expect(r.status, JSON.stringify(r.json)).toBe(200);
+  return r.json.data as { guid: string; totalChunks: number };
+}
+
+async function status(guid: string) {
+  return (await call(server!.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`)).json.data!;
+}
+
+interface SendResult {
+  acks: AckMessage[];
+  errors: ErrorMessage[];
+  /** Everything after the replies to the chunks: progress, complete, ... */
+  tail: ServerMessage[];
+  maxInFlight: number;
+}
+
+/**
+ * Sends `chunks` keeping at most `window` unanswered, as a client must; stops when every chunk is answered and,
+ * if `untilClose`, reads on to the close.
+ */
+async function sendWindowed(
+  s: TestSocket,
+  data: Uint8Array,
+  chunkSize: number,
+  chunks: number[],
+  window: number,
+  untilClose = true,
+): Promise<SendResult> {
+  const queue = chunks.slice();
+  const out: SendResult = { acks: [], errors: [], tail: [], maxInFlight: 0 };
+  const inFlight = new Set<number>();
+  const fill = (): void => {
+    while (inFlight.size < window && queue.length > 0) {
+      const c = queue.shift()!;
+      inFlight.add(c);
+      s.nativeChunk(c, slice(data, chunkSize, c));
+    }
+    out.maxInFlight = Math.max(out.maxInFlight, inFlight.size);
+  };
+  fill();
+  while (inFlight.size > 0) {
+    const m = await s.nextFrame(30_000);
+    if (m.t === 'ack') {
+      expect(inFlight.delete(m.c), `ack for chunk ${m.c} that is not in flight`).toBe(true);
+      out.acks.push(m);
+    } else if (m.t === 'error' && m.c !== undefined) {
+      inFlight.delete(m.c);
+      out.errors.push(m);
+    } else {
+      out.tail.push(m);
+      if (m.t === 'error') break;
+    }
+    fill();
+  }
+  if (untilClose) {
+    for (;;) {
+      const m = await s.nextFrame(30_000).catch(() => null);
+      if (!m) break;
+      out.tail.push(m);
+    }
+  }
+  return out;
+}
+
+function expectCompleteTail(tail: ServerMessage[], fileName: string, size: number, totalChunks: number): void {
+  expect(tail).toEqual([
+    { t: 'progress', rc: totalChunks, tc: totalChunks, rb: size, complete: true },
+    { t: 'complete', fileName, size },
+  ]);
+}
+
+describe('WebSocket, updraft.v1', () => {
+  it('uploads 256 MiB in 8 MiB chunks with window 8, byte for byte', async () => {
+    server = await startServer({ maxChunkSize: 64 * MiB });
+    const size = 256 * MiB;
+    const chunkSize = 8 * MiB;
+    const data = randomBytes(size);
+    const { guid, totalChunks } = await init(size, chunkSize, 'big.bin');
+    const { s, hello } = await open(guid);
+    expect(hello).toEqual({
+      t: 'hello',
+      v: 1,
+      guid,
+      chunkSize,
+      fileSize: size,
+      totalChunks: 32,
+      maxFrame: 64 * MiB + 2 + 4096,
+      window: 8,
+      missing: [...Array(32).keys()],
+    });
+    const r = await sendWindowed(s, data, chunkSize, hello.missing, hello.window);
+    expect(r.errors).toEqual([]);
+    expect(r.maxInFlight).toBe(8);
+    expect(r.acks).toHaveLength(totalChunks);
+    expect(r.acks.every((a) => a.dup === undefined)).toBe(true);
+    // Counters are read when each ack is made (one group commit may cover several chunks): they never go back.
+    const rcs = r.acks.map((a) => a.rc);
+    expect(rcs).toEqual(rcs.slice().sort((x, y) => x - y));
+    expect(rcs.at(-1)).toBe(32);
+    expectCompleteTail(r.tail, 'big.bin', size, totalChunks);
+    expect(await s.closed).toEqual({ code: 1000, reason: 'Upload complete' });
+    const written = await fsp.readFile(path.join(server.dir, 'big.bin'));
+    expect(written.length).toBe(size);
+    expect(Buffer.compare(written, data)).toBe(0);
+  });
+
+  it('rejects a chunk whose checksum does not match (retryable, bit unset) and takes it when resent', async () => {
+    server = await startServer();
+    const data = bytesOf(3 * CS + 1);
+    const { guid } = await init(data.length, CS, 'sum.bin');
+    const { s } = await open(guid);
+    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+    const wrong = sha(slice(data, CS, 1).subarray(1));
+    s.nativeChunk(1, slice(data, CS, 1), { a: 'sha256', v: wrong });
+    expect(await s.nextFrame()).toEqual({ t: 'error', code: 'ERR_CHECKSUM_MISMATCH', message: expect.any(String), c: 1, retry: true });
+    s.nativeChunk(2, slice(data, CS, 2), { a: 'crc32', v: flipHex(crc(slice(data, CS, 2))) });
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHECKSUM_MISMATCH', c: 2, retry: true });
+    expect(await status(guid)).toMatchObject({ receivedChunks: 0, missingChunks: [0, 1, 2, 3] });
+    // Resent with the right sums (upper-case hex is accepted).
+    s.nativeChunk(1, slice(data, CS, 1), { a: 'sha256', v: sha(slice(data, CS, 1)).toUpperCase() });
+    expect(await s.nextFrame()).toEqual({ t: 'ack', c: 1, rc: 1, rb: CS });
+    s.nativeChunk(2, slice(data, CS, 2), { a: 'crc32', v: crc(slice(data, CS, 2)) });
+    expect(await s.nextFrame()).toEqual({ t: 'ack', c: 2, rc: 2, rb: 2 * CS });
+    const r = await sendWindowed(s, data, CS, [0, 3], 8);
+    expect(r.errors).toEqual([]);
+    expectCompleteTail(r.tail, 'sum.bin', data.length, 4);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'sum.bin')), data)).toBe(0);
+  });
+
+  it('resumes after a reconnect from the hello bitmap', async () => {
+    server = await startServer();
+    const data = bytesOf(10 * CS + 3);
+    const { guid, totalChunks } = await init(data.length, CS, 'resume.bin');
+    const first = await open(guid);
+    const part = await sendWindowed(first.s, data, CS, [0, 2, 4, 6, 8, 10], 4, false);
+    expect(part.acks).toHaveLength(6);
+    expect((await first.s.close(1000)).code).toBe(1000);
+    const second = await open(guid);
+    expect(second.hello.missing).toEqual([1, 3, 5, 7, 9]);
+    // A resent chunk is harmless: acked as a duplicate, counted once.
+    const r = await sendWindowed(second.s, data, CS, [0, ...second.hello.missing], 3);
+    expect(r.acks.find((a) => a.c === 0)).toEqual({ t: 'ack', c: 0, dup: true, rc: expect.any(Number), rb: expect.any(Number) });
+    expect(r.acks.filter((a) => a.dup === undefined)).toHaveLength(5);
+    expectCompleteTail(r.tail, 'resume.bin', data.length, totalChunks);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'resume.bin')), data)).toBe(0);
+  });
+
+  it('takes chunks of one upload from two connections at once; both hear complete', async () => {
+    server = await startServer();
+    const data = bytesOf(24 * CS + 17);
+    const { guid, totalChunks } = await init(data.length, CS, 'two.bin');
+    const a = await open(guid);
+    const b = await open(guid);
+    const all = [...Array(totalChunks).keys()];
+    // Overlapping halves: chunks 10..14 go over both connections.
+    const [ra, rb] = await Promise.all([
+      sendWindowed(a.s, data, CS, all.filter((c) => c < 15), 8),
+      sendWindowed(b.s, data, CS, all.filter((c) => c >= 10).reverse(), 8),
+    ]);
+    expect([...ra.errors, ...rb.errors]).toEqual([]);
+    const fresh = [...ra.acks, ...rb.acks].filter((x) => x.dup === undefined).map((x) => x.c);
+    expect(fresh.sort((x, y) => x - y)).toEqual(all);
+    for (const r of [ra, rb]) expectCompleteTail(r.tail, 'two.bin', data.length, totalChunks);
+    expect(await a.s.closed).toEqual({ code: 1000, reason: 'Upload complete' });
+    expect(await b.s.closed).toEqual({ code: 1000, reason: 'Upload complete' });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'two.bin')), data)).toBe(0);
+  });
+
+  it('answers status with progress and per-chunk errors without closing', async () => {
+    server = await startServer();
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, CS);
+    const { s } = await open(guid);
+    s.nativeStatus();
+    expect(await s.nextFrame()).toEqual({ t: 'progress', rc: 0, tc: 2, rb: 0, complete: false });
+    s.nativeChunk(2, slice(data, CS, 0));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_OUT_OF_RANGE', c: 2, retry: false });
+    s.nativeChunk(1, slice(data, CS, 1).subarray(1));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_TOO_SMALL', c: 1, retry: false });
+    s.nativeChunk(0, slice(data, CS, 0));
+    expect(await s.nextFrame()).toEqual({ t: 'ack', c: 0, rc: 1, rb: CS });
+    s.nativeStatus();
+    expect(await s.nextFrame()).toEqual({ t: 'progress', rc: 1, tc: 2, rb: CS, complete: false });
+  });
+
+  it.each([
+    ['a text frame', (s: TestSocket) => s.sendText('{"type":"getProgress"}')],
+    ['a malformed frame', (s: TestSocket) => s.sendBinary(new Uint8Array([3, 0, 0x81, 0xa1]))],
+  ])('closes with 4000 after an error on %s, and keeps the upload', async (_name, send) => {
+    server = await startServer();
+    const { guid } = await init(CS, CS);
+    const { s } = await open(guid);
+    send(s);
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_HEADER_INVALID', retry: false });
+    expect((await s.closed).code).toBe(4000);
+    expect(await status(guid)).toMatchObject({ uploadStatus: 'active' });
+  });
+
+  it('closes a client that exceeds its window with 4000 (ERR_WINDOW_EXCEEDED)', async () => {
+    server = await startServer({ wsWindow: 2 });
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, CS, 'w.bin');
+    // A PUT of chunk 0 that sends half its body holds chunk 0's claim, so the frames below stay in flight.
+    const url = new URL(`${server.base}${PREFIX}/upload-chunk?guid=${guid}&chunk=0`);
+    const put = http.request(url, { method: 'PUT', headers: { 'content-length': String(CS) } });
+    put.on('error', () => {});
+    put.write(slice(data, CS, 0).subarray(0, CS / 2));
+    await new Promise((r) => setTimeout(r, 200));
+    const { s, hello } = await open(guid);
+    expect(hello.window).toBe(2);
+    for (let i = 0; i < 3; i++) s.nativeChunk(0, slice(data, CS, 0));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_WINDOW_EXCEEDED' });
+    expect((await s.closed).code).toBe(4000);
+    put.destroy();
+    // The chunk frames that were within the window still land (their bytes were whole); the upload goes on.
+    const again = await open(guid);
+    const r = await sendWindowed(again.s, data, CS, [0, 1], 2);
+    expectCompleteTail(r.tail, 'w.bin', data.length, 2);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'w.bin')), data)).toBe(0);
+  });
+
+  it('closes on a frame over maxFrame with 1006 (uWS sends no close frame)', async () => {
+    server = await startServer({ maxChunkSize: 128 * 1024 });
+    const { guid } = await init(2 * CS, CS);
+    const { s, hello } = await open(guid);
+    expect(hello.maxFrame).toBe(128 * 1024 + 2 + 4096);
+    s.sendBinary(new Uint8Array(hello.maxFrame + 1));
+    expect(await s.closed).toEqual({ code: 1006, reason: '' });
+    expect(await status(guid)).toMatchObject({ uploadStatus: 'active', receivedChunks: 0 });
+  });
+
+  it('cancel deletes the upload and closes every connection to it with 4001', async () => {
+    server = await startServer();
+    const { guid } = await init(2 * CS, CS);
+    const a = await open(guid);
+    const b = await open(guid);
+    a.s.nativeCancel();
+    for (const { s } of [a, b]) {
+      expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_UPLOAD_CANCELLED', retry: false });
+      expect((await s.closed).code).toBe(4001);
+    }
+    const r = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(r.json.code).toBe('ERR_UPLOAD_CANCELLED');
+  });
+});
+
+function crc(b: Uint8Array): string {
+  return crc32(b).toString(16).padStart(8, '0');
+}
+
+/** A different digest of the same length. */
+function flipHex(hex: string): string {
+  return (hex[0] === '0' ? '1' : '0') + hex.slice(1);
+}
