@@ -1,0 +1,89 @@
+/**
+ * Browser resume (issue 4): the guid of an unfinished upload is kept in localStorage under a key made of the
+ * endpoint, the file's name, size and lastModified, so the same file picked again after a reload or a crash
+ * continues where it stopped. A different file with the same name has another size or lastModified, so it starts
+ * fresh. The entry is removed when the upload completes, is cancelled or fails for good.
+ *
+ * Everything here tolerates a missing or refusing localStorage (Node, private modes, storage quota, sandboxed
+ * iframes): resume is then simply unavailable.
+ */
+
+const PREFIX = 'updraft:resume:v1:';
+
+export interface ResumeKeyParts {
+  endpoint: string;
+  fileName: string;
+  size: number;
+  lastModified: number;
+}
+
+function storage(): Storage | undefined {
+  try {
+    const s = (globalThis as { localStorage?: Storage }).localStorage;
+    return s ?? undefined;
+  } catch {
+    return undefined; // accessing localStorage throws SecurityError where it is blocked
+  }
+}
+
+export function resumeKey(p: ResumeKeyParts): string {
+  return `${PREFIX}${JSON.stringify([p.endpoint, p.fileName, p.size, p.lastModified])}`;
+}
+
+export function loadGuid(key: string): string | undefined {
+  try {
+    const v = storage()?.getItem(key);
+    return typeof v === 'string' && v !== '' ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function saveGuid(key: string, guid: string): void {
+  try {
+    storage()?.setItem(key, guid);
+  } catch {
+    // Quota or policy: resume after a reload will not work for this file, the upload itself does.
+  }
+}
+
+export function forgetGuid(key: string): void {
+  try {
+    storage()?.removeItem(key);
+  } catch {
+    // as above
+  }
+}
+
+/** An unfinished browser upload remembered in localStorage: pick the same file again to continue it. */
+export interface ResumableUpload {
+  endpoint: string;
+  fileName: string;
+  size: number;
+  lastModified: number;
+  guid: string;
+}
+
+/** The unfinished uploads remembered in this browser, optionally only those for `endpoint`. */
+export function listResumable(endpoint?: string | URL): ResumableUpload[] {
+  const s = storage();
+  if (s === undefined) return [];
+  const want = endpoint === undefined ? undefined : new URL(String(endpoint), typeof location !== 'undefined' ? location.href : undefined).href;
+  const out: ResumableUpload[] = [];
+  try {
+    for (let i = 0; i < s.length; i++) {
+      const key = s.key(i);
+      if (key === null || !key.startsWith(PREFIX)) continue;
+      const parts: unknown = JSON.parse(key.slice(PREFIX.length));
+      const guid = s.getItem(key);
+      if (!Array.isArray(parts) || parts.length !== 4 || !guid) continue;
+      const [ep, fileName, size, lastModified] = parts as [unknown, unknown, unknown, unknown];
+      if (typeof ep !== 'string' || typeof fileName !== 'string' || typeof size !== 'number' || typeof lastModified !== 'number') continue;
+      if (want !== undefined && ep !== want) continue;
+      out.push({ endpoint: ep, fileName, size, lastModified, guid });
+    }
+  } catch {
+    // A foreign or corrupt entry: ignore what could not be read.
+  }
+  return out;
+}

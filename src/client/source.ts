@@ -1,0 +1,154 @@
+/**
+ * What the client uploads, behind one small interface that reads byte ranges on demand: a browser `File`/`Blob`,
+ * and in Node a `Blob`, a `Buffer` (any ArrayBuffer view or ArrayBuffer) or a file path. A path is opened once and
+ * read one chunk at a time at its offset, so a file of any size never sits in memory whole.
+ *
+ * The `node:fs/promises` import is dynamic and only reached for a path, so the browser bundle never loads it
+ * (esbuild marks `node:*` external).
+ */
+import { ClientError } from './errors.js';
+
+/** Anything `upload()` accepts. A string is a file path (Node only); so is a `file:` URL. */
+export type UploadSource = Blob | ArrayBuffer | ArrayBufferView | string | URL;
+
+export interface ChunkSource {
+  /** The name to upload under, unless the caller passes `fileName`. */
+  readonly name: string;
+  readonly size: number;
+  /** ms since the epoch, for a browser File (part of the resume key); undefined otherwise. */
+  readonly lastModified: number | undefined;
+  /** True for browser File/Blob sources: the key for localStorage resume applies. */
+  readonly isBlob: boolean;
+  /** The bytes [start, end) as a fresh array the caller may keep. */
+  read(start: number, end: number): Promise<Uint8Array>;
+  /** The bytes [start, end) as a fetch body: a Blob slice where possible (the browser streams it from disk). */
+  body(start: number, end: number): Promise<Blob | Uint8Array>;
+  close(): Promise<void>;
+}
+
+class BlobSource implements ChunkSource {
+  readonly isBlob = true;
+  readonly name: string;
+  readonly size: number;
+  readonly lastModified: number | undefined;
+  readonly #blob: Blob;
+
+  constructor(blob: Blob) {
+    this.#blob = blob;
+    this.size = blob.size;
+    const f = blob as Partial<File>;
+    this.name = typeof f.name === 'string' && f.name !== '' ? f.name : 'blob';
+    this.lastModified = typeof f.lastModified === 'number' ? f.lastModified : undefined;
+  }
+
+  async read(start: number, end: number): Promise<Uint8Array> {
+    try {
+      return new Uint8Array(await this.#blob.slice(start, end).arrayBuffer());
+    } catch (e) {
+      // A browser File whose underlying file changed or vanished fails here (NotReadableError).
+      throw new ClientError('ERR_SOURCE', `Cannot read the file: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }
+  }
+
+  async body(start: number, end: number): Promise<Blob | Uint8Array> {
+    // Node's fetch sends a Blob too, but reading it first surfaces a read error as ERR_SOURCE, not a network error.
+    return typeof window === 'undefined' ? this.read(start, end) : this.#blob.slice(start, end);
+  }
+
+  async close(): Promise<void> {}
+}
+
+class BytesSource implements ChunkSource {
+  readonly isBlob = false;
+  readonly lastModified = undefined;
+  readonly size: number;
+  readonly #bytes: Uint8Array;
+
+  constructor(
+    readonly name: string,
+    bytes: Uint8Array,
+  ) {
+    this.#bytes = bytes;
+    this.size = bytes.length;
+  }
+
+  async read(start: number, end: number): Promise<Uint8Array> {
+    return this.#bytes.slice(start, end); // a copy: the caller's buffer may change under an upload in progress
+  }
+
+  body(start: number, end: number): Promise<Uint8Array> {
+    return this.read(start, end);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Minimal shape of node:fs/promises FileHandle that this file uses. */
+interface FileHandleLike {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number; isFile(): boolean }>;
+  close(): Promise<void>;
+}
+
+class PathSource implements ChunkSource {
+  readonly isBlob = false;
+  readonly lastModified = undefined;
+
+  private constructor(
+    readonly name: string,
+    readonly size: number,
+    readonly fh: FileHandleLike,
+  ) {}
+
+  static async open(path: string | URL): Promise<PathSource> {
+    if (typeof process === 'undefined' || typeof process.versions?.node !== 'string') {
+      throw new ClientError('ERR_SOURCE', 'A file path can only be uploaded from Node; in a browser pass a File');
+    }
+    const fsp = await import('node:fs/promises');
+    let fh: FileHandleLike;
+    try {
+      fh = (await fsp.open(path, 'r')) as unknown as FileHandleLike;
+    } catch (e) {
+      throw new ClientError('ERR_SOURCE', `Cannot open ${String(path)}: ${(e as Error).message}`, { cause: e });
+    }
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw new ClientError('ERR_SOURCE', `${String(path)} is not a regular file`);
+    }
+    const p = typeof path === 'string' ? path : decodeURIComponent(path.pathname);
+    const name = p.split(/[\\/]/).filter(Boolean).pop() ?? 'file';
+    return new PathSource(name, st.size, fh);
+  }
+
+  async read(start: number, end: number): Promise<Uint8Array> {
+    const out = new Uint8Array(end - start);
+    let have = 0;
+    while (have < out.length) {
+      const { bytesRead } = await this.fh.read(out, have, out.length - have, start + have);
+      if (bytesRead === 0) {
+        throw new ClientError('ERR_SOURCE', `The file shrank while uploading: no bytes at offset ${start + have}`);
+      }
+      have += bytesRead;
+    }
+    return out;
+  }
+
+  body(start: number, end: number): Promise<Uint8Array> {
+    return this.read(start, end);
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}
+
+export async function openSource(source: UploadSource): Promise<ChunkSource> {
+  if (typeof Blob !== 'undefined' && source instanceof Blob) return new BlobSource(source);
+  if (typeof source === 'string' || source instanceof URL) return PathSource.open(source);
+  if (source instanceof ArrayBuffer) return new BytesSource('data.bin', new Uint8Array(source));
+  if (ArrayBuffer.isView(source)) {
+    return new BytesSource('data.bin', new Uint8Array(source.buffer, source.byteOffset, source.byteLength));
+  }
+  throw new ClientError('ERR_SOURCE', 'source must be a File/Blob, a Buffer or typed array, an ArrayBuffer, or a file path');
+}

@@ -1,0 +1,603 @@
+/**
+ * `upload(source, options)`: one file, end to end (issue 4).
+ *
+ *   1. Find the upload: the caller's `guid` (Node) or the one remembered for this File (browser localStorage), read
+ *      back with upload-status; otherwise init a new one.
+ *   2. Send chunks. `auto`: the updraft.v1 WebSocket; if it cannot connect, or drops and the one reconnect that
+ *      follows cannot connect either, ask upload-status which chunks are missing and PUT them, `parallel` at a time,
+ *      on the same guid. `websocket` and `http` use one transport only.
+ *   3. Completion is the server's word only: a `complete` frame, a PUT reply with `complete: true`, or
+ *      upload-status `completed`. Acknowledging the last chunk is not enough (the server still syncs and renames).
+ *
+ * Stopping: `cancel()` deletes the upload on the server and rejects `done` with ERR_UPLOAD_CANCELLED; the caller's
+ * `signal` stops without deleting (ERR_ABORTED, carrying the guid to resume with). `pause()` sends no new chunk;
+ * those already on the wire finish.
+ */
+import { ClientError } from './errors.js';
+import { HttpApi } from './http.js';
+import type { RetryEvent } from './http.js';
+import { ChunkPlan } from './plan.js';
+import type { BytesByTransport, TransportName } from './plan.js';
+import { SpeedMeter, etaSeconds } from './progress.js';
+import type { UploadProgress, UploadState } from './progress.js';
+import { forgetGuid, loadGuid, resumeKey, saveGuid } from './resume-store.js';
+import { backoffDelay, resolveRetry, sleep } from './retry.js';
+import type { RetryOptions, RetryPolicy } from './retry.js';
+import { openSource } from './source.js';
+import type { ChunkSource, UploadSource } from './source.js';
+import { WsSession, sha256Hex } from './websocket.js';
+
+export type TransportMode = 'auto' | 'websocket' | 'http';
+
+export interface UploadOptions {
+  /** The API prefix URL, e.g. `http://127.0.0.1:8080/api/v1/files` (relative URLs resolve against the page). */
+  endpoint: string | URL;
+  /** Bearer token: the Authorization header; on a browser WebSocket a `bearer.<token>` subprotocol or `?token=`. */
+  token?: string;
+  /** Name on the server; default the File's name or the path's last segment ('data.bin' for bytes). */
+  fileName?: string;
+  /** Root-relative folder on the server ('a/b'); default the upload root. */
+  targetPath?: string;
+  /** Bytes per chunk; default the server's. */
+  chunkSize?: number;
+  /** Default 'auto'. */
+  transport?: TransportMode;
+  /** HTTP PUTs in flight at once. Default 4. */
+  parallel?: number;
+  /** Most unacknowledged chunks on the WebSocket; the server's hello may lower it. Default the server's. */
+  window?: number;
+  /** 'sha256': every WebSocket chunk carries its digest and the server checks it (the HTTP PUT has no such field). */
+  checksum?: 'sha256';
+  /** Stops the upload without deleting it on the server; `done` rejects with ERR_ABORTED (resume with the guid). */
+  signal?: AbortSignal;
+  retry?: RetryOptions;
+  /** Resume this upload (Node; a browser resumes by itself, see `resume`). */
+  guid?: string;
+  /** Browser: remember the guid in localStorage so a reload continues the same File. Default true. */
+  resume?: boolean;
+  /** How long to wait for the WebSocket's hello before calling the connection failed. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Same as `handle.on('progress', fn)`, registered before the upload starts. */
+  onProgress?: (p: UploadProgress) => void;
+}
+
+export interface UploadResult {
+  guid: string;
+  /** The name the server gave the file (it can differ from the one asked for, after a conflict rename). */
+  fileName: string;
+  size: number;
+  /** Bytes the server acknowledged in this session, by the transport that carried them. */
+  bytesByTransport: BytesByTransport;
+  /** Bytes the server already had when this session started (a resume). */
+  resumedBytes: number;
+}
+
+export interface TransportEvent {
+  transport: TransportName;
+  /** Why this transport: 'connected', or what made the client fall back to HTTP. */
+  reason: string;
+}
+
+export interface UploadEvents {
+  progress: UploadProgress;
+  state: UploadState;
+  transport: TransportEvent;
+  retry: RetryEvent;
+}
+
+interface Completion {
+  fileName: string;
+  size: number;
+}
+
+const TERMINAL: ReadonlySet<UploadState> = new Set(['done', 'failed', 'cancelled']);
+
+function positiveInt(name: string, v: unknown, min = 1): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new TypeError(`${name} must be an integer >= ${min}`);
+  return v;
+}
+
+function resolveEndpoint(endpoint: string | URL): URL {
+  const base = typeof location !== 'undefined' ? location.href : undefined;
+  try {
+    return new URL(String(endpoint), base);
+  } catch {
+    throw new TypeError(`endpoint must be an absolute URL (or relative, in a browser): ${String(endpoint)}`);
+  }
+}
+
+function webSocketUrl(endpoint: URL, guid: string, uploadUrl?: string): URL {
+  const u = uploadUrl !== undefined ? new URL(uploadUrl, endpoint) : new URL(`${endpoint.href.replace(/\/+$/, '')}/upload-chunk?guid=${encodeURIComponent(guid)}`);
+  u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+  return u;
+}
+
+export class UploadHandle {
+  /** Resolves when the server has the whole file under its final name. */
+  readonly done: Promise<UploadResult>;
+  readonly #source: UploadSource;
+  readonly #o: UploadOptions;
+  readonly #endpoint: URL;
+  readonly #mode: TransportMode;
+  readonly #parallel: number;
+  readonly #window: number | undefined;
+  readonly #chunkSize: number | undefined;
+  readonly #retry: RetryPolicy;
+  readonly #ac = new AbortController();
+  readonly #listeners: { [K in keyof UploadEvents]: Set<(e: UploadEvents[K]) => void> } = {
+    progress: new Set(),
+    state: new Set(),
+    transport: new Set(),
+    retry: new Set(),
+  };
+  readonly #speed = new SpeedMeter();
+  #api!: HttpApi;
+  #src: ChunkSource | undefined;
+  #plan: ChunkPlan | undefined;
+  #guid: string | undefined;
+  #fileName: string;
+  #state: UploadState = 'starting';
+  #transport: TransportName | null = null;
+  #paused = false;
+  #resumeWaiters: Array<() => void> = [];
+  #ws: WsSession | undefined;
+  #storeKey: string | undefined;
+  #ticker: ReturnType<typeof setInterval> | undefined;
+  #stopReason: ClientError | undefined;
+  /** The init reply's chunk URL (the WebSocket URL derives from it); unset when resuming by guid. */
+  #uploadUrl: string | undefined;
+  /** Why `auto` left the WebSocket, for the 'transport' event. */
+  #fallbackReason = '';
+
+  constructor(source: UploadSource, options: UploadOptions) {
+    if (options === null || typeof options !== 'object') throw new TypeError('upload(source, options): options are required');
+    this.#source = source;
+    this.#o = options;
+    this.#endpoint = resolveEndpoint(options.endpoint);
+    this.#mode = options.transport ?? 'auto';
+    if (!['auto', 'websocket', 'http'].includes(this.#mode)) throw new TypeError(`transport must be auto, websocket or http`);
+    this.#parallel = positiveInt('parallel', options.parallel) ?? 4;
+    this.#window = positiveInt('window', options.window);
+    this.#chunkSize = positiveInt('chunkSize', options.chunkSize);
+    if (options.checksum !== undefined && options.checksum !== 'sha256') throw new TypeError(`checksum must be 'sha256'`);
+    this.#retry = resolveRetry(options.retry);
+    this.#fileName = options.fileName ?? '';
+    if (options.onProgress) this.#listeners.progress.add(options.onProgress);
+
+    const signal = options.signal;
+    if (signal !== undefined) {
+      const onAbort = (): void => this.#stop(new ClientError('ERR_ABORTED', undefined, { cause: signal.reason }));
+      if (signal.aborted) queueMicrotask(onAbort);
+      else signal.addEventListener('abort', onAbort, { once: true });
+    }
+    this.done = this.#run();
+    // A caller that only listens to events must not get an unhandled rejection; awaiting `done` still throws.
+    this.done.catch(() => {});
+  }
+
+  get guid(): string | undefined {
+    return this.#guid;
+  }
+
+  get state(): UploadState {
+    return this.#state;
+  }
+
+  /** The current progress (the same object shape the 'progress' event carries). */
+  get progress(): UploadProgress {
+    return this.#snapshot();
+  }
+
+  on<K extends keyof UploadEvents>(event: K, listener: (e: UploadEvents[K]) => void): () => void {
+    this.#listeners[event].add(listener);
+    return () => this.#listeners[event].delete(listener);
+  }
+
+  /** Sends no new chunk until resume(); chunks already on the wire finish. */
+  pause(): void {
+    // Nothing is left to send once finalizing; pausing then would only hide the completion.
+    if (this.#paused || TERMINAL.has(this.#state) || this.#state === 'finalizing') return;
+    this.#paused = true;
+    this.#setState('paused');
+  }
+
+  resume(): void {
+    if (!this.#paused || TERMINAL.has(this.#state)) return;
+    this.#paused = false;
+    this.#speed.reset();
+    this.#setState(this.#plan?.allStored ? 'finalizing' : this.#guid === undefined ? 'starting' : 'uploading');
+    for (const w of this.#resumeWaiters.splice(0)) w();
+    this.#ws?.kick();
+  }
+
+  /** Stops the upload and deletes it on the server; `done` rejects with ERR_UPLOAD_CANCELLED. */
+  async cancel(): Promise<void> {
+    if (TERMINAL.has(this.#state)) return;
+    this.#stop(new ClientError('ERR_UPLOAD_CANCELLED', 'Upload cancelled', { guid: this.#guid }));
+    await this.done.catch(() => {});
+  }
+
+  #stop(reason: ClientError): void {
+    if (this.#stopReason !== undefined || TERMINAL.has(this.#state)) return;
+    this.#stopReason = reason;
+    this.#ac.abort(reason);
+    for (const w of this.#resumeWaiters.splice(0)) w(); // waiters re-check the signal and throw
+  }
+
+  // --- events -----------------------------------------------------------------------------------------------------
+
+  #emit<K extends keyof UploadEvents>(event: K, value: UploadEvents[K]): void {
+    for (const l of this.#listeners[event]) {
+      try {
+        l(value);
+      } catch (e) {
+        // A listener's bug must not break the upload; surface it without swallowing it.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  #setState(s: UploadState): void {
+    if (this.#state === s) return;
+    if (TERMINAL.has(this.#state)) return;
+    this.#state = s;
+    this.#emit('state', s);
+    this.#emitProgress();
+  }
+
+  #setTransport(t: TransportName, reason: string): void {
+    this.#transport = t;
+    this.#emit('transport', { transport: t, reason });
+    this.#emitProgress();
+  }
+
+  #snapshot(): UploadProgress {
+    const plan = this.#plan;
+    const total = plan?.fileSize ?? 0;
+    const loaded = plan?.storedBytes ?? 0;
+    const rate = this.#state === 'uploading' ? this.#speed.rate() : 0;
+    return {
+      guid: this.#guid,
+      fileName: this.#fileName,
+      loaded,
+      total,
+      fraction: total === 0 ? (this.#state === 'done' ? 1 : 0) : loaded / total,
+      bytesPerSecond: rate,
+      etaSeconds: this.#state === 'done' ? 0 : this.#state === 'uploading' ? etaSeconds(total - loaded, rate) : null,
+      transport: TERMINAL.has(this.#state) ? null : this.#transport,
+      bytesByTransport: { ...(plan?.bytesByTransport ?? { websocket: 0, http: 0 }) },
+      state: this.#state,
+    };
+  }
+
+  #emitProgress(): void {
+    if (this.#listeners.progress.size > 0) this.#emit('progress', this.#snapshot());
+  }
+
+  #onStored(chunk: number): void {
+    this.#speed.add(this.#plan!.chunkLength(chunk));
+    if (this.#plan!.allStored) this.#setState('finalizing');
+    this.#emitProgress();
+  }
+
+  #onRetry = (e: RetryEvent): void => {
+    this.#emit('retry', e);
+  };
+
+  // --- flow -------------------------------------------------------------------------------------------------------
+
+  get #signal(): AbortSignal {
+    return this.#ac.signal;
+  }
+
+  #whenResumed(): Promise<void> {
+    if (this.#signal.aborted) return Promise.reject(this.#signal.reason);
+    if (!this.#paused) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.#resumeWaiters.push(() => (this.#signal.aborted ? reject(this.#signal.reason) : resolve()));
+    });
+  }
+
+  async #run(): Promise<UploadResult> {
+    try {
+      await Promise.resolve(); // let the constructor return (and listeners attach) before any event
+      const result = await this.#upload();
+      this.#finishOk();
+      return result;
+    } catch (e) {
+      throw await this.#finishFailed(e);
+    } finally {
+      clearInterval(this.#ticker);
+      await this.#src?.close().catch(() => {});
+    }
+  }
+
+  async #upload(): Promise<UploadResult> {
+    const o = this.#o;
+    this.#api = new HttpApi({ endpoint: this.#endpoint, token: o.token, retry: this.#retry, onRetry: this.#onRetry });
+    if (o.checksum === 'sha256' && this.#mode !== 'http') await sha256Hex(new Uint8Array(0)); // fail early without WebCrypto
+    const src = (this.#src = await openSource(this.#source));
+    this.#fileName = o.fileName ?? src.name;
+    if (src.isBlob && src.lastModified !== undefined && o.resume !== false) {
+      this.#storeKey = resumeKey({ endpoint: this.#endpoint.href, fileName: this.#fileName, size: src.size, lastModified: src.lastModified });
+    }
+
+    let completion = await this.#findOrCreate(src);
+    const plan = this.#plan!;
+    const guid = this.#guid!;
+    if (this.#storeKey !== undefined && completion === undefined) saveGuid(this.#storeKey, guid);
+    if (completion === undefined) {
+      this.#speed.reset();
+      this.#ticker = setInterval(() => this.#emitProgress(), 1000);
+      this.#setState(this.#paused ? 'paused' : plan.allStored ? 'finalizing' : 'uploading');
+    }
+
+    let useWebSocket = this.#mode !== 'http';
+    let uploadUrl = this.#uploadUrl;
+    while (completion === undefined) {
+      if (plan.hasPending) {
+        await this.#whenResumed();
+        if (useWebSocket) {
+          const r = await this.#runWebSocket(webSocketUrl(this.#endpoint, guid, uploadUrl));
+          if (typeof r === 'object') {
+            completion = r;
+            break;
+          }
+          if (r === 'fallback') {
+            useWebSocket = false;
+            uploadUrl = undefined;
+            completion = await this.#syncStatus();
+          }
+          continue;
+        }
+        if (this.#transport !== 'http') this.#setTransport('http', this.#mode === 'http' ? 'transport: http' : this.#fallbackReason);
+        completion = await this.#runHttp();
+        continue;
+      }
+      completion = await this.#awaitCompletion();
+    }
+    return {
+      guid,
+      fileName: completion.fileName,
+      size: completion.size,
+      bytesByTransport: { ...plan.bytesByTransport },
+      resumedBytes: plan.resumedBytes,
+    };
+  }
+
+  /** Resumes the caller's or the remembered guid when it still fits, else inits. A completion when already done. */
+  async #findOrCreate(src: ChunkSource): Promise<Completion | undefined> {
+    const o = this.#o;
+    const explicit = o.guid;
+    const remembered = explicit === undefined && this.#storeKey !== undefined ? loadGuid(this.#storeKey) : undefined;
+    const guid = explicit ?? remembered;
+    if (guid !== undefined) {
+      const forget = (): undefined => {
+        if (this.#storeKey !== undefined) forgetGuid(this.#storeKey);
+        return undefined;
+      };
+      let st;
+      try {
+        st = await this.#api.status(guid, this.#signal);
+      } catch (e) {
+        // A remembered guid the server no longer knows (expired, cleaned up): start over. An explicit one: report.
+        if (remembered !== undefined && e instanceof ClientError && e.status !== undefined && e.status >= 400 && e.status < 500) st = forget();
+        else throw e;
+      }
+      if (st !== undefined) {
+        const mismatch = st.fileSize !== src.size || (this.#chunkSize !== undefined && st.chunkSize !== this.#chunkSize);
+        if (mismatch) {
+          if (remembered === undefined) {
+            throw new ClientError('ERR_RESUME_MISMATCH', `Upload ${guid} is ${st.fileSize} bytes in ${st.chunkSize}-byte chunks; the source is ${src.size} bytes`, { guid });
+          }
+          forget();
+        } else if (st.uploadStatus === 'cancelled' || st.uploadStatus === 'failed') {
+          if (remembered === undefined) {
+            const code = st.uploadStatus === 'cancelled' ? 'ERR_UPLOAD_CANCELLED' : 'ERR_UPLOAD_FAILED';
+            throw new ClientError(code, undefined, { guid });
+          }
+          forget();
+        } else {
+          this.#guid = st.guid;
+          this.#plan = new ChunkPlan(st.fileSize, st.chunkSize, st.totalChunks);
+          this.#plan.adopt(st.uploadStatus === 'completed' ? [] : st.missingChunks);
+          if (st.uploadStatus === 'completed') return { fileName: st.finalName ?? st.fileName, size: st.fileSize };
+          return undefined;
+        }
+      }
+    }
+
+    const fields: { fileName: string; fileSize: number; chunkSize?: number; targetPath?: string; uploadMethod: string } = {
+      fileName: this.#fileName,
+      fileSize: src.size,
+      uploadMethod: this.#mode === 'http' ? 'put' : 'websocket',
+    };
+    if (this.#chunkSize !== undefined) fields.chunkSize = this.#chunkSize;
+    if (o.targetPath !== undefined) fields.targetPath = o.targetPath;
+    const init = await this.#api.init(fields, this.#signal);
+    this.#guid = init.guid;
+    this.#uploadUrl = init.uploadUrl;
+    this.#plan = new ChunkPlan(init.fileSize, init.chunkSize, init.totalChunks);
+    if (init.complete === true) return { fileName: init.finalName ?? init.fileName, size: init.fileSize };
+    return undefined;
+  }
+
+  /**
+   * WebSocket connections until the upload completes, or the caller should switch to HTTP ('fallback'), or every
+   * chunk is acknowledged without a `complete` ('stored': the caller asks upload-status).
+   */
+  async #runWebSocket(url: URL): Promise<Completion | 'fallback' | 'stored'> {
+    const auto = this.#mode === 'auto';
+    let failures = 0;
+    for (;;) {
+      const session = new WsSession({
+        url,
+        token: this.#o.token,
+        guid: this.#guid!,
+        plan: this.#plan!,
+        source: this.#src!,
+        window: this.#window,
+        checksum: this.#o.checksum,
+        connectTimeoutMs: this.#o.connectTimeoutMs ?? 10_000,
+        retry: this.#retry,
+        signal: this.#signal,
+        isPaused: () => this.#paused,
+        onHello: () => {
+          if (this.#transport !== 'websocket') this.#setTransport('websocket', 'connected');
+          else this.#emitProgress();
+        },
+        onStored: (c) => this.#onStored(c),
+        onRetry: this.#onRetry,
+      });
+      this.#ws = session;
+      let outcome;
+      try {
+        outcome = await session.run();
+      } finally {
+        this.#ws = undefined;
+      }
+      switch (outcome.kind) {
+        case 'complete':
+          return { fileName: outcome.fileName, size: outcome.size };
+        case 'all-stored':
+          return 'stored';
+        case 'connect-failed':
+          // auto: no connection at all, or the reconnect after a drop failed -> PUT.
+          if (auto) {
+            this.#fallbackReason = outcome.error.message;
+            return 'fallback';
+          }
+          break;
+        case 'dropped':
+          if (outcome.progressed) failures = 0;
+          break;
+      }
+      failures++;
+      const error = 'error' in outcome ? outcome.error : new ClientError('ERR_WEBSOCKET_FAILED');
+      if (failures > this.#retry.attempts) {
+        if (auto) {
+          this.#fallbackReason = `WebSocket dropped ${failures} times`;
+          return 'fallback';
+        }
+        throw new ClientError('ERR_WEBSOCKET_FAILED', `${error.message} (after ${failures} attempts)`, { cause: error, guid: this.#guid });
+      }
+      const delayMs = backoffDelay(this.#retry, failures);
+      this.#onRetry({ operation: 'websocket', attempt: failures, delayMs, error });
+      await sleep(delayMs, this.#signal);
+      await this.#whenResumed();
+    }
+  }
+
+  /** After a WebSocket gave up: adopt upload-status as the truth about what is stored. */
+  async #syncStatus(): Promise<Completion | undefined> {
+    const st = await this.#api.status(this.#guid!, this.#signal);
+    this.#setTransport('http', this.#fallbackReason || 'websocket unavailable');
+    return this.#adoptStatus(st);
+  }
+
+  #adoptStatus(st: { uploadStatus: string; missingChunks: number[]; finalName?: string; fileName: string; fileSize: number }): Completion | undefined {
+    switch (st.uploadStatus) {
+      case 'completed':
+        this.#plan!.adopt([]);
+        return { fileName: st.finalName ?? st.fileName, size: st.fileSize };
+      case 'cancelled':
+        throw new ClientError('ERR_UPLOAD_CANCELLED', undefined, { guid: this.#guid });
+      case 'failed':
+        throw new ClientError('ERR_UPLOAD_FAILED', undefined, { guid: this.#guid });
+      default:
+        this.#plan!.adopt(st.missingChunks);
+        if (this.#plan!.allStored) this.#setState('finalizing');
+        this.#emitProgress();
+        return undefined;
+    }
+  }
+
+  /** PUTs every pending chunk, `parallel` at a time. Resolves with the completion if a reply carried it. */
+  async #runHttp(): Promise<Completion | undefined> {
+    const plan = this.#plan!;
+    const src = this.#src!;
+    const guid = this.#guid!;
+    let completion: Completion | undefined;
+    const worker = async (): Promise<void> => {
+      for (;;) {
+        await this.#whenResumed();
+        const c = plan.take('http');
+        if (c === undefined) return;
+        let reply;
+        try {
+          const body = await src.body(plan.chunkStart(c), plan.chunkEnd(c));
+          reply = await this.#api.putChunk(guid, c, body, this.#signal);
+        } catch (e) {
+          plan.release(c);
+          throw e;
+        }
+        plan.stored(c, 'http');
+        this.#onStored(c);
+        if (reply.complete === true && typeof reply.fileName === 'string') {
+          completion ??= { fileName: reply.fileName, size: reply.size ?? plan.fileSize };
+        }
+      }
+    };
+    const workers = Array.from({ length: this.#parallel }, worker);
+    try {
+      await Promise.all(workers);
+    } catch (e) {
+      // Stop the other workers now rather than let them send chunks of an upload that has failed.
+      if (!this.#signal.aborted) this.#ac.abort(e);
+      await Promise.allSettled(workers);
+      throw e;
+    }
+    return completion;
+  }
+
+  /** Every chunk is acknowledged: wait (polling upload-status) until the server has finalized the file. */
+  async #awaitCompletion(): Promise<Completion | undefined> {
+    this.#setState('finalizing');
+    for (let i = 0; ; i++) {
+      const st = await this.#api.status(this.#guid!, this.#signal);
+      const done = this.#adoptStatus(st);
+      if (done !== undefined || this.#plan!.hasPending) return done;
+      await sleep(Math.min(2000, 50 * 2 ** i), this.#signal);
+    }
+  }
+
+  #finishOk(): void {
+    if (this.#storeKey !== undefined) forgetGuid(this.#storeKey);
+    this.#setState('done');
+  }
+
+  /** Maps whatever stopped the upload to the ClientError `done` rejects with, and cleans up. */
+  async #finishFailed(e: unknown): Promise<ClientError> {
+    let err: ClientError;
+    if (this.#stopReason !== undefined) err = this.#stopReason;
+    else if (e instanceof ClientError) err = e;
+    else err = new ClientError('ERR_NETWORK', (e as Error)?.message ?? String(e), { cause: e });
+    err.guid ??= this.#guid;
+    if (!this.#signal.aborted) this.#ac.abort(err); // stop whatever still runs
+    const cancelled = err.code === 'ERR_UPLOAD_CANCELLED';
+    if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined) {
+      // The caller's cancel(): delete the upload on the server too (a few quick tries; the TTL cleans up otherwise).
+      const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
+      await api.cancel(this.#guid, new AbortController().signal).catch(() => {});
+    }
+    if (this.#storeKey !== undefined && (cancelled || !err.retryable)) forgetGuid(this.#storeKey);
+    this.#setState(cancelled ? 'cancelled' : 'failed');
+    return err;
+  }
+}
+
+/**
+ * Uploads one file. Returns at once; the upload runs in the background. `await handle.done` for the result.
+ *
+ * ```ts
+ * const h = upload(file, { endpoint: '/api/v1/files', token });
+ * h.on('progress', (p) => console.log(p.loaded, p.total, p.bytesPerSecond, p.etaSeconds));
+ * const { guid, fileName, size, bytesByTransport } = await h.done;
+ * ```
+ */
+export function upload(source: UploadSource, options: UploadOptions): UploadHandle {
+  return new UploadHandle(source, options);
+}
