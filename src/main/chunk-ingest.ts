@@ -179,19 +179,58 @@ export async function writeWholeChunk(
   const expected = chunk >= 0 && chunk < u.totalChunks ? chunkLength(u.fileSize, u.chunkSize, chunk) : -1;
   if (expected >= 0 && bytes.length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${chunk} is ${expected} bytes, got ${bytes.length}`);
   if (expected >= 0 && bytes.length < expected) throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${chunk} is ${expected} bytes, got ${bytes.length}`);
-  const copy = new ArrayBuffer(bytes.length);
-  new Uint8Array(copy).set(bytes);
+  // Copy now, before any await (the frame is only valid during the uWS callback). Without a checksum the bytes go
+  // into slabs of the in-flight budget (page-aligned, so the workers write them with O_DIRECT); what the budget
+  // cannot hold, and a checksummed chunk (the worker hashes the whole chunk in one task), go into one ArrayBuffer.
+  const pieces: Array<{ data: SharedArrayBuffer | ArrayBuffer; dataOffset: number; length: number; slab: Slab | null }> = [];
+  let off = 0;
+  while (off < bytes.length) {
+    const slab = checksum ? null : ctx.slabs.tryAcquire();
+    if (!slab) {
+      const rest = bytes.subarray(off);
+      const copy = new ArrayBuffer(rest.length);
+      new Uint8Array(copy).set(rest);
+      pieces.push({ data: copy, dataOffset: 0, length: rest.length, slab: null });
+      break;
+    }
+    const n = Math.min(slab.size, bytes.length - off);
+    slab.bytes.set(bytes.subarray(off, off + n));
+    pieces.push({ data: slab.sab, dataOffset: slab.offset, length: n, slab });
+    off += n;
+  }
   ctx.metrics?.bytesReceived.inc(bytes.length);
   const writerId = nextWriterId();
-  const dup = await claimChunk(ctx, u, chunk, writerId);
-  if (dup) return dup;
   try {
-    const task: WriteTask = { ...baseTask(ctx, u, chunk, writerId), chunkOffset: 0, data: copy, dataOffset: 0, length: copy.byteLength, first: true, last: true };
-    if (checksum) task.checksum = checksum;
-    const startedAt = performance.now();
-    return await settle(ctx, u, chunk, await ctx.pool.write(task), startedAt);
+    const dup = await claimChunk(ctx, u, chunk, writerId);
+    if (dup) return dup;
+    try {
+      const startedAt = performance.now();
+      let chunkOffset = 0;
+      let r: WriteResult | null = null;
+      // One piece after another: the last (which sets the bit) runs only after every other piece is written.
+      for (let i = 0; i < pieces.length; i++) {
+        const p = pieces[i]!;
+        const task: WriteTask = {
+          ...baseTask(ctx, u, chunk, writerId),
+          chunkOffset,
+          data: p.data,
+          dataOffset: p.dataOffset,
+          length: p.length,
+          first: i === 0,
+          last: i === pieces.length - 1,
+        };
+        if (checksum) task.checksum = checksum;
+        r = await ctx.pool.write(task);
+        chunkOffset += p.length;
+        if (r.directRefused) u.directRefused = true;
+        if (r.failure || r.duplicate) break;
+      }
+      return await settle(ctx, u, chunk, r!, startedAt);
+    } finally {
+      u.releaseClaim(chunk, writerId);
+    }
   } finally {
-    u.releaseClaim(chunk, writerId);
+    for (const p of pieces) if (p.slab) ctx.slabs.release(p.slab);
   }
 }
 
