@@ -272,7 +272,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     sendError(res, st, methodNotAllowed(allow), log);
   };
   // CORS preflight for the API routes: answered for allowed origins, refused (403) for others.
-  app.options(`${o.prefix}/*`, (res, req) => {
+  // uWS prefers an exact path over a wildcard whatever the method, so the API routes get their own OPTIONS handlers.
+  const preflight = (res: HttpResponse, req: HttpRequest): void => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
     const headers = preflightHeaders(o, info.headers);
@@ -286,7 +287,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
       for (const [k, v] of Object.entries({ ...headers, 'X-Request-Id': info.requestId })) res.writeHeader(k, v);
       res.endWithoutBody();
     });
-  });
+  };
+  for (const route of [chunkRoute, statusRoute, `${o.prefix}/*`]) app.options(route, preflight);
   if (o.metrics && ctx.metrics) {
     const metrics = ctx.metrics;
     app.get('/metrics', (res, req) => {

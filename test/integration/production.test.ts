@@ -1,0 +1,270 @@
+/**
+ * Issue 6 behaviours of the HTTP layer: trusted proxies, limits, CORS, metrics, hooks, events, attach(), request
+ * ids. Every test runs a real engine on 127.0.0.1 port 0 and checks replies and files.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import uWS from 'uWebSockets.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { UploadError, createUploadEngine } from '../../src/index.js';
+import { clientView, normalizeIp, parseTrustProxy } from '../../src/main/forwarded.js';
+import { logValue } from '../../src/main/http-policy.js';
+import { PREFIX, bytesOf, call, initUpload, listFiles, putChunk, putChunks, slice, startServer, tempDir } from '../fixtures/server.js';
+import type { TestServer } from '../fixtures/server.js';
+
+const CS = 64 * 1024;
+let server: TestServer | null = null;
+afterEach(async () => {
+  await server?.close();
+  server = null;
+});
+
+describe('trusted proxies', () => {
+  it('believes forwarded headers only from a trusted peer, taking the rightmost untrusted hop', () => {
+    const trust = parseTrustProxy(['127.0.0.1', '10.0.0.0/8']);
+    const h = { host: 'internal:8080', 'x-forwarded-for': '6.6.6.6, 1.2.3.4, 10.1.1.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'files.example.com' };
+    expect(clientView(trust, '127.0.0.1', h)).toEqual({ ip: '1.2.3.4', proto: 'https', host: 'files.example.com', viaProxy: true });
+    // uWS reports IPv4 peers as IPv4-mapped IPv6 text.
+    expect(clientView(trust, '0000:0000:0000:0000:0000:ffff:7f00:0001', h).ip).toBe('1.2.3.4');
+    expect(clientView(trust, '8.8.8.8', h)).toEqual({ ip: '8.8.8.8', proto: 'http', host: 'internal:8080', viaProxy: false });
+    expect(clientView(parseTrustProxy([]), '127.0.0.1', h).viaProxy).toBe(false);
+    const fwd = { host: 'x', forwarded: 'for=6.6.6.6, for="[2001:db8::1]:4711";proto=https;host=up.example.org' };
+    expect(clientView(trust, '127.0.0.1', fwd)).toEqual({ ip: '2001:db8::1', proto: 'https', host: 'up.example.org', viaProxy: true });
+    expect(normalizeIp('::ffff:127.0.0.1')).toBe('127.0.0.1');
+    expect(() => parseTrustProxy(['not-an-ip'])).toThrow();
+  });
+
+  it('builds absolute URLs from forwarded headers when the peer is trusted, and ignores them otherwise', async () => {
+    const headers = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'uploads.example.com' };
+    server = await startServer({ trustProxy: ['127.0.0.1', '::1'] });
+    const trusted = await initUpload(server.base, { fileName: 'a.bin', fileSize: 10 }, headers);
+    const guid = trusted.json.data!.guid as string;
+    expect(trusted.json.data!.location).toBe(`https://uploads.example.com${PREFIX}/upload-chunk?guid=${guid}`);
+    expect(trusted.json.data!.webSocketUrl).toBe(`wss://uploads.example.com${PREFIX}/upload-chunk?guid=${guid}`);
+    await server.close();
+    server = await startServer();
+    const untrusted = await initUpload(server.base, { fileName: 'a.bin', fileSize: 10 }, headers);
+    const host = new URL(server.base).host;
+    expect(untrusted.json.data!.location).toBe(`http://${host}${PREFIX}/upload-chunk?guid=${untrusted.json.data!.guid}`);
+    expect(untrusted.json.data!.webSocketUrl).toMatch(/^ws:\/\//);
+  });
+});
+
+describe('limits', () => {
+  it('answers 429 with Retry-After past the per-user upload limit, and 503 past the global one', async () => {
+    server = await startServer({ maxUploadsPerUser: 2, maxUploads: 3, tokens: { 'token-aaaaaaaa': 'a', 'token-bbbbbbbb': 'b' } });
+    const a = { authorization: 'Bearer token-aaaaaaaa' };
+    const b = { authorization: 'Bearer token-bbbbbbbb' };
+    for (let i = 0; i < 2; i++) expect((await initUpload(server.base, { fileName: `a${i}`, fileSize: 10 }, a)).status).toBe(200);
+    const third = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'init', fileName: 'a2', fileSize: 10 }, a);
+    expect([third.status, third.json.code]).toEqual([429, 'ERR_RATE_LIMITED']);
+    expect(third.headers.get('retry-after')).toBe('1');
+    expect((await initUpload(server.base, { fileName: 'b0', fileSize: 10 }, b)).status).toBe(200);
+    const full = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'init', fileName: 'b1', fileSize: 10 }, b);
+    expect([full.status, full.json.code]).toEqual([503, 'ERR_SERVER_BUSY']);
+    expect(full.headers.get('retry-after')).toBe('1');
+  });
+
+  it('answers 429 when one user has too many chunk bytes in flight, and serves them once those finish', async () => {
+    server = await startServer({ maxInFlightBytesPerUser: CS });
+    const data = bytesOf(2 * CS);
+    const init = await initUpload(server.base, { fileName: 'slow.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    // Hold chunk 0 open: half of its body, then wait.
+    const ac = new AbortController();
+    let push!: (b: Uint8Array | null) => void;
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        push = (b) => (b ? c.enqueue(b) : c.close());
+      },
+    });
+    const slow = fetch(`${server.base}${PREFIX}/upload-chunk?guid=${guid}&chunk=0`, {
+      method: 'PUT', body, duplex: 'half', signal: ac.signal, headers: { 'content-length': String(CS) },
+    } as RequestInit);
+    push(slice(data, CS, 0).subarray(0, CS / 2));
+    await new Promise((r) => setTimeout(r, 150));
+    const second = await putChunk(server.base, guid, 1, slice(data, CS, 1));
+    expect([second.status, second.json.code]).toEqual([429, 'ERR_RATE_LIMITED']);
+    push(slice(data, CS, 0).subarray(CS / 2));
+    push(null);
+    expect((await slow).status).toBe(200);
+    const again = await putChunk(server.base, guid, 1, slice(data, CS, 1));
+    expect(again.json.data).toMatchObject({ complete: true });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'slow.bin')), data)).toBe(0);
+  });
+});
+
+describe('CORS', () => {
+  it('answers preflights and adds headers for allowed origins only; credentials only when configured', async () => {
+    server = await startServer({ allowedOrigins: ['https://app.example.com'] });
+    const pre = await fetch(`${server.base}${PREFIX}/upload-chunk`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://app.example.com', 'access-control-request-method': 'PUT' },
+    });
+    expect(pre.status).toBe(204);
+    expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example.com');
+    expect(pre.headers.get('access-control-allow-methods')).toContain('PUT');
+    expect(pre.headers.get('access-control-allow-headers')).toContain('Authorization');
+    expect(pre.headers.get('access-control-allow-credentials')).toBeNull();
+    const bad = await fetch(`${server.base}${PREFIX}/upload-chunk`, { method: 'OPTIONS', headers: { origin: 'https://evil.example' } });
+    expect(bad.status).toBe(403);
+    expect(bad.headers.get('access-control-allow-origin')).toBeNull();
+    const init = await initUpload(server.base, { fileName: 'c.bin', fileSize: 1 }, { origin: 'https://app.example.com' });
+    expect(init.headers.get('access-control-allow-origin')).toBe('https://app.example.com');
+    expect(init.headers.get('vary')).toBe('Origin');
+    const other = await initUpload(server.base, { fileName: 'd.bin', fileSize: 1 }, { origin: 'https://evil.example' });
+    expect(other.headers.get('access-control-allow-origin')).toBeNull();
+    await server.close();
+    server = await startServer({ allowedOrigins: ['https://app.example.com'], corsCredentials: true });
+    const cred = await initUpload(server.base, { fileName: 'e.bin', fileSize: 1 }, { origin: 'https://app.example.com' });
+    expect(cred.headers.get('access-control-allow-credentials')).toBe('true');
+  });
+});
+
+describe('metrics', () => {
+  it('exposes Prometheus text with upload counters, bytes and latency histograms', async () => {
+    server = await startServer();
+    const data = bytesOf(3 * CS);
+    const init = await initUpload(server.base, { fileName: 'm.bin', fileSize: data.length, chunkSize: CS });
+    await putChunks(server.base, init.json.data!.guid, data, CS, [0, 1, 2]);
+    const text = await (await fetch(`${server.base}/metrics`)).text();
+    expect(text).toMatch(/updraft_uploads_total\{event="created"\} 1/);
+    expect(text).toMatch(/updraft_uploads_total\{event="completed"\} 1/);
+    expect(text).toMatch(new RegExp(`updraft_bytes_written_total ${3 * CS}`));
+    expect(text).toMatch(new RegExp(`updraft_bytes_received_total ${3 * CS}`));
+    expect(text).toMatch(/updraft_chunk_write_seconds_count 3/);
+    expect(text).toMatch(/updraft_fsync_seconds_count [1-9]/);
+    for (const name of ['updraft_uploads_active', 'updraft_worker_queue_depth', 'updraft_inflight_bytes', 'updraft_websocket_connections', 'updraft_event_loop_delay_seconds']) {
+      expect(text).toContain(name);
+    }
+  });
+
+  it('requires the metrics token when one is set', async () => {
+    server = await startServer({ metricsToken: 'metrics-secret-1' });
+    expect((await fetch(`${server.base}/metrics`)).status).toBe(401);
+    const ok = await fetch(`${server.base}/metrics`, { headers: { authorization: 'Bearer metrics-secret-1' } });
+    expect(ok.status).toBe(200);
+    expect(await ok.text()).toContain('updraft_uploads_total');
+  });
+});
+
+describe('hooks and events', () => {
+  it('onUploadCreate can refuse with its own code and message, or choose the folder and name', async () => {
+    const seen: unknown[] = [];
+    server = await startServer({
+      onUploadCreate: (info) => {
+        seen.push(info);
+        if (info.fileName.endsWith('.exe')) throw new UploadError('ERR_UPLOAD_REFUSED', 'Executables are not accepted here');
+        if (info.fileName === 'boom') throw new Error('database down at /internal/secret/path');
+        return { targetPath: `users/${info.user}`, fileName: `2026-${info.fileName}` };
+      },
+    });
+    const refused = await initUpload(server.base, { fileName: 'x.exe', fileSize: 10 });
+    expect([refused.status, refused.json.code, refused.json.message]).toEqual([403, 'ERR_UPLOAD_REFUSED', 'Executables are not accepted here']);
+    const boom = await initUpload(server.base, { fileName: 'boom', fileSize: 10 });
+    expect([boom.status, boom.json.code]).toEqual([403, 'ERR_UPLOAD_REFUSED']);
+    expect(JSON.stringify(boom.json)).not.toContain('/internal');
+    const data = bytesOf(10);
+    const ok = await initUpload(server.base, { fileName: 'report.pdf', fileSize: 10, targetPath: 'ignored' });
+    expect(ok.json.data!.fileName).toBe('2026-report.pdf');
+    await putChunk(server.base, ok.json.data!.guid, 0, data);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'users', 'anonymous', '2026-report.pdf')), data)).toBe(0);
+    expect(seen[2]).toMatchObject({ user: 'anonymous', fileName: 'report.pdf', fileSize: 10, targetPath: 'ignored', clientIp: '127.0.0.1' });
+    // A placement is validated like client input.
+    await server.close();
+    server = await startServer({ onUploadCreate: () => ({ targetPath: '../escape' }) });
+    const esc = await initUpload(server.base, { fileName: 'a', fileSize: 1 });
+    expect([esc.status, esc.json.code]).toEqual([400, 'ERR_INVALID_TARGET_PATH']);
+  });
+
+  it('onUploadComplete runs with the file durable in place, before the client hears complete', async () => {
+    let sawFile: Buffer | null = null;
+    server = await startServer({
+      onUploadComplete: async (info) => {
+        sawFile = await fsp.readFile(info.path);
+      },
+    });
+    const data = bytesOf(2 * CS + 3);
+    const init = await initUpload(server.base, { fileName: 'hooked.bin', fileSize: data.length, chunkSize: CS });
+    const replies = await putChunks(server.base, init.json.data!.guid, data, CS, [2, 0, 1], 1);
+    expect(replies[2]!.json.data).toMatchObject({ complete: true, fileName: 'hooked.bin' });
+    expect(sawFile).not.toBeNull();
+    expect(Buffer.compare(sawFile!, data)).toBe(0);
+  });
+
+  it('a failing onUploadComplete fails the completion cleanly: file removed, client told, status failed', async () => {
+    server = await startServer({
+      onUploadComplete: (info) => {
+        if (info.fileName.startsWith('virus')) throw new UploadError('ERR_UPLOAD_REFUSED', 'Malware found');
+        throw new Error('scanner crashed');
+      },
+    });
+    for (const [name, code, status] of [['virus.bin', 'ERR_UPLOAD_REFUSED', 403], ['plain.bin', 'ERR_HOOK_FAILED', 500]] as const) {
+      const init = await initUpload(server.base, { fileName: name, fileSize: 10 });
+      const guid = init.json.data!.guid as string;
+      const r = await putChunk(server.base, guid, 0, bytesOf(10));
+      expect([r.status, r.json.code]).toEqual([status, code]);
+      const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+      expect(st.json.data).toMatchObject({ uploadStatus: 'failed' });
+    }
+    expect(await listFiles(server.dir)).toEqual([]);
+  });
+
+  it('emits created, chunk, completed and cancelled events', async () => {
+    server = await startServer();
+    const events: string[] = [];
+    server.engine.on('created', (i) => events.push(`created ${i.fileName}`));
+    server.engine.on('chunk', (c) => events.push(`chunk ${c.chunk}/${c.totalChunks} ${c.size}`));
+    server.engine.on('completed', (i) => events.push(`completed ${i.finalName}`));
+    server.engine.on('cancelled', (i) => events.push(`cancelled ${i.fileName}`));
+    const data = bytesOf(CS + 1);
+    const init = await initUpload(server.base, { fileName: 'ev.bin', fileSize: data.length, chunkSize: CS });
+    await putChunks(server.base, init.json.data!.guid, data, CS, [0, 1], 1);
+    const c = await initUpload(server.base, { fileName: 'gone.bin', fileSize: 5 });
+    await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${c.json.data!.guid}`);
+    expect(events).toEqual(['created ev.bin', `chunk 0/2 ${CS}`, 'chunk 1/2 1', 'completed ev.bin', 'created gone.bin', 'cancelled gone.bin']);
+  });
+});
+
+describe('embedding', () => {
+  it('attach() mounts the upload routes beside the host app\'s own routes', async () => {
+    const dir = await tempDir();
+    const app = uWS.App();
+    app.get('/hello', (res) => {
+      res.end('host route');
+    });
+    const engine = createUploadEngine({ dir, logLevel: 'silent', workers: 2 });
+    await engine.attach(app);
+    const socket = await new Promise<uWS.us_listen_socket | false>((r) => app.listen('127.0.0.1', 0, r));
+    expect(socket).not.toBe(false);
+    const base = `http://127.0.0.1:${uWS.us_socket_local_port(socket as uWS.us_listen_socket)}`;
+    try {
+      expect(await (await fetch(`${base}/hello`)).text()).toBe('host route');
+      const data = bytesOf(100);
+      const init = await initUpload(base, { fileName: 'attached.bin', fileSize: 100 });
+      const r = await putChunk(base, init.json.data!.guid, 0, data);
+      expect(r.json.data).toMatchObject({ complete: true });
+      expect(Buffer.compare(await fsp.readFile(path.join(dir, 'attached.bin')), data)).toBe(0);
+    } finally {
+      uWS.us_listen_socket_close(socket as uWS.us_listen_socket);
+      await engine.close();
+    }
+  });
+});
+
+describe('request ids and logs', () => {
+  it('echoes a sane X-Request-Id and makes one up otherwise', async () => {
+    server = await startServer();
+    const given = await call(server.base, 'GET', '/nope', undefined, { 'x-request-id': 'abc-123' });
+    expect(given.headers.get('x-request-id')).toBe('abc-123');
+    const made = await call(server.base, 'GET', '/nope', undefined, { 'x-request-id': 'bad id with spaces' });
+    expect(made.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('escapes control characters and caps client values before logging', () => {
+    expect(logValue('a\nb\u0000c\u202e')).toBe('a\\u000ab\\u0000c\\u202e');
+    const long = logValue('x'.repeat(1000), 10)!;
+    expect(long.startsWith('xxxxxxxxxx…')).toBe(true);
+    expect(long).toContain('1000 chars');
+  });
+});
