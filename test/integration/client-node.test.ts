@@ -1,0 +1,348 @@
+/**
+ * The Node client (src/client) against a real engine on 127.0.0.1: every transport and source kind, the WebSocket
+ * dropped mid-upload (finishing over PUT, or over a reconnect), a WebSocket refused at the upgrade, resume with a
+ * guid, cancel, pause, retries through injected 503s, and the errors a caller sees. Every file is compared byte
+ * for byte with its source.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CLIENT_ERROR_CODES, ClientError, ERROR_CODES, upload } from '../../src/client/index.js';
+import { ERROR_CODES as SERVER_ERROR_CODES } from '../../src/protocol/errors.js';
+import type { RetryEvent, TransportEvent, UploadOptions } from '../../src/client/index.js';
+import { PREFIX, bytesOf, call, startServer, tempDir } from '../fixtures/server.js';
+import type { TestServer } from '../fixtures/server.js';
+import { startProxy } from './client-fixtures.js';
+import type { TestProxy } from './client-fixtures.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+let server: TestServer | null = null;
+let proxy: TestProxy | null = null;
+afterEach(async () => {
+  await proxy?.close();
+  proxy = null;
+  await server?.close();
+  server = null;
+});
+
+const endpoint = (base: string): string => `${base}${PREFIX}`;
+
+async function expectStored(s: TestServer, name: string, data: Uint8Array): Promise<void> {
+  const got = await fsp.readFile(path.join(s.dir, name));
+  expect(got.length).toBe(data.length);
+  expect(Buffer.compare(got, data)).toBe(0);
+}
+
+async function writeTemp(data: Uint8Array, name = 'source.bin'): Promise<string> {
+  const p = path.join(await tempDir('updraft-client-src-'), name);
+  await fsp.writeFile(p, data);
+  return p;
+}
+
+/** A server whose chunk PUTs take `ms` longer (in its auth hook): slow enough to act mid-upload, deterministically. */
+function slowPuts(ms: number): UploadOptionsForServer {
+  return {
+    authenticate: async (req) => {
+      if (req.method === 'PUT') await new Promise((r) => setTimeout(r, ms));
+      return 'anonymous';
+    },
+  };
+}
+type UploadOptionsForServer = Parameters<typeof startServer>[0];
+
+/** Resolves once `loaded` has reached `bytes`. */
+function whenLoaded(h: ReturnType<typeof upload>, bytes: number): Promise<void> {
+  return new Promise((resolve) => {
+    const off = h.on('progress', (p) => {
+      if (p.loaded >= bytes) {
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
+describe('client: transports and sources', () => {
+  it.each([
+    ['auto', 'websocket'],
+    ['websocket', 'websocket'],
+    ['http', 'http'],
+  ] as const)('transport %s uploads a Buffer over %s, byte for byte', async (transport, carrier) => {
+    server = await startServer();
+    const data = bytesOf(3 * MiB + 12345);
+    const transports: TransportEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: `${transport}.bin`, chunkSize: 256 * KiB, transport });
+    h.on('transport', (t) => transports.push(t));
+    const r = await h.done;
+    expect(r).toMatchObject({ fileName: `${transport}.bin`, size: data.length, resumedBytes: 0 });
+    expect(r.bytesByTransport[carrier]).toBe(data.length);
+    expect(r.bytesByTransport[carrier === 'http' ? 'websocket' : 'http']).toBe(0);
+    expect(transports.map((t) => t.transport)).toEqual([carrier]);
+    expect(h.state).toBe('done');
+    await expectStored(server, `${transport}.bin`, data);
+  });
+
+  it('reads a file path lazily, chunk by chunk, with sha256 checksums on the WebSocket', async () => {
+    server = await startServer();
+    const data = bytesOf(5 * MiB + 1);
+    const file = await writeTemp(data, 'lazy.bin');
+    const r = await upload(file, { endpoint: endpoint(server.base), chunkSize: 512 * KiB, checksum: 'sha256', window: 4 }).done;
+    expect(r).toMatchObject({ fileName: 'lazy.bin', size: data.length, bytesByTransport: { websocket: data.length, http: 0 } });
+    await expectStored(server, 'lazy.bin', data);
+  });
+
+  it('uploads a Node Blob, a target folder, and a 0-byte file', async () => {
+    server = await startServer();
+    const data = bytesOf(700 * KiB);
+    const r = await upload(new Blob([new Uint8Array(data)]), { endpoint: endpoint(server.base), fileName: 'blob.bin', targetPath: 'in/here', chunkSize: 64 * KiB }).done;
+    expect(r.fileName).toBe('blob.bin');
+    await expectStored(server, 'in/here/blob.bin', data);
+    const empty = await upload(new Uint8Array(0), { endpoint: endpoint(server.base), fileName: 'empty.bin' }).done;
+    expect(empty).toMatchObject({ fileName: 'empty.bin', size: 0 });
+    expect((await fsp.stat(path.join(server.dir, 'empty.bin'))).size).toBe(0);
+  });
+
+  it('reports acknowledged bytes, a rate and an ETA while it runs', async () => {
+    server = await startServer(slowPuts(20));
+    const data = bytesOf(2 * MiB);
+    const seen: Array<{ loaded: number; rate: number; eta: number | null }> = [];
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'p.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 2 });
+    h.on('progress', (p) => seen.push({ loaded: p.loaded, rate: p.bytesPerSecond, eta: p.etaSeconds }));
+    await h.done;
+    const loaded = seen.map((s) => s.loaded);
+    expect(loaded).toEqual([...loaded].sort((a, b) => a - b)); // never goes backwards
+    expect(loaded.at(-1)).toBe(data.length);
+    expect(loaded.every((l) => l % (64 * KiB) === 0 || l === data.length)).toBe(true); // whole acknowledged chunks
+    expect(seen.some((s) => s.rate > 0 && s.eta !== null && s.eta > 0)).toBe(true);
+    expect(h.progress).toMatchObject({ state: 'done', fraction: 1, etaSeconds: 0 });
+  });
+});
+
+describe('client: WebSocket failures', () => {
+  it('finishes over PUT when the server drops the WebSocket mid-upload and the reconnect fails', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { dropWsAfterBytes: 1 * MiB, allowWsConnections: 1 });
+    const data = bytesOf(4 * MiB + 777);
+    const transports: TransportEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'dropped.bin', chunkSize: 128 * KiB, window: 2, retry: { baseDelayMs: 10 } });
+    h.on('transport', (t) => transports.push(t));
+    const r = await h.done;
+    expect(proxy.stats).toMatchObject({ wsConnections: 2, wsDropped: 1, wsRefused: 1 });
+    expect(transports.map((t) => t.transport)).toEqual(['websocket', 'http']);
+    expect(r.bytesByTransport.websocket).toBeGreaterThan(0);
+    expect(r.bytesByTransport.http).toBeGreaterThan(0);
+    expect(r.bytesByTransport.websocket + r.bytesByTransport.http).toBe(data.length);
+    expect(proxy.stats.puts).toBeLessThan(Math.ceil(data.length / (128 * KiB))); // only the missing chunks went by PUT
+    await expectStored(server, 'dropped.bin', data);
+  });
+
+  it('survives a server restart: the server closes the WebSocket, the reconnect fails, PUTs finish after the restart', async () => {
+    server = await startServer();
+    const { dir } = server;
+    // The proxy only keeps one address for the client while the engine behind it restarts on another port.
+    proxy = await startProxy(server.base, {});
+    const data = bytesOf(8 * MiB);
+    const transports: TransportEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'restart.bin', chunkSize: 64 * KiB, window: 1, retry: { baseDelayMs: 100 } });
+    h.on('transport', (t) => transports.push(t));
+    await whenLoaded(h, 1 * MiB);
+    await server.close(); // a real server-side drop: the engine closes every upload WebSocket (1001) and stops
+    await new Promise((r) => setTimeout(r, 300)); // the reconnect is refused meanwhile (nothing listens)
+    server = await startServer({ dir });
+    proxy.setTarget(server.base);
+    const r = await h.done;
+    expect(transports.map((t) => t.transport)).toEqual(['websocket', 'http']);
+    expect(r.bytesByTransport.websocket).toBeGreaterThanOrEqual(1 * MiB);
+    expect(r.bytesByTransport.http).toBeGreaterThan(0);
+    expect(r.bytesByTransport.websocket + r.bytesByTransport.http).toBe(data.length);
+    await expectStored(server, 'restart.bin', data);
+  });
+
+  it('stays on the WebSocket when the reconnect after a drop works', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { dropWsAfterBytes: 1 * MiB, dropConnections: 1 });
+    const data = bytesOf(3 * MiB);
+    const r = await upload(data, { endpoint: endpoint(proxy.base), fileName: 'reconnect.bin', chunkSize: 128 * KiB, retry: { baseDelayMs: 10 } }).done;
+    expect(proxy.stats).toMatchObject({ wsConnections: 2, wsDropped: 1, puts: 0 });
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    await expectStored(server, 'reconnect.bin', data);
+  });
+
+  it('falls back to PUT when the server refuses the WebSocket upgrade', async () => {
+    server = await startServer({ authenticate: (req) => (req.headers['upgrade']?.toLowerCase() === 'websocket' ? null : 'anonymous') });
+    const data = bytesOf(1 * MiB + 5);
+    const transports: TransportEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'refused.bin', chunkSize: 128 * KiB });
+    h.on('transport', (t) => transports.push(t));
+    const r = await h.done;
+    expect(r.bytesByTransport).toEqual({ websocket: 0, http: data.length });
+    expect(transports).toHaveLength(1);
+    expect(transports[0]!.transport).toBe('http');
+    await expectStored(server, 'refused.bin', data);
+  });
+
+  it("transport 'websocket' fails with ERR_WEBSOCKET_FAILED instead of falling back", async () => {
+    server = await startServer({ authenticate: (req) => (req.headers['upgrade'] ? null : 'anonymous') });
+    const h = upload(bytesOf(10 * KiB), { endpoint: endpoint(server.base), fileName: 'no.bin', transport: 'websocket', retry: { attempts: 1, baseDelayMs: 5 } });
+    await expect(h.done).rejects.toMatchObject({ name: 'ClientError', code: 'ERR_WEBSOCKET_FAILED' });
+    expect(h.state).toBe('failed');
+  });
+
+  it('authenticates the WebSocket and the PUTs with the token', async () => {
+    server = await startServer({ tokens: { 'secret-token-1': 'alice' } });
+    const data = bytesOf(600 * KiB);
+    for (const transport of ['websocket', 'http'] as const) {
+      const r = await upload(data, { endpoint: endpoint(server.base), token: 'secret-token-1', fileName: `t-${transport}.bin`, chunkSize: 64 * KiB, transport }).done;
+      expect(r.bytesByTransport[transport]).toBe(data.length);
+      await expectStored(server, `t-${transport}.bin`, data);
+    }
+    const bad = upload(data, { endpoint: endpoint(server.base), token: 'wrong-token-1', fileName: 'x.bin' });
+    await expect(bad.done).rejects.toMatchObject({ code: 'ERR_UNAUTHORIZED', status: 401 });
+  });
+});
+
+describe('client: resume, cancel, pause', () => {
+  it('resumes an upload whose process was killed, from its guid, sending only the rest', async () => {
+    server = await startServer(slowPuts(15));
+    const data = bytesOf(2 * MiB);
+    const file = await writeTemp(data, 'resume.bin');
+    const opts: UploadOptions = { endpoint: endpoint(server.base), chunkSize: 64 * KiB, transport: 'http', parallel: 2 };
+    // "Killed": the first run is stopped through its signal once a third is stored; nothing is cleaned up.
+    const ac = new AbortController();
+    const first = upload(file, { ...opts, signal: ac.signal });
+    await whenLoaded(first, data.length / 3);
+    ac.abort();
+    const err = await first.done.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ClientError);
+    expect(err).toMatchObject({ code: 'ERR_ABORTED', guid: first.guid });
+    // A PUT whose body was already sent when the signal fired may still be stored: the server has at least this.
+    const before = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${first.guid}`);
+    const storedBefore = before.json.data!.receivedBytes as number;
+    expect(storedBefore).toBeGreaterThanOrEqual(data.length / 3);
+    expect(storedBefore).toBeLessThan(data.length);
+
+    const second = upload(file, { ...opts, guid: first.guid!, transport: 'auto' });
+    const r = await second.done;
+    expect(r.guid).toBe(first.guid);
+    expect(r.resumedBytes).toBeGreaterThanOrEqual(storedBefore);
+    expect(r.bytesByTransport.websocket + r.bytesByTransport.http).toBe(data.length - r.resumedBytes);
+    expect(r.bytesByTransport.websocket + r.bytesByTransport.http).toBeLessThan(data.length);
+    await expectStored(server, 'resume.bin', data);
+  });
+
+  it('refuses to resume a guid with a source of another size', async () => {
+    server = await startServer();
+    const init = await upload(bytesOf(10), { endpoint: endpoint(server.base), fileName: 'm.bin', chunkSize: 4 * KiB });
+    const { guid } = await init.done;
+    // A completed upload of another size: mismatch comes first.
+    await expect(upload(bytesOf(11), { endpoint: endpoint(server.base), guid }).done).rejects.toMatchObject({ code: 'ERR_RESUME_MISMATCH', guid });
+    await expect(upload(bytesOf(11), { endpoint: endpoint(server.base), guid: 'no-such-guid' }).done).rejects.toMatchObject({ code: 'ERR_UPLOAD_NOT_FOUND', status: 404 });
+  });
+
+  it('cancel() stops sending, deletes the upload on the server and rejects with ERR_UPLOAD_CANCELLED', async () => {
+    server = await startServer(slowPuts(15));
+    const data = bytesOf(2 * MiB);
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'cancel.bin', chunkSize: 64 * KiB, transport: 'http' });
+    await whenLoaded(h, 256 * KiB);
+    await h.cancel();
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED', guid: h.guid });
+    expect(h.state).toBe('cancelled');
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
+    expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
+    await expect(fsp.access(path.join(server.dir, 'cancel.bin'))).rejects.toThrow();
+  });
+
+  it('cancel() during a WebSocket upload also deletes it', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, {});
+    const h = upload(bytesOf(8 * MiB), { endpoint: endpoint(server.base), fileName: 'wscancel.bin', chunkSize: 64 * KiB, window: 1 });
+    await whenLoaded(h, 64 * KiB);
+    await h.cancel();
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED' });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
+    expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
+  });
+
+  it('pause() sends no new chunk until resume()', async () => {
+    server = await startServer(slowPuts(10));
+    proxy = await startProxy(server.base, {}); // counts the PUTs that reach the server
+    const data = bytesOf(1 * MiB);
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'pause.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 2 });
+    await whenLoaded(h, 128 * KiB);
+    h.pause();
+    expect(h.state).toBe('paused');
+    const atPause = proxy.stats.puts;
+    await new Promise((r) => setTimeout(r, 400)); // chunks already taken (at most `parallel`) finish
+    const settled = proxy.stats.puts;
+    expect(settled - atPause).toBeLessThanOrEqual(2);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(proxy.stats.puts).toBe(settled);
+    expect(h.progress.loaded).toBeLessThan(data.length);
+    expect(h.progress).toMatchObject({ state: 'paused', bytesPerSecond: 0, etaSeconds: null });
+    h.resume();
+    const r = await h.done;
+    expect(r.bytesByTransport.http).toBe(data.length);
+    await expectStored(server, 'pause.bin', data);
+  });
+});
+
+describe('client: retries and errors', () => {
+  it('retries PUTs answered 503, honouring Retry-After, and completes', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { failPuts: 3, retryAfter: '1' });
+    const data = bytesOf(1 * MiB + 3);
+    const retries: RetryEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'retry.bin', chunkSize: 128 * KiB, transport: 'http', retry: { baseDelayMs: 10 } });
+    h.on('retry', (e) => retries.push(e));
+    const r = await h.done;
+    expect(proxy.stats.injected503).toBe(3);
+    expect(retries).toHaveLength(3);
+    for (const e of retries) {
+      expect(e.error).toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
+      expect(e.delayMs).toBeGreaterThanOrEqual(1000); // Retry-After: 1 beats the 10 ms backoff
+    }
+    expect(r.bytesByTransport.http).toBe(data.length);
+    await expectStored(server, 'retry.bin', data);
+  });
+
+  it('gives up after the configured attempts with the server code', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { failPuts: 1000 });
+    const h = upload(bytesOf(100 * KiB), { endpoint: endpoint(proxy.base), fileName: 'never.bin', transport: 'http', retry: { attempts: 2, baseDelayMs: 5 } });
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
+    expect(proxy.stats.injected503).toBeGreaterThanOrEqual(3);
+  });
+
+  it('fails at once on a 4xx with the server code and message', async () => {
+    server = await startServer();
+    const retries: RetryEvent[] = [];
+    const h = upload(bytesOf(10), { endpoint: endpoint(server.base), fileName: '../evil' });
+    h.on('retry', (e) => retries.push(e));
+    const err = (await h.done.catch((e: unknown) => e)) as ClientError;
+    expect(err).toBeInstanceOf(ClientError);
+    expect(err.code).toBe('ERR_INVALID_FILE_NAME');
+    expect(err.status).toBe(400);
+    expect(err.message).toMatch(/name/i);
+    expect(retries).toHaveLength(0);
+  });
+
+  it('reports an unreachable server as ERR_NETWORK after its retries', async () => {
+    const h = upload(bytesOf(10), { endpoint: 'http://127.0.0.1:9/api/v1/files', fileName: 'x', retry: { attempts: 1, baseDelayMs: 1 } });
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_NETWORK' });
+  });
+});
+
+describe('client: exports', () => {
+  it("re-exports the server's catalogue, and its own codes do not collide with it", () => {
+    expect(ERROR_CODES).toEqual(SERVER_ERROR_CODES);
+    for (const code of CLIENT_ERROR_CODES) {
+      expect(code).toMatch(/^ERR_[A-Z0-9_]+$/);
+      expect(SERVER_ERROR_CODES).not.toContain(code);
+    }
+    const e = new ClientError('ERR_CHUNK_BUSY');
+    expect(e).toMatchObject({ name: 'ClientError', code: 'ERR_CHUNK_BUSY', retryable: true });
+    expect(new ClientError('ERR_ABORTED')).toMatchObject({ retryable: true });
+  });
+});
