@@ -2,9 +2,13 @@
  * End-to-end upload benchmark: Updraft next to the limits (disk, HTTP ingest) and the servers a user would pick
  * instead, all measured in one run so the ratios hold on a noisy 2-core VM.
  *
- *   npm run bench                 full run (about 10 minutes)
- *   npm run bench -- --quick      under a minute: 1 x 256 MiB and 4 x 32 MiB, every stored byte verified
+ *   npm run bench                 full run (about 13 minutes)
+ *   npm run bench -- --quick      under a minute: 1 x 256 MiB and 4 x 64 MiB, every stored byte verified
  *   options: --reps N  --targets id,id  --scenarios id,id  --verify all|first|none  --no-markdown  --budget SECONDS
+ *            --tsx (skip the build: run Updraft, the peers and the WebSocket client through tsx)
+ *
+ * It first runs `tsc -p .` once and starts Updraft, the Node peers and the WebSocket client from dist/ (falling back
+ * to tsx for whatever the build did not emit fresh; see macro/build.ts).
  *
  * Prints a table per scenario and the goals, writes bench/results/latest.json and rewrites BENCHMARKS.md.
  * See bench/README.md for the targets and the method.
@@ -15,6 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { aggregate } from './macro/aggregate.js';
+import { buildRuntime, tsxRuntime, type Runtime } from './macro/build.js';
 import { killStartedNow } from './macro/child-server.js';
 import { CURL, curlVersion, killCurlsNow } from './macro/curl.js';
 import { DataStore, type Dataset } from './macro/dataset.js';
@@ -41,15 +46,18 @@ const { values: flags } = parseArgs({
     verify: { type: 'string' },
     'no-markdown': { type: 'boolean', default: false },
     budget: { type: 'string' },
+    tsx: { type: 'boolean', default: false },
   },
   strict: true,
 });
 
 const mode = flags.quick ? 'quick' : 'full';
 const reps = positiveInt(flags.reps, mode === 'quick' ? 1 : 3, '--reps');
+/** The in-flight and chunk-size sweep runs fewer times than the goal scenarios unless --reps says otherwise. */
+const sweepReps = flags.reps === undefined ? Math.min(reps, 2) : reps;
 const verify = flags.verify ?? (mode === 'quick' ? 'all' : 'first');
 if (!['all', 'first', 'none'].includes(verify)) fail(`--verify must be all, first or none (got ${verify})`);
-const budgetSeconds = positiveInt(flags.budget, mode === 'quick' ? 55 : 720, '--budget');
+const budgetSeconds = positiveInt(flags.budget, mode === 'quick' ? 55 : 780, '--budget');
 /** A run slower than this fails instead of eating the budget (a quick run must stay under a minute). */
 const runTimeoutMs = (mode === 'quick' ? 12 : 120) * 1000;
 /** A run during which other processes used more than this share of all cores is measured once more. */
@@ -87,7 +95,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
   const curl = await curlVersion();
   if (curl === undefined) fail(`curl is required as the client (${CURL} not found or not working)`);
 
-  const plan = (mode === 'quick' ? quickScenarios(reps) : fullScenarios(reps))
+  const plan = (mode === 'quick' ? quickScenarios(reps) : fullScenarios(reps, sweepReps))
     .filter((s) => wantScenarios === undefined || wantScenarios.includes(s.id))
     .map((s) => ({ ...s, targets: s.targets.filter((t) => wantTargets === undefined || wantTargets.some((w) => t === w || t.startsWith(`${w}-`))) }))
     .filter((s) => s.targets.length > 0);
@@ -102,6 +110,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
   const machine = describeMachine(runsDir, chunkRoot, { curl, nginx: nginx === undefined ? undefined : nginxVersion(nginx) });
 
   log(`Updraft benchmark, ${mode} mode: ${plan.length} scenario(s), ${targetsInPlan.length} target(s), budget ${budgetSeconds} s`);
+  const runtime: Runtime = flags.tsx ? tsxRuntime('--tsx: no build') : buildRuntime(repoRoot, log);
   log(`machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.benchDisk.filesystem}, node ${machine.node}`);
   log(`data: ${runsDir} (${machine.benchDisk.filesystem}); chunk files: ${chunkRoot} (${machine.chunkSource.filesystem})`);
 
@@ -133,7 +142,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
           scenario, dataset, target, rep, hash,
           runDir: path.join(runsDir, `${runCounter++}-${target.id}`),
           runTimeoutMs,
-          context: { workDir, repoRoot, startTimeoutMs: 30_000, requestTimeoutMs: runTimeoutMs },
+          context: { workDir, repoRoot, runtime, startTimeoutMs: 30_000, requestTimeoutMs: runTimeoutMs },
         });
         let result: RunResult;
         try {
@@ -180,6 +189,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
     aggregates,
     goals: evaluateGoals(aggregates, plan),
     method: methodNotes(verify, plan),
+    runtime: runtime.summary,
   };
   process.stdout.write(`${renderText(report)}\n`);
   const jsonPath = path.join(repoRoot, 'bench', 'results', 'latest.json');
@@ -197,6 +207,13 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
     'Client: curl (C), one process per upload, chunks PUT with `--parallel --parallel-max N --parallel-immediate` over ' +
       'kept-alive connections, `Expect:` disabled; the bytes come from chunk files pre-split on tmpfs once per scenario. ' +
       'Updraft and the Node peers get their init POST from fetch; tus gets POST (fetch) then sequential PATCHes (curl).',
+    'WebSocket client: one Node process per run (the `ws` package, started before the warm-up), one connection per upload; ' +
+      'updraft.v1 keeps min(8, hello.window) chunk frames unacknowledged, PSWebHost sends JSON metadata then the chunk ' +
+      '(serial: waits for each progress; pipelined: 8 in flight). Each chunk is read from its tmpfs file into a reused ' +
+      'buffer (the updraft.v1 prefix written in front by encodeFrame, no copy), frames are masked with a zero key so `ws` ' +
+      'sends the buffer without a masked copy. Done at `complete`, every chunk acknowledged exactly once.',
+    'Users: Updraft is started with 16 bearer tokens and each upload is sent as the next user in turn, so 16 uploads at ' +
+      'once come from 16 users (Updraft limits one user to 256 MiB of PUT chunk bytes in flight and 8 WebSockets).',
     'Throughput: content bytes / wall time from just before the first request (init included) to the last reply, MB = 10^6 bytes.',
     'Each run starts the target afresh on a new empty directory, sends a 2-chunk warm-up upload (not measured), runs ' +
       '`sync` so no run pays for an earlier run\'s writeback, then measures. Stored files are deleted after each run. ' +
@@ -204,8 +221,9 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
     'Durability differs by design: the disk limit fdatasyncs; nginx, @tus/file-store, node-http and sync-main do not; ' +
       'Updraft syncs per chunk (durability=chunk) or per upload (durability=upload).',
     'CPU s/GiB: utime+stime of the server\'s process tree from /proc/<pid>/stat (worker threads included; nginx master ' +
-      '+ workers) over the window, per GiB sent. The disk limit\'s CPU is this process\'s own. curl CPU: the curl processes of the window.',
-    'other CPU: the share of all cores, over the window, used by processes other than the target, curl and the ' +
+      '+ workers) over the window, per GiB sent. The disk limit\'s CPU is this process\'s own. Client CPU: the curl ' +
+      'processes of the window, or the WebSocket runner\'s CPU over the window.',
+    'other CPU: the share of all cores, over the window, used by processes other than the target, the client (curl or the WebSocket runner) and the ' +
       'harness (other sessions on the VM, kernel threads such as writeback, steal; not interrupt time); the worst repetition is shown. A run above ' +
       `${DISTURBED_SHARE * 100}% is measured once more (full mode, up to 10% extra runs) and the quieter of the two is kept (both are in the JSON).`,
     'Peak RSS: VmHWM from /proc/<pid>/status, reset through /proc/<pid>/clear_refs at the start of the window; the ' +
@@ -214,7 +232,8 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
       'resolution), reset at the start of the window and read at its end through GET /__bench/eld; n/a where a target has none.',
     `Verification: every run checks each stored upload's size; sha256 of the stored bytes against the bytes sent ` +
       (verifyMode === 'all' ? 'in every run.' : verifyMode === 'first' ? "in each target's first run." : 'was switched off.') +
-      ' The discard ceiling stores nothing: it checks each chunk\'s length and curl checks each reply.',
+      ' The discard ceiling stores nothing: it checks each chunk\'s length and curl checks each reply. The WebSocket ' +
+      'client checks that every chunk was acknowledged exactly once and that `complete` reports the size sent.',
     `Repetitions: ${[...new Set(plan.map((s) => s.reps))].join('/')} per scenario, the order of targets rotated each time; tables show medians, the range of MB/s and the worst RSS.`,
   ];
 }

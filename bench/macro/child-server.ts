@@ -141,6 +141,19 @@ export async function startServer(options: StartOptions): Promise<StartedServer>
   return { pid: tracked.pid, readyMatch, output: () => tail, stop };
 }
 
+/**
+ * Registers a child started elsewhere (the WebSocket client runner) so that killStartedNow() stops it too; returns
+ * the function that unregisters it once it has exited.
+ */
+export function trackChild(child: ChildProcess): () => void {
+  if (child.pid === undefined) return () => {};
+  const tracked: Tracked = { child, pid: child.pid };
+  started.add(tracked);
+  return () => {
+    started.delete(tracked);
+  };
+}
+
 /** Synchronous SIGKILL of everything started here and still running (SIGINT handler, final cleanup). */
 export function killStartedNow(): void {
   for (const tracked of started) {

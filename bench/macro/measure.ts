@@ -39,7 +39,7 @@ export interface RunResult {
   readonly mbPerSecond: number;
   /** Server CPU (utime+stime of its process tree) per GiB of content; for the in-process disk limit, ours. */
   readonly cpuSecondsPerGiB?: number;
-  /** CPU of the curl processes that finished in the window, per GiB. */
+  /** CPU of the client per GiB: the curl processes that finished in the window, or the WebSocket runner's. */
   readonly clientCpuSecondsPerGiB?: number;
   /**
    * Share of the machine's CPU capacity (all cores x window) used by anything other than the target, curl and this
@@ -106,7 +106,8 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     const selfBefore = process.cpuUsage();
     const busyBefore = machineBusySeconds();
     const serverCpuBefore = server === undefined ? 0 : treeCpuSeconds(server.pid);
-    const clientCpuBefore = reapedChildrenCpuSeconds();
+    const clientPid = running.clientProcess?.pid;
+    const clientCpuBefore = reapedChildrenCpuSeconds() + (clientPid === undefined ? 0 : treeCpuSeconds(clientPid));
     const started = performance.now();
 
     openCurlGate();
@@ -114,6 +115,7 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     const timer = setTimeout(() => {
       limit.expired = true;
       killCurlsNow(); // only this run's uploads are in flight
+      running?.client.abort?.();
     }, options.runTimeoutMs);
     const settled = await runPool(jobs, scenario.concurrentUploads, limit, (job) => running!.client.upload(job));
     clearTimeout(timer);
@@ -121,7 +123,7 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     const seconds = (performance.now() - started) / 1000;
     const selfCpu = cpuSeconds(process.cpuUsage(selfBefore));
     const serverCpu = server === undefined ? selfCpu : treeCpuSeconds(server.pid) - serverCpuBefore;
-    const clientCpu = reapedChildrenCpuSeconds() - clientCpuBefore;
+    const clientCpu = reapedChildrenCpuSeconds() + (clientPid === undefined ? 0 : treeCpuSeconds(clientPid)) - clientCpuBefore;
     const busy = machineBusySeconds() - busyBefore;
     const otherCpu = busy - clientCpu - selfCpu - (server === undefined ? 0 : serverCpu);
     const otherCpuShare = Math.max(0, otherCpu) / (seconds * os.availableParallelism());

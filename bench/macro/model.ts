@@ -3,6 +3,7 @@
  * writer); a client is how bytes reach it. Adding a transport (the `updraft.v1` WebSocket protocol) means a new
  * UploadClient and a target entry that uses it; scenarios, measurement and reports stay as they are.
  */
+import type { Runtime } from './build.js';
 import type { Content } from './dataset.js';
 
 export interface Scenario {
@@ -43,12 +44,19 @@ export interface UploadClient {
   describe(inFlight: number): string;
   /** Sends one whole upload; resolves after the last reply, throws if any request failed or was short. */
   upload(job: UploadJob): Promise<UploadReceipt>;
+  /** Stops every upload in flight now (the run is over its time limit); their upload() calls reject. */
+  abort?(): void;
 }
 
 export interface RunningTarget {
   readonly client: UploadClient;
   /** The server's root process; undefined for the in-process disk writer (no separate process to read). */
   readonly server?: { readonly pid: number; readonly rssScope: 'root' | 'tree' };
+  /**
+   * A client process that lives through the run (the WebSocket runner), whose CPU is read from /proc over the window
+   * and reported with the client's; curl processes exit inside the window and are counted when reaped instead.
+   */
+  readonly clientProcess?: { readonly pid: number };
   /** Base URL serving GET /__bench/eld and POST /__bench/eld/reset; undefined when the target has none. */
   readonly eldBaseUrl?: string;
   /** Where the target keeps the bytes of a finished upload, for verification. */
@@ -62,6 +70,8 @@ export interface TargetContext {
   /** Scratch directory (curl configs, nginx config and logs); deleted at the end. */
   readonly workDir: string;
   readonly repoRoot: string;
+  /** Compiled (dist/) or tsx: how Node processes are started (build.ts). */
+  readonly runtime: Runtime;
   readonly startTimeoutMs: number;
   readonly requestTimeoutMs: number;
 }

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { speedRatio, type Aggregate } from './aggregate.js';
-import { goalMark, type GoalLine } from './goals.js';
+import { GOAL_ISSUES, goalMark, type GoalLine } from './goals.js';
 import type { MachineInfo } from './machine.js';
 import type { RunResult } from './measure.js';
 import type { Scenario, TargetSpec } from './model.js';
@@ -25,11 +25,19 @@ export interface Report {
   readonly aggregates: readonly Aggregate[];
   readonly goals: readonly GoalLine[];
   readonly method: readonly string[];
+  /** How the Node processes ran: compiled from dist/ or through tsx (build.ts). */
+  readonly runtime: readonly string[];
+}
+
+/** The goals under one heading per issue, in issue order. */
+function goalsByIssue(goals: readonly GoalLine[]): Array<{ title: string; lines: GoalLine[] }> {
+  return GOAL_ISSUES.map(({ issue, title }) => ({ title, lines: goals.filter((g) => g.issue === issue) }))
+    .filter((group) => group.lines.length > 0);
 }
 
 function rows(report: Report, scenario: Scenario): string[][] {
   const header = ['target', 'client', 'MB/s', ...(scenarioReps(report, scenario) > 1 ? ['range'] : []),
-    ...REFERENCES.map((r) => `x ${r}`), 'CPU s/GiB', 'curl CPU s/GiB', 'peak RSS MiB', 'ELD p99 ms', 'ELD max ms', 'other CPU', 'bytes'];
+    ...REFERENCES.map((r) => `x ${r}`), 'CPU s/GiB', 'client CPU s/GiB', 'peak RSS MiB', 'ELD p99 ms', 'ELD max ms', 'other CPU', 'bytes'];
   const out = [header];
   for (const target of report.targets) {
     const g = report.aggregates.find((a) => a.scenario === scenario.id && a.target === target.id);
@@ -76,8 +84,12 @@ export function renderText(report: Report): string {
       out.push(`   ${g.target}: ${g.errors[0]!.split('\n')[0]}`);
     }
   }
-  out.push('', 'Goals:');
-  for (const goal of report.goals) out.push(`  ${goalMark(goal.pass)}  ${goal.text}`);
+  out.push('', 'Goals (ratios from this run):');
+  for (const group of goalsByIssue(report.goals)) {
+    out.push(`  ${group.title}`);
+    for (const goal of group.lines) out.push(`    ${goalMark(goal.pass)}  ${goal.text}`);
+  }
+  out.push('', `Node processes: ${report.runtime.slice(1).join('; ')}`);
   if (report.skipped.size > 0) {
     out.push('', 'Skipped targets:');
     for (const [id, why] of report.skipped) out.push(`  ${id}: ${why.split('\n')[0]}`);
@@ -102,8 +114,9 @@ export function renderMarkdown(report: Report): string {
     `- Disk under test: ${m.benchDisk.filesystem} on ${m.benchDisk.device} (mounted at ${m.benchDisk.mountpoint}), data in ${m.benchDisk.path}`,
     `- Client data: pre-split chunk files on ${m.chunkSource.filesystem} (${m.chunkSource.path})`,
     `- Writeback: ${m.dirtyWriteback}`,
-    `- Client: ${m.curl ?? 'curl (version unknown)'}`,
+    `- Client: ${m.curl ?? 'curl (version unknown)'}; WebSocket: ws (Node) in its own process`,
     `- nginx: ${m.nginx ?? 'not installed'}`,
+    `- Node processes: ${report.runtime.join('; ')}`,
     '',
     '## How it was measured',
     '',
@@ -111,8 +124,12 @@ export function renderMarkdown(report: Report): string {
     '',
     '## Goals',
     '',
-    ...report.goals.map((g) => `- **${goalMark(g.pass).trim()}** ${g.text}`),
-    '',
+    ...goalsByIssue(report.goals).flatMap((group) => [
+      `### ${group.title[0]!.toUpperCase()}${group.title.slice(1)}`,
+      '',
+      ...group.lines.map((g) => `- **${goalMark(g.pass).trim()}** ${g.text}`),
+      '',
+    ]),
     '## Results',
   ];
   for (const scenario of report.scenarios) {
@@ -147,6 +164,7 @@ export function writeJson(report: Report, file: string): void {
     durationSeconds: report.durationSeconds,
     machine: report.machine,
     method: report.method,
+    runtime: report.runtime,
     scenarios: report.scenarios,
     targets: report.targets.map(({ id, label, role, description }) => ({ id, label, role, description })),
     skipped: Object.fromEntries(report.skipped),

@@ -188,8 +188,7 @@ export async function writeWholeChunk(
     const slab = checksum ? null : ctx.slabs.tryAcquire();
     if (!slab) {
       const rest = bytes.subarray(off);
-      const copy = new ArrayBuffer(rest.length);
-      new Uint8Array(copy).set(rest);
+      const copy = overflowCopy(rest);
       pieces.push({ data: copy, dataOffset: 0, length: rest.length, slab: null });
       break;
     }
@@ -284,8 +283,7 @@ export class ChunkReceiver {
           // Budget used up: this piece is copied outside the budget (at most one uWS piece, <= 512 KiB, per
           // paused request) and the request stops reading until slabs come back.
           const rest = piece.subarray(off);
-          const copy = new ArrayBuffer(rest.length);
-          new Uint8Array(copy).set(rest);
+          const copy = overflowCopy(rest);
           this.#enqueue(copy, 0, rest.length, null);
           this.#pause();
           return;
@@ -403,6 +401,16 @@ export class ChunkReceiver {
     // The claim is released once queued tasks are done, so a new writer never overlaps an old one's pieces.
     void this.#chain.then(() => this.u.releaseClaim(this.chunk, this.writerId));
   }
+}
+
+/**
+ * A copy outside the slab budget, for the bytes the budget cannot hold right now. Not zero-filled (every byte is
+ * overwritten at once), and its own ArrayBuffer at offset 0, so the pool can transfer it to a worker without a copy.
+ */
+function overflowCopy(bytes: Uint8Array): ArrayBuffer {
+  const b = Buffer.allocUnsafeSlow(bytes.length);
+  b.set(bytes);
+  return b.buffer as ArrayBuffer;
 }
 
 function toUploadError(e: unknown): UploadError {

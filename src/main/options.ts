@@ -97,7 +97,7 @@ export interface UploadEngineOptions {
   uploadTtl?: number;
   /** How long a completed, cancelled or expired upload keeps its record for retries and status calls (ms). Default 1 h. */
   recordTtl?: number;
-  /** Bytes of request bodies that may wait for the disk at once; requests pause beyond it. Default 64 MiB. */
+  /** Bytes of request bodies and WebSocket frames waiting for the disk at once; requests pause beyond it. Default 128 MiB. */
   maxInFlightBytes?: number;
   /** Size of one batch handed to a worker (a slab of the in-flight budget). Default 2 MiB. */
   batchSize?: number;
@@ -306,7 +306,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     authenticate: o.authenticate,
     uploadTtl: int('uploadTtl', o.uploadTtl, 24 * 3600_000, 1),
     recordTtl: int('recordTtl', o.recordTtl, 3600_000, 0),
-    maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 64 * MiB, batchSize),
+    maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 128 * MiB, batchSize),
     batchSize,
     directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),

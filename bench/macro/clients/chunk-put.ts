@@ -3,6 +3,8 @@
  *   POST {base}{prefix}/upload-chunk {"action":"init","fileName","fileSize","chunkSize"} -> 200 {"status":"success","data":{"guid",...}}
  *   PUT  {base}{prefix}/upload-chunk?guid=G&chunk=N  (chunk bytes)                      -> 2xx
  * Used for Updraft and for the discard, sync-main and node-http peers, which speak the same routes.
+ * With `tokens`, each upload is sent as the next user in turn (`Authorization: Bearer <token>`): Updraft limits the
+ * chunk bytes one user has in flight (issue 6), so 16 uploads at once come from 16 users, as they would in use.
  */
 import path from 'node:path';
 import { runCurl } from '../curl.js';
@@ -13,14 +15,33 @@ export interface ChunkPutOptions {
   readonly prefix: string;
   readonly workDir: string;
   readonly timeoutMs: number;
+  /** Bearer tokens used in turn, one per upload; none: no Authorization header. */
+  readonly tokens?: readonly string[];
+}
+
+/** The next token of a round robin, or undefined when there are none. */
+export class TokenTurns {
+  readonly #tokens: readonly string[];
+  #next = 0;
+
+  constructor(tokens: readonly string[] | undefined) {
+    this.#tokens = tokens ?? [];
+  }
+
+  take(): string | undefined {
+    if (this.#tokens.length === 0) return undefined;
+    return this.#tokens[this.#next++ % this.#tokens.length];
+  }
 }
 
 export class ChunkPutClient implements UploadClient {
   readonly #options: ChunkPutOptions;
+  readonly #tokens: TokenTurns;
   #batches = 0;
 
   constructor(options: ChunkPutOptions) {
     this.#options = options;
+    this.#tokens = new TokenTurns(options.tokens);
   }
 
   describe(inFlight: number): string {
@@ -30,13 +51,14 @@ export class ChunkPutClient implements UploadClient {
   async upload(job: UploadJob): Promise<UploadReceipt> {
     const { baseUrl, prefix, workDir, timeoutMs } = this.#options;
     const route = `${baseUrl}${prefix}/upload-chunk`;
-    const guid = await initUpload(route, job, timeoutMs);
+    const token = this.#tokens.take();
+    const guid = await initUpload(route, job, timeoutMs, token);
     const { content } = job;
     await runCurl({
       mode: 'parallel',
       maxInFlight: job.inFlight,
       method: 'PUT',
-      headers: ['Content-Type: application/octet-stream'],
+      headers: ['Content-Type: application/octet-stream', ...(token === undefined ? [] : [`Authorization: Bearer ${token}`])],
       transfers: content.chunkPaths.map((file, n) => ({
         url: `${route}?guid=${encodeURIComponent(guid)}&chunk=${n}`,
         file,
@@ -49,10 +71,11 @@ export class ChunkPutClient implements UploadClient {
   }
 }
 
-async function initUpload(route: string, job: UploadJob, timeoutMs: number): Promise<string> {
+/** POST {"action":"init"} to `route`; the guid of the new upload. */
+export async function initUpload(route: string, job: UploadJob, timeoutMs: number, token?: string): Promise<string> {
   const response = await fetch(route, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
     body: JSON.stringify({
       action: 'init',
       fileName: job.fileName,

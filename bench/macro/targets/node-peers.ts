@@ -1,6 +1,8 @@
 /**
- * The Node peers in bench/peers/, each started as `node --import tsx bench/peers/<name>.ts --host 127.0.0.1
- * --port 0 --dir <dataDir>` and ready when it prints `listening on http://HOST:PORT`.
+ * The Node peers in bench/peers/, each started as `node dist/bench/peers/<name>.js --host 127.0.0.1 --port 0
+ * --dir <dataDir>` (or `node --import tsx bench/peers/<name>.ts` when the build is not usable, see build.ts) and
+ * ready when it prints `listening on http://HOST:PORT`. Like Updraft, they run compiled so that neither side pays
+ * for the tsx loader.
  */
 import path from 'node:path';
 import { startServer, StartFailed } from '../child-server.js';
@@ -16,7 +18,7 @@ async function startPeer(context: TargetContext, script: string): Promise<{ pid:
     const server = await startServer({
       label: script,
       command: process.execPath,
-      args: ['--import', 'tsx', path.join('bench', 'peers', script), '--host', '127.0.0.1', '--port', '0', '--dir', context.dataDir],
+      args: [...context.runtime.nodeArgs(path.join('bench', 'peers', script)), '--host', '127.0.0.1', '--port', '0', '--dir', context.dataDir],
       cwd: context.repoRoot,
       ready: { kind: 'line', pattern: READY_LINE },
       timeoutMs: context.startTimeoutMs,
