@@ -31,7 +31,7 @@ export function formatReport(r: StressResult, replay: string): string {
   row('cancelled', c.cancelled);
   row('failed with an explicit error', c.failedExplicit, Object.entries(r.failedCodes).map(([k, v]) => `${k}: ${v}`).join(', '));
   row('vanished (cancelled at the end)', c.vanished);
-  row('unfinished (deadline)', c.unfinished);
+  row('unfinished or not started (--duration)', c.unfinished);
   row('gave up (no progress)', c.gaveUp);
   row('orphaned inits (reply lost)', c.orphanedInits);
   lines.push('');

@@ -126,7 +126,7 @@ export async function wsAvailable(base: string, prefix: string, token?: string):
   await proxy.listen();
   try {
     const auth = token ? { auth: token } : {};
-    const init = await request(proxy, 'POST', `${prefix}/upload-chunk`, Buffer.from(JSON.stringify({ action: 'init', fileName: 'ws-probe.bin', fileSize: 1, targetPath: '.stress-probe' })), { timeoutMs: 10_000, ...auth }, 'application/json');
+    const init = await request(proxy, 'POST', `${prefix}/upload-chunk`, Buffer.from(JSON.stringify({ action: 'init', fileName: `stress-ws-probe-${Date.now()}.bin`, fileSize: 1 })), { timeoutMs: 10_000, ...auth }, 'application/json');
     if (init.kind !== 'reply' || init.reply.status !== 200) return `probe init failed: ${init.kind === 'reply' ? init.reply.text.slice(0, 100) : init.kind}`;
     const guid = String(init.reply.json!.data!.guid);
     const conn = await openConn(proxy, base, prefix, guid, token, { kind: 'none' }, 10_000);

@@ -60,8 +60,26 @@ export class StateStore {
     await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
   }
 
-  /** Replaces the meta file atomically and durably. */
-  async writeMeta(meta: UploadMeta): Promise<void> {
+  /** Meta writes in flight, per upload. */
+  readonly #metaWrites = new Map<string, Promise<void>>();
+
+  /**
+   * Replaces the meta file atomically and durably. Writes of one upload's meta run one after another, in call
+   * order: two at once would share the temporary name, and the second rename would fail with ENOENT (seen when a
+   * cancel and a failure ended the same upload at the same time).
+   */
+  writeMeta(meta: UploadMeta): Promise<void> {
+    const prev = this.#metaWrites.get(meta.guid);
+    const run = (prev ? prev.catch(() => {}) : Promise.resolve()).then(() => this.#writeMeta(meta));
+    this.#metaWrites.set(meta.guid, run);
+    const forget = (): void => {
+      if (this.#metaWrites.get(meta.guid) === run) this.#metaWrites.delete(meta.guid);
+    };
+    run.then(forget, forget);
+    return run;
+  }
+
+  async #writeMeta(meta: UploadMeta): Promise<void> {
     const final = this.metaPath(meta.guid);
     const tmp = `${final}.tmp`;
     const fh = await fsp.open(tmp, 'w', 0o600);

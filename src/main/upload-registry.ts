@@ -244,6 +244,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     // chunk was being committed: cancel only waits for that commit). That end is final and its client has been
     // answered; finalizing anyway would turn 'cancelled' into 'finalizing' and then fail on the removed staging
     // file, or place a file for an upload its client was told is gone. The last chunk's writer gets the end's error.
+    // A cancel being recorded wins too, but only once it is durable: the last chunk's writer hears "cancelled" from
+    // here, and a crash before the record would otherwise bring the upload back complete (see cancel).
+    if (u.cancelling) await u.cancelling.catch(() => {});
     if (u.status !== 'active') {
       u.assertWritable();
       throw new UploadError('ERR_UPLOAD_FAILED');
@@ -368,8 +371,30 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete');
     if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING');
     if (u.status !== 'active') return;
+    u.cancelling ??= this.#cancel(u);
+    return u.cancelling;
+  }
+
+  /**
+   * The cancel is recorded durably before anyone can learn of it. The in-memory status is what every request and
+   * connection observes (410, a 4001 close, a refused last chunk), so it flips to 'cancelled' only once the record
+   * is on disk; until then the upload stays active (a chunk written meanwhile is harmless: it goes with the rest).
+   * Flipping first let replies announce a cancel that a SIGKILL before the record undid: the upload came back
+   * active with its data, or was even completed on reload when every chunk was already durable (found by the
+   * stress harness; test/integration/stress.test.ts). Completion, expiry and shutdown wait for `cancelling`.
+   */
+  async #cancel(u: Upload): Promise<void> {
+    const endTime = Date.now();
+    try {
+      await this.store.writeMeta({ ...u.toMeta(), status: 'cancelled', endTime });
+    } catch (e) {
+      const err = storageFailure(e);
+      await this.fail(u, err);
+      throw err;
+    }
+    if (u.status !== 'active') return; // it failed meanwhile; that end records itself
     u.status = 'cancelled';
-    u.endTime = Date.now();
+    u.endTime = endTime;
     this.log.info({ event: 'upload.cancelled', guid: u.guid, user: u.user }, 'upload cancelled');
     await this.#end(u);
     this.emit('cancelled', uploadInfo(u));
@@ -408,7 +433,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     for (const u of [...this.#uploads.values()]) {
       if (u.status === 'active') {
         if (now - u.lastActivityTime < this.options.uploadTtl) continue;
-        if (u.claimCount > 0 || u.tasksInFlight > 0) continue;
+        if (u.claimCount > 0 || u.tasksInFlight > 0 || u.cancelling) continue;
         u.status = 'expired';
         u.endTime = now;
         this.log.info({ event: 'upload.expired', guid: u.guid, user: u.user, size: u.fileSize }, 'upload expired');
@@ -438,6 +463,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     await Promise.all(
       [...this.#uploads.values()].map(async (u) => {
         if (u.completion) await u.completion.catch(() => {});
+        if (u.cancelling) await u.cancelling.catch(() => {}); // its record must not be overwritten with 'active'
         if (u.status !== 'active') return;
         for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
         if (u.hasUncommitted) await u.commit([]).catch(() => {});

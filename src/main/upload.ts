@@ -96,6 +96,11 @@ export class Upload {
   observeSync: ((seconds: number) => void) | undefined;
   /** Set once completion starts; every caller that sees the last chunk awaits the same promise. */
   completion: Promise<CompletionInfo> | null = null;
+  /**
+   * Set while a cancel is being recorded (registry.cancel): the upload is still active and takes chunks, but
+   * completion and expiry wait for the cancel, which wins once its record is durable.
+   */
+  cancelling: Promise<void> | null = null;
 
   readonly #claims = new Map<number, number>();
   readonly #claimWaiters = new Map<number, Set<() => void>>();

@@ -1,0 +1,329 @@
+/**
+ * The stress harness in CI (a short run, about ten seconds: 100 uploads, faults, both transports, one SIGKILL +
+ * restart; STRESS_SEED=N replays another seed), and regression tests for what it found.
+ *
+ * The regression tests need a disk whose syncs can be held open, to stand still inside the window between a write
+ * and its durability. `fs.fdatasync` (staging files) is wrapped before the engine is imported (its modules capture
+ * the function when they load), so the engine and fixtures are imported dynamically below, never statically;
+ * FileHandle.datasync (records and journals) is wrapped on the prototype.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULTS, MiB } from '../../bench/stress/plan.js';
+import { runStress } from '../../bench/stress/run.js';
+
+// --- an fdatasync that can be held ------------------------------------------------------------------------------------
+
+const realFdatasync = fs.fdatasync;
+let gate: Promise<void> | null = null;
+let openGate: () => void = () => {};
+/** fdatasync calls waiting at the gate. */
+let heldSyncs = 0;
+
+function holdSyncs(): void {
+  heldSyncs = 0;
+  gate = new Promise<void>((resolve) => {
+    openGate = resolve;
+  });
+}
+
+function releaseSyncs(): void {
+  gate = null;
+  openGate();
+}
+
+// The same for FileHandle.datasync, which the state store uses for upload records and journals.
+type Datasync = (this: fsp.FileHandle) => Promise<void>;
+let fileHandleProto: { datasync: Datasync } | null = null;
+let realDatasync: Datasync | null = null;
+let metaGate: Promise<void> | null = null;
+let openMetaGate: () => void = () => {};
+let heldMetaSyncs = 0;
+
+function holdMetaSyncs(): void {
+  heldMetaSyncs = 0;
+  metaGate = new Promise<void>((resolve) => {
+    openMetaGate = resolve;
+  });
+}
+
+function releaseMetaSyncs(): void {
+  metaGate = null;
+  openMetaGate();
+}
+
+beforeAll(() => {
+  (fs as { fdatasync: typeof fs.fdatasync }).fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
+    const g = gate;
+    if (g === null) return realFdatasync(fd, cb);
+    heldSyncs++;
+    void g.then(() => realFdatasync(fd, cb));
+  }) as typeof fs.fdatasync;
+});
+
+beforeAll(async () => {
+  const fh = await fsp.open(fileURLToPath(import.meta.url), 'r');
+  fileHandleProto = Object.getPrototypeOf(fh) as { datasync: Datasync };
+  await fh.close();
+  realDatasync = fileHandleProto.datasync;
+  const real = realDatasync;
+  fileHandleProto.datasync = async function (this: fsp.FileHandle): Promise<void> {
+    const g = metaGate;
+    if (g !== null) {
+      heldMetaSyncs++;
+      await g;
+    }
+    return real.call(this);
+  };
+});
+
+afterAll(() => {
+  releaseSyncs();
+  releaseMetaSyncs();
+  (fs as { fdatasync: typeof fs.fdatasync }).fdatasync = realFdatasync;
+  if (fileHandleProto && realDatasync) fileHandleProto.datasync = realDatasync;
+});
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Resolves with the promise's value, or 'pending' if it has not settled after `ms`. */
+async function settledWithin<T>(p: Promise<T>, ms: number): Promise<T | 'pending'> {
+  return Promise.race([p, new Promise<'pending'>((r) => setTimeout(() => r('pending'), ms))]);
+}
+
+type Fixtures = typeof import('../fixtures/server.js');
+let fx: Fixtures;
+let server: Awaited<ReturnType<Fixtures['startServer']>> | null = null;
+
+beforeAll(async () => {
+  fx = await import('../fixtures/server.js');
+});
+
+afterEach(async () => {
+  releaseSyncs();
+  releaseMetaSyncs();
+  await server?.close();
+  server = null;
+});
+
+describe('regressions found by the stress harness', () => {
+  const CS = 4096;
+
+  it('does not answer a duplicate chunk "already received" before the first copy is durable (chunk durability)', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'dup.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    holdSyncs();
+    const first = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    // The first copy is written and its bit set; its fdatasync (the durability of the ack) is held.
+    await until(() => heldSyncs > 0, 'the first copy to reach its fdatasync');
+    const dup = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    // A "Chunk already received" now would acknowledge bytes a crash can still take away (durability.md 4).
+    expect(await settledWithin(dup, 300)).toBe('pending');
+    releaseSyncs();
+    expect((await first).json.message).toBe('Chunk received');
+    expect((await dup).json.message).toBe('Chunk already received');
+    const journal = await fsp.readFile(path.join(server.dir, '.updraft-staging', `${guid}.journal`));
+    expect(journal.readUInt32LE(0)).toBe(0);
+  });
+
+  it('keeps a chunk claimed until its commit ends when the first writer disconnects after sending it whole', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'gone.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    holdSyncs();
+    // The first writer sends the whole chunk and hangs up before its reply (a proxy cut after the body).
+    const port = Number(new URL(server.base).port);
+    const s = net.connect(port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    s.write(`PUT ${fx.PREFIX}/upload-chunk?guid=${guid}&chunk=0 HTTP/1.1\r\nHost: x\r\nContent-Length: ${CS}\r\n\r\n`);
+    s.write(fx.slice(data, CS, 0));
+    await until(() => heldSyncs > 0, 'the chunk to reach its fdatasync');
+    s.destroy();
+    await new Promise((r) => setTimeout(r, 100)); // the server sees the abort
+    const dup = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    expect(await settledWithin(dup, 300)).toBe('pending');
+    releaseSyncs();
+    expect((await dup).json.message).toBe('Chunk already received');
+    const status = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(status.json.data).toMatchObject({ receivedChunks: 1, missingChunks: [1] });
+  });
+
+  it('a cancel that lands while the last chunk commits wins: no completion, no failure, the chunk gets 410', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'raced.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    holdSyncs();
+    // The last chunk is written and has won completion; its commit (and so its finalization) waits at the gate.
+    const last = fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    await until(() => heldSyncs > 0, 'the last chunk to reach its fdatasync');
+    // The upload is still active, so the cancel is accepted; it waits for the commit before removing the files.
+    const cancel = fx.call(server.base, 'DELETE', `${fx.PREFIX}/upload-chunk?guid=${guid}`);
+    await new Promise((r) => setTimeout(r, 100));
+    releaseSyncs();
+    const [c, l] = await Promise.all([cancel, last]);
+    expect(c.status, JSON.stringify(c.json)).toBe(200);
+    expect(c.json.message).toBe('Upload cancelled');
+    // The client was told "cancelled": the upload must stay cancelled, and nothing may complete it afterwards.
+    expect(l.status, JSON.stringify(l.json)).toBe(410);
+    expect(l.json.code).toBe('ERR_UPLOAD_CANCELLED');
+    const status = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(status.json.code).toBe('ERR_UPLOAD_CANCELLED');
+    const later = await fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    expect(later.json.code).toBe('ERR_UPLOAD_CANCELLED');
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+    await server.close();
+    server = await fx.startServer({ dir: server.dir, durability: 'chunk', chunkSize: CS });
+    const after = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(after.json.code).toBe('ERR_UPLOAD_CANCELLED');
+  });
+
+  // What a SIGKILL at some moment leaves is exactly what is on disk at that moment, so copying the folder and starting
+  // a second engine on the copy is a crash at that moment, deterministically ("crash image").
+  async function crashImageStatus(dir: string, guid: string): Promise<{ status: number; code?: string; data?: Record<string, unknown> }> {
+    const snapshot = `${dir}-crash-image-${Date.now()}`;
+    await fsp.cp(dir, snapshot, { recursive: true });
+    // The image's engine syncs freely; the server under test keeps waiting at the gates it already reached.
+    const saved = { gate, metaGate };
+    gate = null;
+    metaGate = null;
+    const image = await fx.startServer({ dir: snapshot, durability: 'chunk', chunkSize: CS });
+    try {
+      const r = await fx.call(image.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+      return { status: r.status, ...(r.json.code ? { code: r.json.code } : {}), ...(r.json.data ? { data: r.json.data } : {}) };
+    } finally {
+      await image.close();
+      await fsp.rm(snapshot, { recursive: true, force: true });
+      gate = saved.gate;
+      metaGate = saved.metaGate;
+    }
+  }
+
+  it('announces a cancel only once it is durable: a crash image agrees with what clients were told', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'told.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    // The cancel's record waits at its sync: nobody may hear "cancelled" yet, and a crash now keeps the upload.
+    holdMetaSyncs();
+    const cancel = fx.call(server.base, 'DELETE', `${fx.PREFIX}/upload-chunk?guid=${guid}`);
+    await until(() => heldMetaSyncs > 0, 'the cancel record to reach its sync');
+    const during = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(during.status, JSON.stringify(during.json)).toBe(200);
+    expect(during.json.data).toMatchObject({ uploadStatus: 'active', receivedChunks: 1 });
+    expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 200, data: { uploadStatus: 'active' } });
+    releaseMetaSyncs();
+    expect((await cancel).json.message).toBe('Upload cancelled');
+    expect((await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`)).json.code).toBe('ERR_UPLOAD_CANCELLED');
+    expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 410, code: 'ERR_UPLOAD_CANCELLED' });
+  });
+
+  it('a cancel announced while a chunk commits survives a crash, and the chunk cannot complete it', async () => {
+    // Found by `npm run stress -- --seed 23 --uploads 250 --chunk-size 65536 --max-size 4194304 --concurrency 24
+    // --faults 3 --crash --crash-every 0.5-2`: a client told "cancelled" (4001) found the upload active after a
+    // SIGKILL, or even completed (every chunk was durable, so the restart finalized it).
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'resurrected.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    holdSyncs();
+    // The last chunk's commit is in flight when the cancel comes; the cancel waits for it before removing files.
+    const chunk = fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    await until(() => heldSyncs > 0, 'the chunk to reach its fdatasync');
+    const cancel = fx.call(server.base, 'DELETE', `${fx.PREFIX}/upload-chunk?guid=${guid}`);
+    await new Promise((r) => setTimeout(r, 100));
+    const told = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    const image = await crashImageStatus(server.dir, guid);
+    if (told.json.code === 'ERR_UPLOAD_CANCELLED') expect(image, JSON.stringify(image)).toMatchObject({ status: 410, code: 'ERR_UPLOAD_CANCELLED' });
+    releaseSyncs();
+    const [c, l] = await Promise.all([cancel, chunk]);
+    expect(c.json.message).toBe('Upload cancelled');
+    expect(l.json.code).toBe('ERR_UPLOAD_CANCELLED');
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+    expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 410, code: 'ERR_UPLOAD_CANCELLED' });
+  });
+
+  it('removes the journal a crash left next to a completed upload when it restarts', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const dir = server.dir;
+    const data = fx.bytesOf(CS + 1);
+    const init = await fx.initUpload(server.base, { fileName: 'done.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await fx.putChunks(server.base, guid, data, CS, [0, 1]);
+    await server.close();
+    // A SIGKILL between "record completed" and "remove the journal" leaves the journal (invariant 6's last steps).
+    const staging = path.join(dir, '.updraft-staging');
+    const journal = Buffer.alloc(8);
+    journal.writeUInt32LE(1, 4);
+    await fsp.writeFile(path.join(staging, `${guid}.journal`), journal);
+    server = await fx.startServer({ dir, durability: 'chunk', chunkSize: CS });
+    expect((await fsp.readdir(staging)).filter((f) => f.startsWith(guid))).toEqual([`${guid}.meta`]);
+    const status = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(status.json.data).toMatchObject({ uploadStatus: 'completed', finalName: 'done.bin' });
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'done.bin')), data)).toBe(0);
+  });
+});
+
+describe('stress (short run)', () => {
+  it(
+    'completes or cleanly ends 100 uploads under faults and a SIGKILL + restart: nothing corrupted, lost or left over',
+    async () => {
+      const seed = Number(process.env.STRESS_SEED ?? 20_240_605) >>> 0;
+      const result = await runStress(
+        {
+          ...DEFAULTS,
+          seed,
+          uploads: 100,
+          concurrency: 8,
+          chunkSize: 256 * 1024,
+          maxSize: 8 * MiB,
+          crash: true,
+          maxCrashes: 1,
+          crashEveryMs: [2000, 4000],
+          durationMs: 75_000,
+          requestTimeoutMs: 15_000,
+          progress: false,
+        },
+        () => {},
+      );
+      const detail = JSON.stringify(
+        { seed, counts: result.counts, corrupted: result.corrupted, violations: result.violations, leftover: result.leftoverStaging, stray: result.strayFiles, kept: result.dirKept },
+        null,
+        2,
+      );
+      expect(result.crashes, detail).toBe(1);
+      // Both transports ran (updraft.v1 is skipped only when the server does not speak it).
+      expect(result.transports.used, JSON.stringify(result.transports)).toEqual(['put', 'ws']);
+      expect(result.counts.corrupted, detail).toBe(0);
+      expect(result.counts.strayFiles, detail).toBe(0);
+      expect(result.counts.ackedChunksLost, detail).toBe(0);
+      expect(result.counts.acksNotDurable, detail).toBe(0);
+      expect(result.counts.completionsLost, detail).toBe(0);
+      expect(result.counts.leftoverStaging, detail).toBe(0);
+      expect(result.counts.violations, detail).toBe(0);
+      expect(result.counts.gaveUp, detail).toBe(0);
+      expect(result.counts.unfinished, detail).toBe(0);
+      // The run did something: most uploads completed and the faults fired.
+      expect(result.counts.completed, detail).toBeGreaterThan(70);
+      expect(result.proxy.cuts + result.proxy.resets, detail).toBeGreaterThan(5);
+      expect(result.ok, detail).toBe(true);
+    },
+    120_000,
+  );
+});
