@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ClientError, upload } from '../client/index.js';
+import { formatBytes } from '../client/progress.js';
 import type { TransportMode, UploadOptions, UploadProgress, UploadResult } from '../client/index.js';
 import { UsageError, parseInteger, parseSize } from './args.js';
 
@@ -92,17 +93,6 @@ export function parseUploadArgs(argv: string[], env: NodeJS.ProcessEnv): UploadA
 
 // --- display --------------------------------------------------------------------------------------------------------
 
-function bytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(1)} ${units[i]}`;
-}
 
 function rate(bps: number): string {
   return `${(bps / 1e6).toFixed(1)} MB/s`;
@@ -126,11 +116,11 @@ export function progressLine(name: string, p: UploadProgress | undefined, column
   const pct = `${Math.floor(fraction * 100)}%`.padStart(4);
   let tail: string;
   if (p === undefined) tail = 'waiting';
-  else if (p.state === 'done') tail = `${bytes(p.total)} done`;
+  else if (p.state === 'done') tail = `${formatBytes(p.total)} done`;
   else if (p.state === 'failed' || p.state === 'cancelled') tail = p.state;
-  else if (p.state === 'finalizing') tail = `${bytes(p.loaded)}/${bytes(p.total)}  finishing`;
-  else if (p.state === 'paused') tail = `${bytes(p.loaded)}/${bytes(p.total)}  paused`;
-  else tail = `${bytes(p.loaded)}/${bytes(p.total)}  ${rate(p.bytesPerSecond)}  ETA ${eta(p.etaSeconds)}${p.transport ? `  ${TRANSPORT[p.transport]}` : ''}`;
+  else if (p.state === 'finalizing') tail = `${formatBytes(p.loaded)}/${formatBytes(p.total)}  finishing`;
+  else if (p.state === 'paused') tail = `${formatBytes(p.loaded)}/${formatBytes(p.total)}  paused`;
+  else tail = `${formatBytes(p.loaded)}/${formatBytes(p.total)}  ${rate(p.bytesPerSecond)}  ETA ${eta(p.etaSeconds)}${p.transport ? `  ${TRANSPORT[p.transport]}` : ''}`;
   const nameWidth = Math.max(8, Math.min(28, Math.floor(columns * 0.3)));
   // A fixed width per terminal size (not per line), so the bars of all files line up and do not jitter.
   const barWidth = Math.max(10, Math.min(30, columns - nameWidth - 56));
@@ -199,10 +189,10 @@ class ProgressView {
 
 function summary(file: string, r: UploadResult, ms: number): string {
   const sent = r.bytesByTransport.websocket + r.bytesByTransport.http;
-  const parts = [`ok    ${file} -> ${r.fileName}`, bytes(r.size), `${(ms / 1000).toFixed(1)}s`];
+  const parts = [`ok    ${file} -> ${r.fileName}`, formatBytes(r.size), `${(ms / 1000).toFixed(1)}s`];
   if (sent > 0) parts.push(rate((sent * 1000) / Math.max(ms, 1)));
-  parts.push(`websocket ${bytes(r.bytesByTransport.websocket)}, http ${bytes(r.bytesByTransport.http)}`);
-  if (r.resumedBytes > 0) parts.push(`resumed ${bytes(r.resumedBytes)}`);
+  parts.push(`websocket ${formatBytes(r.bytesByTransport.websocket)}, http ${formatBytes(r.bytesByTransport.http)}`);
+  if (r.resumedBytes > 0) parts.push(`resumed ${formatBytes(r.resumedBytes)}`);
   parts.push(`guid ${r.guid}`);
   return parts.join('  ');
 }

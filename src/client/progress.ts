@@ -71,3 +71,16 @@ export function etaSeconds(remaining: number, bytesPerSecond: number): number | 
   if (bytesPerSecond <= 0) return null;
   return remaining / bytesPerSecond;
 }
+
+/** Bytes for people: "512 B", "1.5 MiB", "120 GiB" (three significant digits at most). */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
+}

@@ -7,6 +7,7 @@
  * which the browser tests use. Rows carry data-* attributes (state, loaded, guid, bytes per transport) for them too.
  */
 import { ClientError, listResumable, upload } from '../client/index.js';
+import { formatBytes } from '../client/progress.js';
 import type { TransportMode, UploadHandle, UploadOptions, UploadProgress, UploadResult } from '../client/index.js';
 
 const endpoint = document.querySelector<HTMLMetaElement>('meta[name="updraft-endpoint"]')?.content || '/api/v1/files';
@@ -39,17 +40,6 @@ const els = {
 
 // --- formatting ---------------------------------------------------------------------------------------------------
 
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
-}
 
 function formatRate(bytesPerSecond: number): string {
   const mb = bytesPerSecond / 1e6;

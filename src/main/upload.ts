@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { UploadError } from '../protocol/errors.js';
 import type { ErrorCode } from '../protocol/errors.js';
+import type { StatusData } from '../protocol/messages.js';
 import {
   B_RECEIVED_BYTES,
   H_RECEIVED_CHUNKS,
@@ -47,21 +48,7 @@ export interface CompletionInfo {
   targetPath: string;
 }
 
-export interface StatusData {
-  guid: string;
-  fileName: string;
-  fileSize: number;
-  chunkSize: number;
-  totalChunks: number;
-  receivedChunks: number;
-  receivedBytes: number;
-  missingChunks: number[];
-  uploadStatus: 'active' | 'completed' | 'cancelled' | 'failed';
-  startTime: number;
-  lastActivityTime: number;
-  finalName?: string;
-  targetPath: string;
-}
+export type { StatusData };
 
 interface Waiter {
   resolve: () => void;

@@ -88,11 +88,13 @@ export interface StatusData {
   /** Chunk numbers not yet received, ascending. */
   missingChunks: number[];
   uploadStatus: UploadStatus;
-  /** ISO 8601 UTC timestamps. */
-  startTime: string;
-  lastActivityTime: string;
+  /** Unix times in milliseconds. */
+  startTime: number;
+  lastActivityTime: number;
   /** Set once completed: the name the file got (it may differ from `fileName` after a conflict rename). */
   finalName?: string;
+  /** The target folder relative to the upload root, '/'-separated ('' = the root). */
+  targetPath: string;
 }
 
 // --- WebSocket: updraft.v1 ----------------------------------------------------------------------------------------
