@@ -29,6 +29,11 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
   --upload-ttl DURATION   expire uploads idle this long (UPDRAFT_UPLOAD_TTL, default 24h)
   --allowed-origin ORIGIN browser origin (https://app.example.com, or *) allowed to open an upload WebSocket
                           besides the server's own; repeatable (UPDRAFT_ALLOWED_ORIGINS, comma-separated)
+  --trust-proxy ADDR      reverse proxy (IP address or CIDR, e.g. 127.0.0.1 or 10.0.0.0/8) whose X-Forwarded-*
+                          and Forwarded headers are believed; repeatable (UPDRAFT_TRUST_PROXY, comma-separated).
+                          Without any, forwarded headers are ignored.
+  --instance-id ID        prefix of every guid (ID.<uuid>) for routing several instances behind one proxy;
+                          up to 32 letters, digits or dashes (UPDRAFT_INSTANCE_ID)
   --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
   --no-demo               do not serve the demo page at / and the browser client at /updraft-client.js
                           (UPDRAFT_DEMO=0)
@@ -65,6 +70,8 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
       'lock-mode': { type: 'string' },
       token: { type: 'string', multiple: true },
       'allowed-origin': { type: 'string', multiple: true },
+      'trust-proxy': { type: 'string', multiple: true },
+      'instance-id': { type: 'string' },
       'upload-ttl': { type: 'string' },
       'log-level': { type: 'string' },
       'no-demo': { type: 'boolean' },
@@ -100,10 +107,13 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   str('lockMode', 'lock-mode', 'UPDRAFT_LOCK_MODE');
   num('uploadTtl', 'upload-ttl', 'UPDRAFT_UPLOAD_TTL', parseDuration);
   str('logLevel', 'log-level', 'UPDRAFT_LOG_LEVEL');
+  str('instanceId', 'instance-id', 'UPDRAFT_INSTANCE_ID');
   const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').filter(Boolean) : []);
   if (specs.length > 0) o.tokens = Object.fromEntries(specs.map(parseTokenSpec));
   const origins = values['allowed-origin'] ?? (env.UPDRAFT_ALLOWED_ORIGINS ? env.UPDRAFT_ALLOWED_ORIGINS.split(',').map((v) => v.trim()).filter(Boolean) : []);
   if (origins.length > 0) o.allowedOrigins = origins;
+  const proxies = values['trust-proxy'] ?? (env.UPDRAFT_TRUST_PROXY ? env.UPDRAFT_TRUST_PROXY.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  if (proxies.length > 0) o.trustProxy = proxies;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
   // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
   o.demo = values['no-demo'] !== true && env.UPDRAFT_DEMO !== '0';

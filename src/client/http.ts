@@ -85,7 +85,9 @@ export class HttpApi {
   }
 
   cancel(guid: string, signal: AbortSignal): Promise<unknown> {
-    return this.#request('cancel', 'POST', this.#chunkUrl, { action: 'cancel', guid }, signal);
+    // DELETE ?guid= rather than POST {action:"cancel"}: the guid in the URL lets a proxy route the request to the
+    // instance that owns the upload (scale-out, docs/OPERATIONS.md).
+    return this.#request('cancel', 'DELETE', `${this.#chunkUrl}?guid=${encodeURIComponent(guid)}`, undefined, signal);
   }
 
   async #request<T>(operation: string, method: string, url: string, body: unknown, signal: AbortSignal): Promise<T> {

@@ -1,7 +1,7 @@
 /**
  * Who the client really is behind a reverse proxy (issue 6). `X-Forwarded-For`, `X-Forwarded-Proto`,
  * `X-Forwarded-Host` and `Forwarded` (RFC 7239) are believed only when the socket peer is a trusted proxy
- * (`trustProxy`: addresses or CIDRs). The client is then the rightmost address in the chain that is not itself
+ * (`trustProxy`: addresses or CIDRs); `Forwarded` is used only when there is no `X-Forwarded-For`. The client is then the rightmost address in the chain that is not itself
  * trusted: every proxy appends the address it received from, so everything left of the first untrusted hop could
  * have been written by the client. From an untrusted peer, every forwarded header is ignored.
  */
@@ -106,7 +106,9 @@ export function clientView(trust: ProxyTrust, peer: string, headers: Readonly<Re
   let chain: string[] = [];
   let proto: string | undefined;
   let fhost: string | undefined;
-  const fwd = headers['forwarded'];
+  // X-Forwarded-* first: common proxies (nginx, HAProxy, most load balancers) append to them, while they pass a
+  // client's own `Forwarded` header through untouched. `Forwarded` counts only when no X-Forwarded-For is present.
+  const fwd = headers['x-forwarded-for'] === undefined ? headers['forwarded'] : undefined;
   if (fwd) {
     const els = parseForwarded(fwd);
     chain = els.map((e) => (e['for'] ? stripPort(e['for']) : '')).filter((x) => x !== '');

@@ -108,7 +108,11 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
 
   const begin = (res: HttpResponse, info?: RequestInfo): ResponseState => {
     const st: ResponseState = { aborted: false, done: false };
-    if (info) st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) };
+    if (info) {
+      st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) };
+      st.requestId = info.requestId;
+    }
+    if (ctx.metrics) st.onError = (code) => ctx.metrics!.httpErrors.inc({ code });
     res.onAborted(() => {
       st.aborted = true;
     });
@@ -204,7 +208,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
         };
       }
     }
-    const u = await registry.create(user, req);
+    const u = await registry.create(user, req, info.requestId);
     const uploadUrl = `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`;
     const data: Record<string, unknown> = {
       guid: u.guid,
@@ -346,7 +350,13 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
  */
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
-  const st: ResponseState = { aborted: false, done: false, headers: { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) } };
+  const st: ResponseState = {
+    aborted: false,
+    done: false,
+    headers: { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) },
+    requestId: info.requestId,
+    ...(ctx.metrics ? { onError: (code: string) => ctx.metrics!.httpErrors.inc({ code }) } : {}),
+  };
   const abort = new AbortController();
   let user = '';
   let reserved = 0; // chunk bytes counted against the user's in-flight limit

@@ -86,7 +86,7 @@ export class Metrics {
         this.set({ quantile: 'max' }, late(h.max));
       },
     });
-    client.collectDefaultMetrics({ register: this.registry, prefix: 'updraft_process_' });
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'updraft_' }); // updraft_process_cpu_seconds_total, …
   }
 
   async text(): Promise<string> {

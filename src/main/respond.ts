@@ -36,6 +36,10 @@ export interface ResponseState {
    * connection, and a response is invalid after end(), so the reply resumes it first.
    */
   paused?: boolean;
+  /** The request's id, for log lines. */
+  requestId?: string;
+  /** Told the code of every error reply (metrics). */
+  onError?: (code: string) => void;
 }
 
 export function sendJson(
@@ -71,14 +75,17 @@ export function sendSuccess(res: HttpResponse, st: ResponseState, message: strin
 }
 
 /** Turns any error into its catalogue reply. */
-export function toUploadError(err: unknown, log: Logger): UploadError {
+export function toUploadError(err: unknown, log: Logger, requestId?: string): UploadError {
   if (err instanceof UploadError) return err;
-  log.error({ err }, 'internal error');
+  log.error({ err, reqId: requestId }, 'internal error');
   return new UploadError('ERR_INTERNAL');
 }
 
 export function sendError(res: HttpResponse, st: ResponseState, err: unknown, log: Logger, closeConnection = false): void {
-  const e = toUploadError(err, log);
+  const e = toUploadError(err, log, st.requestId);
+  st.onError?.(e.code);
+  if (e.status >= 500) log.warn({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
+  else log.debug({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
   const headers: Record<string, string> = {};
   if (e.status === 429 || e.status === 503 || e.code === 'ERR_CHUNK_BUSY') headers['Retry-After'] = '1';
   if (e.code === 'ERR_METHOD_NOT_ALLOWED' && e.details?.allow) headers['Allow'] = String(e.details.allow);

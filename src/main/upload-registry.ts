@@ -24,6 +24,7 @@ import {
   setChunkBit,
 } from '../workers/shared-layout.js';
 import { STAGING_DIR_NAME } from './options.js';
+import { logValue } from './http-policy.js';
 import type { ResolvedOptions } from './options.js';
 import { GUID_RE, Journal, StateStore } from './state-store.js';
 import type { UploadMeta } from './state-store.js';
@@ -131,7 +132,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 
   // --- create ---------------------------------------------------------------------------------------------------------
 
-  async create(user: string, req: InitRequest): Promise<Upload> {
+  async create(user: string, req: InitRequest, requestId?: string): Promise<Upload> {
     if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     if (req.targetPath.length === 0 && req.fileName.toLowerCase().startsWith('.updraft')) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
@@ -173,7 +174,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
     u.observeSync = (sec) => this.onSync?.(sec);
     this.#uploads.set(guid, u);
-    this.log.info({ event: 'upload.created', guid, user, size: req.fileSize, chunks: req.totalChunks, method: req.uploadMethod }, 'upload created');
+    this.log.info({ event: 'upload.created', reqId: requestId, guid, user: logValue(user), fileName: logValue(req.fileName), size: req.fileSize, chunks: req.totalChunks, method: logValue(req.uploadMethod) }, 'upload created');
     this.emit('created', uploadInfo(u));
     return u;
   }

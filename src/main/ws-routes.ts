@@ -597,7 +597,7 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
 
   const upgrade = (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void => {
     // Everything from `req` is read now: it is invalid after the first await.
-    const info = readRequest(res, req);
+    const info = readRequest(res, req, o);
     const key = req.getHeader('sec-websocket-key');
     const extensions = req.getHeader('sec-websocket-extensions');
     const st: ResponseState = { aborted: false, done: false };
@@ -631,13 +631,19 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
     idleTimeout: o.wsIdleTimeout,
     sendPingsAutomatically: o.wsIdleTimeout > 0,
     upgrade,
-    open: (ws) => ws.getUserData().session.open(ws),
+    open: (ws) => {
+      ctx.metrics?.wsConnections.inc();
+      ws.getUserData().session.open(ws);
+    },
     message: (ws, message, isBinary) => {
       const s = ws.getUserData().session;
       if (!s.ending) s.message(message, isBinary);
     },
     drain: (ws) => ws.getUserData().session.onDrain(),
-    close: (ws, code, message) => ws.getUserData().session.onClose(code, message),
+    close: (ws, code, message) => {
+      ctx.metrics?.wsConnections.dec();
+      ws.getUserData().session.onClose(code, message);
+    },
   });
 
   return {

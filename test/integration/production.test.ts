@@ -30,6 +30,9 @@ describe('trusted proxies', () => {
     expect(clientView(parseTrustProxy([]), '127.0.0.1', h).viaProxy).toBe(false);
     const fwd = { host: 'x', forwarded: 'for=6.6.6.6, for="[2001:db8::1]:4711";proto=https;host=up.example.org' };
     expect(clientView(trust, '127.0.0.1', fwd)).toEqual({ ip: '2001:db8::1', proto: 'https', host: 'up.example.org', viaProxy: true });
+    // A client's own Forwarded header, passed through by a proxy that appends X-Forwarded-For, does not count.
+    const both = { host: 'x', forwarded: 'for=9.9.9.9;host=evil.example;proto=https', 'x-forwarded-for': '1.2.3.4' };
+    expect(clientView(trust, '127.0.0.1', both)).toEqual({ ip: '1.2.3.4', proto: 'http', host: 'x', viaProxy: true });
     expect(normalizeIp('::ffff:127.0.0.1')).toBe('127.0.0.1');
     expect(() => parseTrustProxy(['not-an-ip'])).toThrow();
   });
@@ -127,7 +130,10 @@ describe('metrics', () => {
     const data = bytesOf(3 * CS);
     const init = await initUpload(server.base, { fileName: 'm.bin', fileSize: data.length, chunkSize: CS });
     await putChunks(server.base, init.json.data!.guid, data, CS, [0, 1, 2]);
+    await call(server.base, 'GET', '/nope');
     const text = await (await fetch(`${server.base}/metrics`)).text();
+    expect(text).toMatch(/updraft_errors_total\{code="ERR_NOT_FOUND"\} 1/);
+    expect(text).toMatch(/updraft_process_resident_memory_bytes \d+/);
     expect(text).toMatch(/updraft_uploads_total\{event="created"\} 1/);
     expect(text).toMatch(/updraft_uploads_total\{event="completed"\} 1/);
     expect(text).toMatch(new RegExp(`updraft_bytes_written_total ${3 * CS}`));
