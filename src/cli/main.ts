@@ -20,7 +20,7 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
   --chunk-size SIZE       chunk size when a client sends none (UPDRAFT_CHUNK_SIZE, default 8MiB)
   --max-chunk-size SIZE   largest chunk accepted (UPDRAFT_MAX_CHUNK_SIZE, default 64MiB)
   --max-file-size SIZE    largest file accepted (UPDRAFT_MAX_FILE_SIZE, default 1TiB)
-  --workers N             writer threads (UPDRAFT_WORKERS, default: CPUs, at least 2)
+  --workers N             writer threads (UPDRAFT_WORKERS, default: 2 x CPUs, 4 to 16)
   --durability MODE       chunk | upload (UPDRAFT_DURABILITY, default chunk)
   --on-conflict POLICY    rename | overwrite | reject (UPDRAFT_ON_CONFLICT, default rename)
   --lock-mode MODE        chunk | upload (UPDRAFT_LOCK_MODE, default chunk)

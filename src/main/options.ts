@@ -78,7 +78,11 @@ export interface UploadEngineOptions {
   maxFileSize?: number;
   /** Most chunks one upload may have (bounds the per-upload shared state). Default 1,048,576. */
   maxChunks?: number;
-  /** Worker threads writing chunks. Default: the number of CPUs (at least 2). */
+  /**
+   * Worker threads writing chunks. Default: twice the CPUs, at least 4, at most 16. The workers mostly wait for the
+   * device (O_DIRECT writes), so more threads than cores keep more writes in flight: on the 2-core reference machine
+   * 4 workers took 1.35-1.47 GB/s against 1.19-1.24 with 2, 6 the same as 4, and 8 less (1.09-1.27).
+   */
   workers?: number;
   /**
    * `chunk` (default): a chunk is acknowledged only after an fdatasync that covers it (group-committed).
@@ -298,7 +302,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     maxChunkSize,
     maxFileSize: int('maxFileSize', o.maxFileSize, 1024 * GiB, 0),
     maxChunks: int('maxChunks', o.maxChunks, 1_048_576, 1, 16_777_216),
-    workers: int('workers', o.workers, Math.max(2, os.availableParallelism()), 1, 256),
+    workers: int('workers', o.workers, Math.min(16, Math.max(4, 2 * os.availableParallelism())), 1, 256),
     durability: oneOf('durability', o.durability, 'chunk', ['chunk', 'upload']),
     onConflict: oneOf('onConflict', o.onConflict, 'rename', ['rename', 'overwrite', 'reject']),
     lockMode: oneOf('lockMode', o.lockMode, 'chunk', ['chunk', 'upload']),
