@@ -6,11 +6,13 @@
  *   npm run bench -- --quick      under a minute: 1 x 256 MiB and 4 x 64 MiB, every stored byte verified
  *   options: --reps N  --targets id,id  --scenarios id,id  --verify all|first|none  --no-markdown  --budget SECONDS
  *            --tsx (skip the build: run Updraft, the peers and the WebSocket client through tsx)
+ *            --no-micro (skip the tinybench micro benchmarks that run after the end-to-end ones)
  *
  * It first runs `tsc -p .` once and starts Updraft, the Node peers and the WebSocket client from dist/ (falling back
  * to tsx for whatever the build did not emit fresh; see macro/build.ts).
  *
- * Prints a table per scenario and the goals, writes bench/results/latest.json and rewrites BENCHMARKS.md.
+ * Prints a table per scenario, the goals and the micro benchmarks (bench/micro), writes bench/results/latest.json
+ * and rewrites BENCHMARKS.md.
  * See bench/README.md for the targets and the method.
  */
 import fs from 'node:fs';
@@ -28,6 +30,7 @@ import { describeMachine } from './macro/machine.js';
 import { measureRun, type RunResult } from './macro/measure.js';
 import { TargetUnavailable, type TargetSpec } from './macro/model.js';
 import { renderMarkdown, renderText, writeJson, type Report } from './macro/report.js';
+import { renderMicroMarkdown, renderMicroText, runMicro } from './micro/index.js';
 import { ALL_TARGETS, fullScenarios, quickScenarios, type PlannedScenario } from './macro/scenarios.js';
 import { findNginx, nginxVersion } from './macro/targets/nginx.js';
 
@@ -40,6 +43,7 @@ let cleaned = false;
 const { values: flags } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    'no-micro': { type: 'boolean', default: false },
     reps: { type: 'string' },
     targets: { type: 'string' },
     scenarios: { type: 'string' },
@@ -192,11 +196,18 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
     runtime: runtime.summary,
   };
   process.stdout.write(`${renderText(report)}\n`);
+  // Micro benchmarks after the macro runs (no server is running then), unless --no-micro.
+  const micro = flags['no-micro'] ? [] : await runMicro(mode === 'quick', log);
+  if (micro.length > 0) process.stdout.write(`${renderMicroText(micro)}\n`);
   const jsonPath = path.join(repoRoot, 'bench', 'results', 'latest.json');
   writeJson(report, jsonPath);
+  if (micro.length > 0) {
+    const json = JSON.parse(fs.readFileSync(jsonPath, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(jsonPath, `${JSON.stringify({ ...json, micro }, null, 2)}\n`);
+  }
   log(`\nwrote ${path.relative(repoRoot, jsonPath)}`);
   if (!flags['no-markdown']) {
-    fs.writeFileSync(path.join(repoRoot, 'BENCHMARKS.md'), renderMarkdown(report));
+    fs.writeFileSync(path.join(repoRoot, 'BENCHMARKS.md'), renderMarkdown(report) + (micro.length > 0 ? renderMicroMarkdown(micro) : ''));
     log('wrote BENCHMARKS.md');
   }
   if (results.some((r) => !r.ok)) process.exitCode = 1;

@@ -277,25 +277,37 @@ export class ChunkReceiver {
     let off = 0;
     while (off < piece.length) {
       if (!this.#slab) {
-        this.#slab = this.ctx.slabs.tryAcquire();
-        this.#fill = 0;
-        if (!this.#slab) {
+        const slab = this.ctx.slabs.tryAcquire();
+        if (!slab) {
           // Budget used up: this piece is copied outside the budget (at most one uWS piece, <= 512 KiB, per
           // paused request) and the request stops reading until slabs come back.
           const rest = piece.subarray(off);
-          const copy = overflowCopy(rest);
-          this.#enqueue(copy, 0, rest.length, null);
+          this.#enqueue(overflowCopy(rest), 0, rest.length, null);
           this.#pause();
           return;
         }
+        this.#useSlab(slab);
       }
-      const n = Math.min(this.#slab.size - this.#fill, piece.length - off);
-      this.#slab.bytes.set(piece.subarray(off, off + n), this.#fill);
+      const slab = this.#slab!;
+      const n = Math.min(slab.size - this.#fill, piece.length - off);
+      slab.bytes.set(piece.subarray(off, off + n), this.#fill);
       this.#fill += n;
       off += n;
       // A full slab goes to the pool, unless it ends the chunk: the last piece waits for finish().
-      if (this.#fill === this.#slab.size && this.#dispatched + this.#fill < this.expected) this.#flushSlab();
+      if (this.#fill === slab.size && this.#dispatched + this.#fill < this.expected) this.#flushSlab();
     }
+    // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
+    // its next piece arrives instead of after (when that piece would have to be copied outside the budget).
+    if (this.#slab === null && this.received < this.expected && !this.#paused) {
+      const next = this.ctx.slabs.tryAcquire();
+      if (next) this.#useSlab(next);
+      else this.#pause();
+    }
+  }
+
+  #useSlab(slab: Slab): void {
+    this.#slab = slab;
+    this.#fill = 0;
   }
 
   #flushSlab(): void {
@@ -349,8 +361,7 @@ export class ChunkReceiver {
         this.ctx.slabs.release(slab);
         return;
       }
-      this.#slab = slab;
-      this.#fill = 0;
+      this.#useSlab(slab);
       this.onResume();
     });
   }

@@ -155,6 +155,24 @@ describe('HTTP uploads', () => {
     expect(await listFiles(server.dir)).toEqual([]);
   });
 
+  it('keeps every byte when many uploads share a tiny in-flight budget (pause, resume, overflow)', async () => {
+    // Two 64 KiB slabs for 8 uploads x 4 PUTs of 256 KiB chunks: requests pause and resume all the time, and pieces
+    // that arrive after a pause take the overflow path.
+    server = await startServer({ batchSize: 64 * 1024, maxInFlightBytes: 128 * 1024 });
+    const big = 256 * 1024;
+    const files = Array.from({ length: 8 }, (_, i) => bytesOf(5 * big + 1000 * i));
+    await Promise.all(
+      files.map(async (data, i) => {
+        const init = await initUpload(server!.base, { fileName: `p${i}.bin`, fileSize: data.length, chunkSize: big });
+        const order = shuffled([...Array(init.json.data!.totalChunks as number).keys()], i + 1);
+        for (const r of await putChunks(server!.base, init.json.data!.guid, data, big, order, 4)) expect(r.status, JSON.stringify(r.json)).toBe(200);
+      }),
+    );
+    for (let i = 0; i < files.length; i++) {
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, `p${i}.bin`)), files[i]!)).toBe(0);
+    }
+  });
+
   it('creates the target folder and places the file there', async () => {
     server = await startServer();
     const data = bytesOf(CS + 5);
