@@ -197,6 +197,9 @@ class Hub {
   }
 }
 
+/** Chunk bytes a native connection may have unacknowledged (bounds its window for large chunks). */
+const WINDOW_BYTES = 64 * 1024 * 1024;
+
 /** One open connection: what both protocols share (lifetime, send queue, in-flight count, completion, errors). */
 abstract class Session {
   #ws: WebSocket<WsUserData> | null = null;
@@ -479,6 +482,15 @@ class PsSession extends Session {
 /** Native protocol `updraft.v1`: binary frames (codec.ts), `hello` first, one `ack` or chunk `error` per chunk. */
 class NativeSession extends Session {
   readonly protocol = NATIVE_SUBPROTOCOL;
+
+  /**
+   * The window told in `hello`: `wsWindow` chunks, but never more than WINDOW_BYTES of chunk data (at least 2
+   * chunks, so one can be written while the next arrives). With 32 MiB chunks a window of 8 would hold 256 MiB per
+   * connection, past the in-flight budget, and every frame beyond it would be copied outside the budget.
+   */
+  override get window(): number {
+    return Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / this.upload.chunkSize)));
+  }
 
   #frame(m: ServerMessage): void {
     this.send(encodeFrame(m), true);
