@@ -352,26 +352,6 @@ abstract class Session {
         this.maybeFinish();
       },
       (e: unknown) => {
-        const completing = this.upload.completion;
-        if (e instanceof UploadError && e.code === 'ERR_UPLOAD_FINALIZING' && completing) {
-          // claimChunk refuses any chunk while the upload finalizes, but finalization starts only once every bit is
-          // set, so this chunk is stored: answer it as a duplicate when the file is final (or fail with the upload).
-          completing.then(
-            (info) => {
-              const u = this.upload;
-              this.inFlight--;
-              this.completion ??= info;
-              const { receivedChunks, totalChunks, receivedBytes } = u;
-              this.acked({ chunk: c, duplicate: true, receivedChunks, totalChunks, receivedBytes, completion: info });
-              this.maybeFinish();
-            },
-            (err: unknown) => {
-              this.inFlight--;
-              this.refuse(err, c);
-            },
-          );
-          return;
-        }
         this.inFlight--;
         this.refuse(e, c);
         this.maybeFinish();
