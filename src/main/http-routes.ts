@@ -77,6 +77,18 @@ export function absoluteUrls(info: RequestInfo, path: string): { location: strin
   return { location: `${proto}://${host}${path}`, webSocketUrl: `${proto === 'https' ? 'wss' : 'ws'}://${host}${path}` };
 }
 
+/** A request's reply state: its id and CORS headers on every reply, error codes counted in the metrics. */
+function responseState(ctx: RouteContext, info?: RequestInfo): ResponseState {
+  const st: ResponseState = { aborted: false, done: false };
+  if (info) {
+    st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(ctx.options, info.headers) };
+    st.requestId = info.requestId;
+  }
+  const metrics = ctx.metrics;
+  if (metrics) st.onError = (code) => metrics.httpErrors.inc({ code });
+  return st;
+}
+
 function methodNotAllowed(allow: string): UploadError {
   return new UploadError('ERR_METHOD_NOT_ALLOWED', undefined, { allow });
 }
@@ -97,9 +109,6 @@ function chunkReply(a: ChunkAck): { message: string; data: Record<string, unknow
   return { message: a.duplicate ? 'Chunk already received' : 'Chunk received', data: { ...base, complete: false } };
 }
 
-export function statusReply(u: Upload): Record<string, unknown> {
-  return { ...u.statusData() };
-}
 
 export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   const { options: o, registry, log } = ctx;
@@ -107,12 +116,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   const statusRoute = `${o.prefix}/upload-status`;
 
   const begin = (res: HttpResponse, info?: RequestInfo): ResponseState => {
-    const st: ResponseState = { aborted: false, done: false };
-    if (info) {
-      st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) };
-      st.requestId = info.requestId;
-    }
-    if (ctx.metrics) st.onError = (code) => ctx.metrics!.httpErrors.inc({ code });
+    const st = responseState(ctx, info);
     res.onAborted(() => {
       st.aborted = true;
     });
@@ -257,7 +261,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
       try {
         const user = await authenticate(o, info);
         const u = registry.find(info.query.get('guid'), user);
-        sendSuccess(res, st, 'Upload status', statusReply(u));
+        sendSuccess(res, st, 'Upload status', u.statusData());
       } catch (e) {
         sendError(res, st, e, log);
       }
@@ -350,13 +354,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
  */
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
-  const st: ResponseState = {
-    aborted: false,
-    done: false,
-    headers: { 'X-Request-Id': info.requestId, ...corsHeaders(o, info.headers) },
-    requestId: info.requestId,
-    ...(ctx.metrics ? { onError: (code: string) => ctx.metrics!.httpErrors.inc({ code }) } : {}),
-  };
+  const st = responseState(ctx, info);
   const abort = new AbortController();
   let user = '';
   let reserved = 0; // chunk bytes counted against the user's in-flight limit
