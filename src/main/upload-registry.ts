@@ -404,7 +404,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** Waits for the workers to leave the file, then removes the staging data and keeps a tombstone record. */
   async #end(u: Upload): Promise<void> {
     // The state word is already non-active, so no new task writes; tasks already running finish first.
-    for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
+    await workersLeft(u);
     await u.commitsIdle();
     await this.#closeFiles(u);
     await this.store.removeAll(u.guid, true);
@@ -466,7 +466,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         if (u.completion) await u.completion.catch(() => {});
         if (u.cancelling) await u.cancelling.catch(() => {}); // its record must not be overwritten with 'active'
         if (u.status !== 'active') return;
-        for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
+        await workersLeft(u);
         if (u.hasUncommitted) await u.commit([]).catch(() => {});
         await u.commitsIdle();
         await this.store.writeMeta(u.toMeta()).catch(() => {});
@@ -572,6 +572,14 @@ async function exists(p: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * Waits (up to 30 s) until no write task of the upload is in flight, so its files can be closed or removed without a
+ * worker still writing into them (durability.md invariant 9). Polls the shared counter: the main thread never blocks.
+ */
+async function workersLeft(u: Upload): Promise<void> {
+  for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
 }
 
 function sleep(ms: number): Promise<void> {
