@@ -10,6 +10,7 @@
  * Pieces of different chunks (other requests) are written in parallel by different workers.
  */
 import { UploadError } from '../protocol/errors.js';
+import { checkChunkInRange } from '../protocol/validate.js';
 import { chunkLength, isChunkSet } from '../workers/shared-layout.js';
 import type { ChunkChecksum, WriteResult, WriteTask } from '../workers/task-types.js';
 import type { ResolvedOptions } from './options.js';
@@ -72,10 +73,7 @@ export async function claimChunk(
   writerId: number,
   signal?: AbortSignal,
 ): Promise<ChunkAck | null> {
-  if (!Number.isSafeInteger(chunk) || chunk < 0) throw new UploadError('ERR_INVALID_CHUNK_NUMBER');
-  if (chunk >= u.totalChunks) {
-    throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${chunk} is past the last chunk (${u.totalChunks - 1})`);
-  }
+  checkChunkInRange(chunk, u.totalChunks);
   if (u.status === 'completed') return ack(u, chunk, true, completionOf(u));
   // While finalizing, every bit is set: a chunk sent now is a duplicate whose reply waits for the completion's
   // outcome (a retry that did nothing wrong is not refused).

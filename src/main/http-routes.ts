@@ -10,7 +10,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
-import { parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
+import { checkChunkInRange, parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
@@ -444,7 +444,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
 
   const startChunk = async (chunk: number): Promise<void> => {
     const u = upload!;
-    if (chunk >= u.totalChunks) throw new UploadError('ERR_CHUNK_OUT_OF_RANGE', `Chunk ${chunk} is past the last chunk (${u.totalChunks - 1})`);
+    checkChunkInRange(chunk, u.totalChunks);
     expected = chunkLength(u.fileSize, u.chunkSize, chunk);
     const bodyLen = info.contentLength === null ? null : info.contentLength - (psReader ? PS_HEADER_SIZE : 0);
     if (bodyLen !== null && bodyLen > expected) {
