@@ -192,6 +192,7 @@ export async function writeWholeChunk(
     }
     const n = Math.min(slab.size, bytes.length - off);
     slab.bytes.set(bytes.subarray(off, off + n));
+    ctx.slabs.seal(slab);
     pieces.push({ data: slab.sab, dataOffset: slab.offset, length: n, slab });
     off += n;
   }
@@ -275,7 +276,7 @@ export class ChunkReceiver {
     let off = 0;
     while (off < piece.length) {
       if (!this.#slab) {
-        const slab = this.ctx.slabs.tryAcquire();
+        const slab = this.ctx.slabs.tryAcquire(this.#onIdle);
         if (!slab) {
           // Budget used up: this piece is copied outside the budget (at most one uWS piece, <= 512 KiB, per
           // paused request) and the request stops reading until slabs come back.
@@ -294,14 +295,32 @@ export class ChunkReceiver {
       // A full slab goes to the pool, unless it ends the chunk: the last piece waits for finish().
       if (this.#fill === slab.size && this.#dispatched + this.#fill < this.expected) this.#flushSlab();
     }
+    if (this.#slab !== null) this.ctx.slabs.touch(this.#slab);
     // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
     // its next piece arrives instead of after (when that piece would have to be copied outside the budget).
     if (this.#slab === null && this.received < this.expected && !this.#paused) {
-      const next = this.ctx.slabs.tryAcquire();
+      const next = this.ctx.slabs.tryAcquire(this.#onIdle);
       if (next) this.#useSlab(next);
       else this.#pause();
     }
   }
+
+  /**
+   * The pool's idle sweep: this body sent nothing for a while and others wait to read. Hand what the slab holds to
+   * the writers (or give it back empty) and wait in line again, paused, like a request that found no slab.
+   */
+  readonly #onIdle = (): void => {
+    const slab = this.#slab;
+    if (slab === null || this.#aborted || this.#finishing || this.#paused) return;
+    // Every byte is in: finish() is about to seal this slab as the chunk's last piece.
+    if (this.received === this.expected) return;
+    if (this.#fill > 0) this.#flushSlab();
+    else {
+      this.#slab = null;
+      this.ctx.slabs.release(slab);
+    }
+    this.#pause();
+  };
 
   #useSlab(slab: Slab): void {
     this.#slab = slab;
@@ -320,6 +339,7 @@ export class ChunkReceiver {
     this.#dispatched += length;
     const first = this.#first;
     this.#first = false;
+    if (slab) this.ctx.slabs.seal(slab);
     const run = this.#chain.then(async (): Promise<WriteResult | null> => {
       try {
         if (this.#error !== null || this.#duplicate || this.#aborted) return null;
@@ -360,6 +380,7 @@ export class ChunkReceiver {
         return;
       }
       this.#useSlab(slab);
+      this.ctx.slabs.watchIdle(slab, this.#onIdle);
       this.onResume();
     });
   }

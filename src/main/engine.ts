@@ -65,7 +65,7 @@ export class UploadEngine {
       pino({ level: this.options.logLevel, base: { name: 'updraft' }, redact: ['req.headers.authorization'] }, pino.destination(2));
     this.#registry = new UploadRegistry(this.options, this.log);
     this.#pool = new WritePool({ workers: this.options.workers, onError: (err) => this.log.error({ err }, 'write pool error') });
-    this.#slabs = new SlabPool({ slabSize: this.options.batchSize, maxBytes: this.options.maxInFlightBytes });
+    this.#slabs = new SlabPool({ slabSize: this.options.batchSize, maxBytes: this.options.maxInFlightBytes, maxFilling: this.options.maxReadingBodies });
     // 1 ms ticks: enough samples for a p99 over a one-second upload, a few microseconds each. The histogram records
     // the interval between ticks, which includes the resolution; figures below report only the excess (lateness).
     this.#eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });

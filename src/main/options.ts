@@ -106,6 +106,13 @@ export interface UploadEngineOptions {
   /** Size of one batch handed to a worker (a slab of the in-flight budget). Default 2 MiB. */
   batchSize?: number;
   /**
+   * Request bodies read at once; the others wait paused, first come first served, and take turns a batch at a time.
+   * uWS reads up to 512 KiB from each ready socket per turn of the event loop, so this bounds how long one turn
+   * lasts (8 x 512 KiB) however many uploads arrive at once. A body that sends nothing for `readerIdleYield` while
+   * others wait gives its place up. Default 8.
+   */
+  maxReadingBodies?: number;
+  /**
    * Write aligned pieces with O_DIRECT, bypassing the page cache (steady throughput, near-free fdatasync); pieces
    * that are not 4 KiB-aligned, and filesystems that refuse O_DIRECT, use the page cache. Default true.
    */
@@ -208,6 +215,7 @@ export interface ResolvedOptions {
   readonly recordTtl: number;
   readonly maxInFlightBytes: number;
   readonly batchSize: number;
+  readonly maxReadingBodies: number;
   readonly directIo: boolean;
   readonly chunkBusyTimeout: number;
   readonly checkpointInterval: number;
@@ -312,6 +320,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     recordTtl: int('recordTtl', o.recordTtl, 3600_000, 0),
     maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 128 * MiB, batchSize),
     batchSize,
+    maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 8, 1, 1_000_000),
     directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
     checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),

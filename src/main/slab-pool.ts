@@ -28,6 +28,19 @@ export interface SlabPoolOptions {
   maxBytes?: number;
   /** Bytes per SharedArrayBuffer that slabs are carved from; rounded down to whole slabs; default 16 MiB. */
   arenaBytes?: number;
+  /**
+   * Most slabs being filled at once (taken, not yet `seal`ed); default: no limit besides `maxBytes`. Every request
+   * reading a body holds one slab while it fills it, so this is also the number of requests reading at once: the
+   * others are paused. It bounds the bytes the main thread reads in one turn of the event loop (uWS reads up to
+   * 512 KiB per ready socket per turn), and keeps slabs for the writers when many requests arrive at once.
+   */
+  maxFilling?: number;
+  /**
+   * A slab being filled whose holder has not `touch`ed it for this long (ms), while others wait for a slab, is taken
+   * back through the holder's `onIdle` (see `tryAcquire`): a client that stops sending in the middle of a body
+   * must not keep a reading place from the ones that send. Default 250 ms.
+   */
+  idleYieldMs?: number;
 }
 
 /** Called with a slab that now belongs to the waiter; it must `release` it like one from `tryAcquire`. */
@@ -42,6 +55,11 @@ export class SlabPool {
   /** Released slabs, reused last-in first-out (the most recently touched memory is the likeliest to be resident). */
   readonly #free: Slab[] = [];
   readonly #inUse = new Set<Slab>();
+  /** Slabs taken and not yet sealed (a subset of #inUse), with when their holder last wrote into them. */
+  readonly #filling = new Map<Slab, { lastUse: number; onIdle: (() => void) | null }>();
+  readonly #maxFilling: number;
+  readonly #idleYieldMs: number;
+  #sweep: ReturnType<typeof setInterval> | null = null;
   /** Slabs carved so far (free + in use); never more than #maxSlabs. */
   #carved = 0;
   /** The arena being carved and how many of its slabs are handed out. */
@@ -52,7 +70,7 @@ export class SlabPool {
   readonly #waiters: Array<{ cb: SlabWaiter }> = [];
 
   constructor(options: SlabPoolOptions = {}) {
-    const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB } = options;
+    const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB, maxFilling = Number.POSITIVE_INFINITY, idleYieldMs = 250 } = options;
     if (!Number.isSafeInteger(slabSize) || slabSize <= 0) throw new RangeError(`slabSize must be a positive integer, got ${slabSize}`);
     if (!Number.isSafeInteger(maxBytes) || maxBytes < slabSize) {
       throw new RangeError(`maxBytes must be an integer >= slabSize (${slabSize}), got ${maxBytes}`);
@@ -60,6 +78,12 @@ export class SlabPool {
     if (!Number.isSafeInteger(arenaBytes) || arenaBytes < slabSize) {
       throw new RangeError(`arenaBytes must be an integer >= slabSize (${slabSize}), got ${arenaBytes}`);
     }
+    if (!(maxFilling === Number.POSITIVE_INFINITY || (Number.isSafeInteger(maxFilling) && maxFilling >= 1))) {
+      throw new RangeError(`maxFilling must be an integer >= 1, got ${maxFilling}`);
+    }
+    if (!Number.isFinite(idleYieldMs) || idleYieldMs <= 0) throw new RangeError(`idleYieldMs must be > 0, got ${idleYieldMs}`);
+    this.#maxFilling = maxFilling;
+    this.#idleYieldMs = idleYieldMs;
     this.slabSize = slabSize;
     this.#maxSlabs = Math.floor(maxBytes / slabSize);
     this.#slabsPerArena = Math.floor(arenaBytes / slabSize);
@@ -80,18 +104,41 @@ export class SlabPool {
     return this.#carved * this.slabSize;
   }
 
+  /** Slabs taken and not yet sealed. */
+  get filling(): number {
+    return this.#filling.size;
+  }
+
   /** Requests waiting for a slab. */
   get waiting(): number {
     return this.#waiters.length;
   }
 
   /**
-   * A slab now, or null when the budget is spent. Also null while requests are queued in `onAvailable`, even if a
-   * slab could be carved: they asked first.
+   * A slab now, or null when the budget (or `maxFilling`) is spent. Also null while requests are queued in
+   * `onAvailable`, even if a slab could be carved: they asked first. `onIdle`, when given, is called (once) if the
+   * slab sits untouched for `idleYieldMs` while others wait: the holder must then `seal` or `release` it at once.
    */
-  tryAcquire(): Slab | null {
+  tryAcquire(onIdle?: () => void): Slab | null {
     if (this.#waiters.length > 0) return null;
-    return this.#take();
+    const slab = this.#take();
+    if (slab && onIdle) this.#filling.get(slab)!.onIdle = onIdle;
+    return slab;
+  }
+
+  /** The holder wrote into a slab it is filling (it is not idle). */
+  touch(slab: Slab): void {
+    const f = this.#filling.get(slab);
+    if (f) f.lastUse = performance.now();
+  }
+
+  /** Sets the idle callback of a slab being filled (for a slab that came through `onAvailable`). */
+  watchIdle(slab: Slab, onIdle: () => void): void {
+    const f = this.#filling.get(slab);
+    if (f) {
+      f.onIdle = onIdle;
+      f.lastUse = performance.now();
+    }
   }
 
   /**
@@ -103,11 +150,21 @@ export class SlabPool {
   onAvailable(cb: SlabWaiter): () => void {
     const waiter = { cb };
     this.#waiters.push(waiter);
+    this.#startSweep();
     if (this.#waiters.length === 1 && this.#canTake()) queueMicrotask(() => this.#serve());
     return () => {
       const i = this.#waiters.indexOf(waiter);
       if (i !== -1) this.#waiters.splice(i, 1);
     };
+  }
+
+  /**
+   * The slab is filled and handed to a writer: it stays in use (its bytes are not reused until `release`) but no
+   * longer counts against `maxFilling`, so a waiting request may start filling another one.
+   */
+  seal(slab: Slab): void {
+    if (!this.#inUse.has(slab)) throw new Error('SlabPool.seal: slab is not in use');
+    if (this.#filling.delete(slab)) this.#serve();
   }
 
   /**
@@ -117,21 +174,24 @@ export class SlabPool {
    */
   release(slab: Slab): void {
     if (!this.#inUse.delete(slab)) throw new Error('SlabPool.release: slab is not in use (double release or foreign slab)');
+    this.#filling.delete(slab);
     this.#free.push(slab);
     this.#serve();
   }
 
   #canTake(): boolean {
-    return this.#free.length > 0 || this.#carved < this.#maxSlabs;
+    return (this.#free.length > 0 || this.#carved < this.#maxSlabs) && this.#filling.size < this.#maxFilling;
   }
 
   #take(): Slab | null {
+    if (this.#filling.size >= this.#maxFilling) return null;
     let slab = this.#free.pop();
     if (slab === undefined) {
       if (this.#carved >= this.#maxSlabs) return null;
       slab = this.#carve();
     }
     this.#inUse.add(slab);
+    this.#filling.set(slab, { lastUse: performance.now(), onIdle: null });
     return slab;
   }
 
@@ -149,6 +209,28 @@ export class SlabPool {
     return slab;
   }
 
+  /** While requests wait, checks every idleYieldMs / 2 for slabs left idle by their holders. */
+  #startSweep(): void {
+    if (this.#sweep !== null || this.#maxFilling === Number.POSITIVE_INFINITY) return;
+    this.#sweep = setInterval(() => {
+      if (this.#waiters.length === 0) {
+        clearInterval(this.#sweep!);
+        this.#sweep = null;
+        return;
+      }
+      const now = performance.now();
+      const idle: Array<() => void> = [];
+      for (const f of this.#filling.values()) {
+        if (f.onIdle !== null && now - f.lastUse >= this.#idleYieldMs) {
+          idle.push(f.onIdle);
+          f.onIdle = null;
+        }
+      }
+      for (const cb of idle) cb();
+    }, Math.max(1, Math.floor(this.#idleYieldMs / 2)));
+    this.#sweep.unref?.();
+  }
+
   /** Hands slabs to waiters, oldest first, while any can be had. */
   #serve(): void {
     let firstError: unknown = null;
@@ -160,7 +242,10 @@ export class SlabPool {
         cb(slab);
       } catch (e) {
         // A throwing waiter must not strand the ones behind it, nor leak the slab it was given.
-        if (this.#inUse.delete(slab)) this.#free.push(slab);
+        if (this.#inUse.delete(slab)) {
+          this.#filling.delete(slab);
+          this.#free.push(slab);
+        }
         firstError ??= e;
       }
     }

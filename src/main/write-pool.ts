@@ -25,6 +25,8 @@ export interface WritePoolOptions {
    * engine bounds the bytes in flight with the slab pool instead.
    */
   maxQueue?: number;
+  /** Tasks handed to one worker at once (they run one after another in it); default 8. */
+  tasksPerWorker?: number;
   /** Errors the pool reports outside any task (e.g. a close that timed out); default: ignored. */
   onError?: (err: Error) => void;
 }
@@ -38,7 +40,8 @@ export class WritePool {
   #closing: Promise<void> | null = null;
 
   constructor(options: WritePoolOptions) {
-    const { workers, maxQueue = Number.POSITIVE_INFINITY, onError } = options;
+    const { workers, maxQueue = Number.POSITIVE_INFINITY, tasksPerWorker = 8, onError } = options;
+    if (!Number.isSafeInteger(tasksPerWorker) || tasksPerWorker < 1) throw new RangeError(`tasksPerWorker must be an integer >= 1, got ${tasksPerWorker}`);
     if (!Number.isSafeInteger(workers) || workers < 1) throw new RangeError(`workers must be an integer >= 1, got ${workers}`);
     if (!(maxQueue === Number.POSITIVE_INFINITY || (Number.isSafeInteger(maxQueue) && maxQueue >= 0))) {
       throw new RangeError(`maxQueue must be a non-negative integer, got ${maxQueue}`);
@@ -51,9 +54,12 @@ export class WritePool {
       minThreads: workers,
       maxThreads: workers,
       maxQueue,
-      // One task per worker at a time: writePiece is synchronous (and may block on a lock), so a second task on the
-      // same thread would only wait behind it.
-      concurrentTasksPerWorker: 1,
+      // Several tasks (default 8) handed to each worker at once. writePiece is synchronous, so they run one after another, but
+      // the next one is already in the worker's port when one ends: with 1, a worker idles until the main thread
+      // (busy reading sockets) takes the result and posts the next task, and with 16 uploads at once the queue
+      // then waits on the main thread rather than on the disk. No task holds a lock past its own end, so a task
+      // waiting for a lock behind another worker's task never waits on a task queued behind itself.
+      concurrentTasksPerWorker: tasksPerWorker,
     });
     // piscina emits 'error' for failures outside a task; an EventEmitter without a listener would throw it instead.
     this.#pool.on('error', (err: Error) => onError?.(err));

@@ -150,4 +150,60 @@ describe('SlabPool', () => {
     expect(() => new SlabPool({ slabSize: 4 * KIB, maxBytes: KIB })).toThrow(RangeError);
     expect(() => new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB, arenaBytes: KIB })).toThrow(RangeError);
   });
+
+  describe('maxFilling (bodies read at once)', () => {
+    it('hands out at most maxFilling unsealed slabs; seal frees a reading place but not the bytes', async () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 8 * KIB, maxFilling: 2 });
+      const a = pool.tryAcquire()!;
+      const b = pool.tryAcquire()!;
+      expect(pool.filling).toBe(2);
+      expect(pool.tryAcquire()).toBeNull(); // budget left (6 slabs), but two are being filled
+      const served: Slab[] = [];
+      pool.onAvailable((s) => served.push(s));
+      await tick();
+      expect(served).toHaveLength(0);
+      pool.seal(a); // a goes to a writer: still in use, no longer filling
+      expect(served).toHaveLength(1);
+      expect(served[0]).not.toBe(a);
+      expect(pool.inUseBytes).toBe(3 * KIB);
+      expect(pool.filling).toBe(2);
+      // Releasing a slab that is still being filled frees its place too.
+      pool.release(b);
+      expect(pool.filling).toBe(1);
+      expect(() => pool.seal(b)).toThrow(/not in use/);
+      expect(pool.tryAcquire()).not.toBeNull();
+    });
+
+    it('takes an idle slab back through onIdle while others wait, and never one that is being written into', async () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 8 * KIB, maxFilling: 2, idleYieldMs: 20 });
+      const idle: string[] = [];
+      const busy = pool.tryAcquire(() => idle.push('busy'))!;
+      const stalled = pool.tryAcquire(() => {
+        idle.push('stalled');
+        pool.release(stalled);
+      })!;
+      // Nobody waits: an idle holder keeps its slab.
+      await new Promise((r) => setTimeout(r, 60));
+      expect(idle).toEqual([]);
+      const served: Slab[] = [];
+      pool.onAvailable((s) => served.push(s));
+      const keepBusy = setInterval(() => pool.touch(busy), 2);
+      try {
+        await new Promise((r) => setTimeout(r, 80));
+      } finally {
+        clearInterval(keepBusy);
+      }
+      expect(idle).toEqual(['stalled']); // called once, only for the holder that stopped touching its slab
+      expect(served).toEqual([stalled]); // its place went to the waiter
+      pool.release(busy);
+      pool.release(served[0]!);
+      expect(pool.filling).toBe(0);
+    });
+
+    it('rejects a bad maxFilling or idleYieldMs', () => {
+      expect(() => new SlabPool({ maxFilling: 0 })).toThrow(RangeError);
+      expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
+      expect(() => new SlabPool({ idleYieldMs: 0 })).toThrow(RangeError);
+    });
+  });
 });

@@ -445,7 +445,7 @@ describe('WritePool failures', () => {
   });
 
   it('rejects a full queue with ERR_SERVER_BUSY instead of queueing without bound', async () => {
-    const own = new WritePool({ workers: 1, maxQueue: 1 });
+    const own = new WritePool({ workers: 1, maxQueue: 1, tasksPerWorker: 1 });
     try {
       const u = makeUpload(3_000, 1_000, 'chunk');
       Atomics.store(u.state.locks, 0, 999);

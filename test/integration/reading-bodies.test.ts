@@ -1,0 +1,92 @@
+/**
+ * maxReadingBodies: only a few request bodies are read at once, the rest wait paused. A client that stops sending
+ * in the middle of a body must not hold its reading place while others wait (the pool's idle sweep takes it back).
+ */
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PREFIX, bytesOf, initUpload, putChunks, shuffled, slice, startServer } from '../fixtures/server.js';
+import type { TestServer } from '../fixtures/server.js';
+
+const KIB = 1024;
+const CS = 256 * KIB;
+
+let server: TestServer | null = null;
+afterEach(async () => {
+  await server?.close();
+  server = null;
+});
+
+/** A PUT written by hand, so the test decides when each part of the body goes out. */
+function rawPut(base: string, guid: string, chunk: number, length: number) {
+  const { port } = new URL(base);
+  const socket = net.connect(Number(port), '127.0.0.1');
+  let text = '';
+  const reply = new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
+    socket.on('data', (b) => {
+      text += b.toString('latin1');
+      const end = text.indexOf('\r\n\r\n');
+      const len = /content-length: (\d+)/i.exec(text);
+      if (end !== -1 && len && text.length >= end + 4 + Number(len[1])) {
+        resolve({ status: Number(text.slice(9, 12)), body: JSON.parse(text.slice(end + 4, end + 4 + Number(len[1]))) });
+        socket.end();
+      }
+    });
+    socket.on('error', reject);
+  });
+  socket.write(
+    `PUT ${PREFIX}/upload-chunk?guid=${guid}&chunk=${chunk} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${length}\r\n\r\n`,
+  );
+  return { send: (b: Uint8Array) => socket.write(b), reply, socket };
+}
+
+describe('bodies read at once (maxReadingBodies)', () => {
+  it('a body that stalls half-way gives its place up; the others complete, then it completes too, byte for byte', async () => {
+    server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, maxInFlightBytes: 1024 * KIB, chunkSize: CS });
+    const stalledData = bytesOf(2 * CS);
+    const a = await initUpload(server.base, { fileName: 'stalled.bin', fileSize: stalledData.length, chunkSize: CS });
+    const aGuid = a.json.data!.guid as string;
+    const slow = rawPut(server.base, aGuid, 0, CS);
+    try {
+      // 100 KiB of chunk 0 (the first 64 KiB slab goes to a writer; the second slab is held half full), then silence.
+      slow.send(slice(stalledData, CS, 0).subarray(0, 100 * KIB));
+      await new Promise((r) => setTimeout(r, 100));
+
+      // With one reading place, these bodies can only be read once the stalled one has given it up.
+      const data = bytesOf(6 * CS + 777);
+      const b = await initUpload(server.base, { fileName: 'other.bin', fileSize: data.length, chunkSize: CS });
+      const guid = b.json.data!.guid as string;
+      const started = Date.now();
+      const replies = await putChunks(server.base, guid, data, CS, shuffled([...Array(7).keys()], 3), 4);
+      for (const r of replies) expect(r.status, JSON.stringify(r.json)).toBe(200);
+      expect(replies.filter((r) => r.json.data?.complete === true)).toHaveLength(1);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'other.bin')), data)).toBe(0);
+      expect(Date.now() - started).toBeLessThan(10_000);
+
+      // The stalled client comes back: the rest of its body is read (it waits its turn like anyone else).
+      slow.send(slice(stalledData, CS, 0).subarray(100 * KIB));
+      const r = await slow.reply;
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body).toMatchObject({ message: 'Chunk received', data: { chunkNumber: 0, complete: false } });
+      const last = await putChunks(server.base, aGuid, stalledData, CS, [1], 1);
+      expect(last[0]!.json.data).toMatchObject({ complete: true });
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stalled.bin')), stalledData)).toBe(0);
+    } finally {
+      slow.socket.destroy();
+    }
+  });
+
+  it('many uploads at once through one reading place: every byte lands', async () => {
+    server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, maxInFlightBytes: 512 * KIB, chunkSize: CS });
+    const files = Array.from({ length: 6 }, (_, i) => ({ name: `f${i}.bin`, data: bytesOf(3 * CS + 1 + i * 1000) }));
+    await Promise.all(
+      files.map(async (f, i) => {
+        const init = await initUpload(server!.base, { fileName: f.name, fileSize: f.data.length, chunkSize: CS });
+        const replies = await putChunks(server!.base, init.json.data!.guid as string, f.data, CS, shuffled([0, 1, 2, 3], i + 1), 4);
+        for (const r of replies) expect(r.status, JSON.stringify(r.json)).toBe(200);
+      }),
+    );
+    for (const f of files) expect(Buffer.compare(await fsp.readFile(path.join(server.dir, f.name)), f.data)).toBe(0);
+  });
+});
