@@ -271,6 +271,11 @@ export class WsSession {
       case 'complete':
         this.#settle({ kind: 'complete', fileName: m.fileName, size: m.size });
         return;
+      case 'window':
+        // The server shares its memory among its connections: from now on, at most this many chunks unanswered.
+        this.#window = Math.max(1, Math.min(this.#o.window ?? m.window, m.window));
+        void this.#pump();
+        return;
       case 'progress':
         return;
     }

@@ -179,7 +179,31 @@ class Hub {
     let set = this.byUpload.get(s.upload.guid);
     if (!set) this.byUpload.set(s.upload.guid, (set = new Set()));
     set.add(s);
+    this.#rebalanceSoon();
     return true;
+  }
+
+  /**
+   * The window of a native connection: its share of the in-flight budget (`maxInFlightBytes` split evenly among
+   * the open connections, in its own chunks), at least 1 chunk, and at most `wsWindow` chunks or 64 MiB of them
+   * (but 2). So the frames all connections may have in memory stay within the budget however many are open (down
+   * to one chunk each), and a lone connection still gets a full window.
+   */
+  windowFor(chunkSize: number): number {
+    const cap = Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / chunkSize)));
+    const share = Math.floor(this.ctx.options.maxInFlightBytes / (Math.max(1, this.all.size) * chunkSize));
+    return Math.max(1, Math.min(cap, share));
+  }
+
+  #rebalancing = false;
+  /** Once per turn of the event loop (connections often open in bursts): tells every native session its window. */
+  #rebalanceSoon(): void {
+    if (this.#rebalancing) return;
+    this.#rebalancing = true;
+    setImmediate(() => {
+      this.#rebalancing = false;
+      for (const s of this.all) s.windowChanged();
+    });
   }
 
   remove(s: Session): void {
@@ -190,6 +214,7 @@ class Hub {
     const set = this.byUpload.get(s.upload.guid);
     set?.delete(s);
     if (set?.size === 0) this.byUpload.delete(s.upload.guid);
+    this.#rebalanceSoon();
   }
 
   sessionsOf(guid: string): Session[] {
@@ -228,6 +253,9 @@ abstract class Session {
   get window(): number {
     return this.ctx.options.wsWindow;
   }
+
+  /** The hub's share of the budget for this connection may have changed (a connection opened or closed). */
+  windowChanged(): void {}
 
   get ending(): boolean {
     return this.#ending !== null || this.closed;
@@ -463,13 +491,30 @@ class PsSession extends Session {
 class NativeSession extends Session {
   readonly protocol = NATIVE_SUBPROTOCOL;
 
+  /** The window last told to the client (hello, then `window` messages). */
+  #told = 0;
   /**
-   * The window told in `hello`: `wsWindow` chunks, but never more than WINDOW_BYTES of chunk data (at least 2
-   * chunks, so one can be written while the next arrives). With 32 MiB chunks a window of 8 would hold 256 MiB per
-   * connection, past the in-flight budget, and every frame beyond it would be copied outside the budget.
+   * The window enforced: the largest ever told. A lowered window is not enforced, since chunks the client sent before
+   * it read the new value are still on the way; a conforming client keeps to the lower one from then on.
    */
+  #limit = 0;
+
+  /** The window told to the client now (see Hub.windowFor). */
   override get window(): number {
-    return Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / this.upload.chunkSize)));
+    return this.#told;
+  }
+
+  override windowChanged(): void {
+    if (this.#told === 0 || this.ending) return; // no hello yet (it carries the window itself), or closing
+    const w = this.hub.windowFor(this.upload.chunkSize);
+    if (w === this.#told) return;
+    this.#tell(w);
+    this.#frame({ t: 'window', window: w });
+  }
+
+  #tell(w: number): void {
+    this.#told = w;
+    this.#limit = Math.max(this.#limit, w);
   }
 
   #frame(m: ServerMessage): void {
@@ -478,6 +523,7 @@ class NativeSession extends Session {
 
   protected greet(): void {
     const u = this.upload;
+    this.#tell(this.hub.windowFor(u.chunkSize));
     this.#frame({
       t: 'hello',
       v: NATIVE_PROTOCOL_VERSION,
@@ -506,10 +552,10 @@ class NativeSession extends Session {
     const m = frame.message;
     switch (m.t) {
       case 'chunk': {
-        // The client was told the window in hello; a conforming client never trips this because the server frees
-        // a slot before it sends the reply that frees the client's.
-        if (this.inFlight >= this.window) {
-          this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.window} chunks unacknowledged`));
+        // The client was told the window; a conforming client never trips this because the server frees a slot
+        // before it sends the reply that frees the client's.
+        if (this.inFlight >= this.#limit) {
+          this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.#limit} chunks unacknowledged`));
           return;
         }
         try {

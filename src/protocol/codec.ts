@@ -30,6 +30,7 @@ import type {
   PsClientControl,
   PsServerControl,
   ServerMessage,
+  WindowMessage,
   WireChecksum,
 } from './messages.js';
 import { totalChunksFor } from './validate.js';
@@ -222,6 +223,9 @@ function wireHeader(m: ClientMessage | ServerMessage): Record<string, unknown> {
       h.rb = wireInt(m.rb);
       return h;
     }
+    case 'window':
+      assertCount(m.window, 'window', 1);
+      return { t: 'window', window: wireInt(m.window) };
     case 'progress':
       assertCount(m.rc, 'rc');
       assertCount(m.tc, 'tc');
@@ -469,6 +473,11 @@ export function decodeServerFrame(frame: Uint8Array | ArrayBuffer): ServerMessag
       const rc = readCount(header, 'rc');
       const rb = readCount(header, 'rb');
       const m: AckMessage = dup === true ? { t, c, dup: true, rc, rb } : { t, c, rc, rb };
+      return m;
+    }
+    case 'window': {
+      noPayload(t, payload);
+      const m: WindowMessage = { t, window: readCount(header, 'window', 1) };
       return m;
     }
     case 'progress': {

@@ -191,7 +191,17 @@ export interface ErrorMessage {
   retry: boolean;
 }
 
-export type ServerMessage = HelloMessage | AckMessage | ProgressMessage | CompleteMessage | ErrorMessage;
+/**
+ * Server -> client, at any time after `hello`: the connection's window is now `window` chunks. The server shares
+ * one memory budget among all open connections, so it lowers every window as connections open and raises them as
+ * they close. The client applies it to the chunks it sends from now on (chunks already sent stay in flight).
+ */
+export interface WindowMessage {
+  t: 'window';
+  window: number;
+}
+
+export type ServerMessage = HelloMessage | AckMessage | ProgressMessage | CompleteMessage | ErrorMessage | WindowMessage;
 
 // --- WebSocket: PSWebHost compatible (JSON text frames) -----------------------------------------------------------
 

@@ -256,6 +256,39 @@ describe('WebSocket, updraft.v1', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'w.bin')), data)).toBe(0);
   });
 
+  it('shares the in-flight budget among connections: windows shrink as connections open and grow as they close', async () => {
+    // 8 MiB of budget in 1 MiB chunks: 8 chunks for one connection, 4 each for two, 2 each for three.
+    server = await startServer({ maxInFlightBytes: 8 * MiB });
+    const files = await Promise.all([0, 1, 2].map((i) => init(6 * MiB + i, MiB, `s${i}.bin`)));
+    const a = await open(files[0]!.guid);
+    expect(a.hello.window).toBe(8);
+    const b = await open(files[1]!.guid);
+    expect(b.hello.window).toBe(4);
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 4 });
+    const c = await open(files[2]!.guid);
+    expect(c.hello.window).toBe(2);
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 2 });
+    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 2 });
+    await c.s.close();
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 4 });
+    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 4 });
+
+    // Chunks a client sent before it read a lowered window are still taken: connection a was told 8 once, so 6
+    // unanswered chunks are within what it may have in flight.
+    const data = bytesOf(6 * MiB);
+    const burst = await sendWindowed(a.s, data, MiB, [0, 1, 2, 3, 4, 5], 6);
+    expect(burst.errors).toEqual([]);
+    expect(burst.maxInFlight).toBe(6);
+    expect(burst.acks.map((m) => m.c).sort((x, y) => x - y)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 's0.bin')), data)).toBe(0);
+    // a closed on completion: b now has the whole budget.
+    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 8 });
+    const dataB = bytesOf(6 * MiB + 1);
+    const rb = await sendWindowed(b.s, dataB, MiB, [6, 0, 5, 1, 4, 2, 3], 8);
+    expectCompleteTail(rb.tail, 's1.bin', dataB.length, 7);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 's1.bin')), dataB)).toBe(0);
+  });
+
   it('closes on a frame over maxFrame with 1006 (uWS sends no close frame)', async () => {
     server = await startServer({ maxChunkSize: 128 * 1024 });
     const { guid } = await init(2 * CS, CS);

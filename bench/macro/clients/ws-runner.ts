@@ -237,6 +237,9 @@ function upload(cmd: WsCommand): Promise<Omit<WsResult, 'id'>> {
             return pump();
           case 'ack':
             return chunkAnswered(m.c, m.dup === true);
+          case 'window':
+            window = Math.max(1, Math.min(cmd.inFlight, m.window));
+            return pump();
           case 'progress':
             return;
           case 'complete':
