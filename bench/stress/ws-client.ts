@@ -281,7 +281,7 @@ export class WsClient {
   async #session(conn: Conn, r: Prng): Promise<SessionEnd> {
     const { rec, ctx } = this;
     const f = ctx.config.faultScale;
-    let window = Math.max(1, Math.min(conn.hello.window, 2 * this.plan.parallel));
+    let window = Math.min(conn.hello.window, 2 * this.plan.parallel);
     const jitter = r.split('jitter'); // timing-dependent draws, kept out of the stream that decides the faults
     const queue: Array<{ c: number; version: number; bad: boolean }> = r.shuffle(conn.hello.missing).map((c) => ({ c, version: 0, bad: false }));
     const inFlight = new Map<number, InFlight[]>();
@@ -415,7 +415,7 @@ export class WsClient {
             break;
           case 'window':
             // The server's share of its budget for this connection changed (connections opened or closed).
-            window = Math.max(1, Math.min(m.window, 2 * this.plan.parallel));
+            window = Math.min(m.window, 2 * this.plan.parallel);
             break;
           case 'progress':
           case 'hello':

@@ -215,7 +215,8 @@ export class WsSession {
         }
         clearTimeout(this.#connectTimer);
         this.#hello = true;
-        this.#window = Math.max(1, Math.min(this.#o.window ?? m.window, m.window));
+        // 0: the server's budget is taken by other connections; a `window` message will say when to send.
+        this.#window = Math.min(this.#o.window ?? m.window, m.window);
         const largestPrefix = encodeFramePrefix({ t: 'chunk', c: Math.max(0, plan.totalChunks - 1), k: { a: 'sha256', v: '0'.repeat(64) } }).length;
         if (plan.chunkSize + largestPrefix > m.maxFrame) {
           // The server would end the connection on our first full chunk: use PUT instead.
@@ -273,7 +274,7 @@ export class WsSession {
         return;
       case 'window':
         // The server shares its memory among its connections: from now on, at most this many chunks unanswered.
-        this.#window = Math.max(1, Math.min(this.#o.window ?? m.window, m.window));
+        this.#window = Math.min(this.#o.window ?? m.window, m.window);
         void this.#pump();
         return;
       case 'progress':

@@ -49,6 +49,7 @@ import type { ResolvedOptions } from './options.js';
 import { sendError, toUploadError } from './respond.js';
 import type { ResponseState } from './respond.js';
 import type { CompletionInfo, Upload } from './upload.js';
+import { WindowScheduler } from './ws-windows.js';
 
 /** The PSWebHost subprotocol name a browser may offer (next to `bearer.<token>`); no subprotocol means the same. */
 export const PS_SUBPROTOCOL = 'json';
@@ -161,9 +162,15 @@ class Hub {
   readonly byUser = new Map<string, number>();
   readonly all = new Set<Session>();
   readonly maxPayload: number;
+  /**
+   * The windows of the updraft.v1 connections share half the in-flight budget: a frame is held twice at worst, in
+   * uWS's buffer while it arrives and then copied into the slabs, so both stay within maxInFlightBytes.
+   */
+  readonly windows: WindowScheduler;
 
   constructor(readonly ctx: RouteContext) {
     this.maxPayload = ctx.options.maxChunkSize + FRAME_LENGTH_SIZE + MAX_FRAME_HEADER;
+    this.windows = new WindowScheduler(Math.max(1, Math.floor(ctx.options.maxInFlightBytes / 2)));
   }
 
   get log(): Logger {
@@ -179,31 +186,8 @@ class Hub {
     let set = this.byUpload.get(s.upload.guid);
     if (!set) this.byUpload.set(s.upload.guid, (set = new Set()));
     set.add(s);
-    this.#rebalanceSoon();
+    if (s instanceof NativeSession) this.windows.add(s);
     return true;
-  }
-
-  /**
-   * The window of a native connection: its share of the in-flight budget (`maxInFlightBytes` split evenly among
-   * the open connections, in its own chunks), at least 1 chunk, and at most `wsWindow` chunks or 64 MiB of them
-   * (but 2). So the frames all connections may have in memory stay within the budget however many are open (down
-   * to one chunk each), and a lone connection still gets a full window.
-   */
-  windowFor(chunkSize: number): number {
-    const cap = Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / chunkSize)));
-    const share = Math.floor(this.ctx.options.maxInFlightBytes / (Math.max(1, this.all.size) * chunkSize));
-    return Math.max(1, Math.min(cap, share));
-  }
-
-  #rebalancing = false;
-  /** Once per turn of the event loop (connections often open in bursts): tells every native session its window. */
-  #rebalanceSoon(): void {
-    if (this.#rebalancing) return;
-    this.#rebalancing = true;
-    setImmediate(() => {
-      this.#rebalancing = false;
-      for (const s of this.all) s.windowChanged();
-    });
   }
 
   remove(s: Session): void {
@@ -214,7 +198,7 @@ class Hub {
     const set = this.byUpload.get(s.upload.guid);
     set?.delete(s);
     if (set?.size === 0) this.byUpload.delete(s.upload.guid);
-    this.#rebalanceSoon();
+    if (s instanceof NativeSession) this.windows.remove(s);
   }
 
   sessionsOf(guid: string): Session[] {
@@ -253,9 +237,6 @@ abstract class Session {
   get window(): number {
     return this.ctx.options.wsWindow;
   }
-
-  /** The hub's share of the budget for this connection may have changed (a connection opened or closed). */
-  windowChanged(): void {}
 
   get ending(): boolean {
     return this.#ending !== null || this.closed;
@@ -491,25 +472,34 @@ class PsSession extends Session {
 class NativeSession extends Session {
   readonly protocol = NATIVE_SUBPROTOCOL;
 
-  /** The window last told to the client (hello, then `window` messages). */
+  /** The window last told to the client (hello, then `window` messages); see ws-windows.ts. */
   #told = 0;
+  #helloSent = false;
   /**
    * The window enforced: the largest ever told. A lowered window is not enforced, since chunks the client sent before
    * it read the new value are still on the way; a conforming client keeps to the lower one from then on.
    */
   #limit = 0;
 
-  /** The window told to the client now (see Hub.windowFor). */
   override get window(): number {
     return this.#told;
   }
 
-  override windowChanged(): void {
-    if (this.#told === 0 || this.ending) return; // no hello yet (it carries the window itself), or closing
-    const w = this.hub.windowFor(this.upload.chunkSize);
-    if (w === this.#told) return;
-    this.#tell(w);
-    this.#frame({ t: 'window', window: w });
+  /** WindowHolder: the bytes one slot stands for, and the most this connection may be given. */
+  get chunkSize(): number {
+    return this.upload.chunkSize;
+  }
+
+  /** `wsWindow` chunks, but never more than WINDOW_BYTES of them (and at least 2). */
+  get cap(): number {
+    return Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / this.upload.chunkSize)));
+  }
+
+  /** WindowHolder: the scheduler changed this connection's window. Before hello, hello carries it. */
+  windowChanged(window: number): void {
+    if (!this.#helloSent) return;
+    this.#tell(window);
+    if (!this.ending) this.#frame({ t: 'window', window });
   }
 
   #tell(w: number): void {
@@ -523,7 +513,8 @@ class NativeSession extends Session {
 
   protected greet(): void {
     const u = this.upload;
-    this.#tell(this.hub.windowFor(u.chunkSize));
+    this.#tell(this.hub.windows.windowOf(this));
+    this.#helloSent = true;
     this.#frame({
       t: 'hello',
       v: NATIVE_PROTOCOL_VERSION,
@@ -558,6 +549,7 @@ class NativeSession extends Session {
           this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.#limit} chunks unacknowledged`));
           return;
         }
+        this.hub.windows.sent(this);
         try {
           this.checkChunk(m.c, frame.payload.length);
         } catch (e) {
@@ -589,6 +581,8 @@ class NativeSession extends Session {
   }
 
   protected acked(ack: ChunkAck): void {
+    // A slot may go to a waiting connection: the new window must reach the client before this ack does.
+    this.hub.windows.answering(this);
     this.#frame(
       ack.duplicate
         ? { t: 'ack', c: ack.chunk, dup: true, rc: ack.receivedChunks, rb: ack.receivedBytes }
@@ -597,6 +591,7 @@ class NativeSession extends Session {
   }
 
   protected sendError(err: UploadError, chunk: number | undefined, fatal: boolean): void {
+    if (chunk !== undefined && !fatal) this.hub.windows.answering(this);
     this.#frame(
       chunk === undefined || fatal
         ? { t: 'error', code: err.code, message: err.message, retry: err.retryable }

@@ -199,7 +199,7 @@ function wireHeader(m: ClientMessage | ServerMessage): Record<string, unknown> {
       assertCount(m.chunkSize, 'chunkSize', 1);
       assertCount(m.fileSize, 'fileSize');
       assertCount(m.maxFrame, 'maxFrame', 1);
-      assertCount(m.window, 'window', 1);
+      assertCount(m.window, 'window');
       if (m.totalChunks !== totalChunksFor(m.fileSize, m.chunkSize)) {
         throw new RangeError(`totalChunks ${m.totalChunks} is not ceil(fileSize / chunkSize)`);
       }
@@ -224,7 +224,7 @@ function wireHeader(m: ClientMessage | ServerMessage): Record<string, unknown> {
       return h;
     }
     case 'window':
-      assertCount(m.window, 'window', 1);
+      assertCount(m.window, 'window');
       return { t: 'window', window: wireInt(m.window) };
     case 'progress':
       assertCount(m.rc, 'rc');
@@ -460,7 +460,7 @@ export function decodeServerFrame(frame: Uint8Array | ArrayBuffer): ServerMessag
       const totalChunks = readCount(header, 'totalChunks');
       if (totalChunks !== totalChunksFor(fileSize, chunkSize)) invalid('"totalChunks" is not ceil(fileSize / chunkSize)');
       const maxFrame = readCount(header, 'maxFrame', 1);
-      const window = readCount(header, 'window', 1);
+      const window = readCount(header, 'window');
       const missing = decodeReceivedBitmap(payload, totalChunks);
       const m: HelloMessage = { t, v: 1, guid, chunkSize, fileSize, totalChunks, maxFrame, window, missing };
       return m;
@@ -477,7 +477,7 @@ export function decodeServerFrame(frame: Uint8Array | ArrayBuffer): ServerMessag
     }
     case 'window': {
       noPayload(t, payload);
-      const m: WindowMessage = { t, window: readCount(header, 'window', 1) };
+      const m: WindowMessage = { t, window: readCount(header, 'window') };
       return m;
     }
     case 'progress': {

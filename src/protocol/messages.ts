@@ -145,7 +145,10 @@ export interface HelloMessage {
   totalChunks: number;
   /** The largest frame (prefix + header + payload) the server accepts; a larger one ends the connection. */
   maxFrame: number;
-  /** How many chunks the client may have sent and not yet seen an `ack` or chunk `error` for. */
+  /**
+   * How many chunks the client may have sent and not yet seen an `ack` or chunk `error` for. 0: none for now; wait
+   * for a `window` message (the server's budget is taken by other connections).
+   */
   window: number;
   /** Chunk numbers the server does not have, ascending. */
   missing: number[];
@@ -192,9 +195,10 @@ export interface ErrorMessage {
 }
 
 /**
- * Server -> client, at any time after `hello`: the connection's window is now `window` chunks. The server shares
- * one memory budget among all open connections, so it lowers every window as connections open and raises them as
- * they close. The client applies it to the chunks it sends from now on (chunks already sent stay in flight).
+ * Server -> client, at any time after `hello`: the connection's window is now `window` chunks (0: send none until
+ * the next `window`). The server shares one memory budget among all open connections: it lowers windows as
+ * connections open, raises them as they close, and when more connections are open than the budget has chunks for,
+ * they take turns. The client applies it to the chunks it sends from now on (chunks already sent stay in flight).
  */
 export interface WindowMessage {
   t: 'window';

@@ -84,6 +84,17 @@ describe('client: transports and sources', () => {
     await expectStored(server, `${transport}.bin`, data);
   });
 
+  it('takes turns over the WebSocket when the server has fewer window slots than connections (window 0, then 1)', async () => {
+    // Windows share half of maxInFlightBytes: 512 KiB of 256 KiB chunks is 2 slots for 5 connections.
+    server = await startServer({ maxInFlightBytes: 1 * MiB, batchSize: 256 * KiB });
+    const files = Array.from({ length: 5 }, (_, i) => ({ name: `turn${i}.bin`, data: bytesOf(2 * MiB + i * 1001) }));
+    const results = await Promise.all(
+      files.map((f) => upload(f.data, { endpoint: endpoint(server!.base), fileName: f.name, chunkSize: 256 * KiB, transport: 'websocket' }).done),
+    );
+    results.forEach((r, i) => expect(r.bytesByTransport).toEqual({ websocket: files[i]!.data.length, http: 0 }));
+    for (const f of files) await expectStored(server, f.name, f.data);
+  });
+
   it('reads a file path lazily, chunk by chunk, with sha256 checksums on the WebSocket', async () => {
     server = await startServer();
     const data = bytesOf(5 * MiB + 1);

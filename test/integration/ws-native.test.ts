@@ -257,8 +257,8 @@ describe('WebSocket, updraft.v1', () => {
   });
 
   it('shares the in-flight budget among connections: windows shrink as connections open and grow as they close', async () => {
-    // 8 MiB of budget in 1 MiB chunks: 8 chunks for one connection, 4 each for two, 2 each for three.
-    server = await startServer({ maxInFlightBytes: 8 * MiB });
+    // Windows share half of maxInFlightBytes: 8 MiB of 1 MiB chunks -> 4 for one connection, 2 each for two.
+    server = await startServer({ maxInFlightBytes: 16 * MiB });
     const files = await Promise.all([0, 1, 2].map((i) => init(6 * MiB + i, MiB, `s${i}.bin`)));
     const a = await open(files[0]!.guid);
     expect(a.hello.window).toBe(8);
@@ -287,6 +287,44 @@ describe('WebSocket, updraft.v1', () => {
     const rb = await sendWindowed(b.s, dataB, MiB, [6, 0, 5, 1, 4, 2, 3], 8);
     expectCompleteTail(rb.tail, 's1.bin', dataB.length, 7);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 's1.bin')), dataB)).toBe(0);
+  });
+
+  it('with more connections than the budget has chunks for, they take turns (window 0, then 1)', async () => {
+    // 2 MiB of window budget in 1 MiB chunks: two slots for three connections.
+    server = await startServer({ maxInFlightBytes: 4 * MiB, batchSize: 1 * MiB });
+    const files = await Promise.all([0, 1, 2].map((i) => init(3 * MiB + i, MiB, `t${i}.bin`)));
+    const a = await open(files[0]!.guid);
+    const b = await open(files[1]!.guid);
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    const c = await open(files[2]!.guid);
+    expect([a.hello.window, b.hello.window, c.hello.window]).toEqual([2, 1, 0]);
+    // a's chunk is answered while c waits: a is told 0 before its ack, and c gets the slot.
+    const data = bytesOf(3 * MiB);
+    a.s.nativeChunk(0, slice(data, MiB, 0));
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 0 });
+    expect(await a.s.nextFrame()).toMatchObject({ t: 'ack', c: 0 });
+    expect(await c.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    // b's turn ends the same way, and the slot goes back to a, which has waited longest.
+    const dataB = bytesOf(3 * MiB + 1);
+    b.s.nativeChunk(3, slice(dataB, MiB, 3));
+    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 0 });
+    expect(await b.s.nextFrame()).toMatchObject({ t: 'ack', c: 3 });
+    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    // c closes: its slot goes to b. Both finish, taking turns, byte for byte.
+    await c.s.close();
+    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    await Promise.all([
+      (async () => {
+        const r = await sendWindowed(a.s, data, MiB, [1, 2], 1);
+        expect(r.errors).toEqual([]);
+      })(),
+      (async () => {
+        const r = await sendWindowed(b.s, dataB, MiB, [0, 1, 2], 1);
+        expect(r.errors).toEqual([]);
+      })(),
+    ]);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 't0.bin')), data)).toBe(0);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 't1.bin')), dataB)).toBe(0);
   });
 
   it('closes on a frame over maxFrame with 1006 (uWS sends no close frame)', async () => {

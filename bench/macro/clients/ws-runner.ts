@@ -233,12 +233,12 @@ function upload(cmd: WsCommand): Promise<Omit<WsResult, 'id'>> {
               return finish(`hello describes another upload (${m.fileSize} bytes in ${m.chunkSize}-byte chunks)`);
             }
             if (m.missing.length !== totalChunks) return finish(`hello: ${totalChunks - m.missing.length} chunks already stored`);
-            window = Math.max(1, Math.min(cmd.inFlight, m.window));
+            window = Math.min(cmd.inFlight, m.window);
             return pump();
           case 'ack':
             return chunkAnswered(m.c, m.dup === true);
           case 'window':
-            window = Math.max(1, Math.min(cmd.inFlight, m.window));
+            window = Math.min(cmd.inFlight, m.window);
             return pump();
           case 'progress':
             return;

@@ -1,0 +1,180 @@
+/**
+ * Windows of the `updraft.v1` connections: how many chunk frames each may have unanswered.
+ *
+ * Every frame in flight is memory: uWS buffers a frame whole while it arrives, and the chunk is then copied into the
+ * in-flight slabs until its write ends. So the windows of all open connections share one budget of bytes
+ * (`budgetBytes`), instead of each connection having its own fixed window (16 connections x 8 x 8 MiB was 1 GiB).
+ *
+ * - While the budget has room for every connection, each gets an even share: `floor(budget / (n * chunkSize))`
+ *   chunks, at most its cap (`wsWindow`, and 64 MiB of chunks).
+ * - When there are more connections than chunks fit in the budget, connections take turns: as many as fit have a
+ *   window of 1, the others 0 (they wait, first come first served). When a chunk of a connection with a window is
+ *   answered and others wait, that connection gives its slot to the one that has waited longest. The new window
+ *   (0) goes out before the chunk's answer, so the client reads it before anything that would let it send again.
+ * - A connection holding a slot that has sent nothing for `idleMs` while others wait gives its slot up too (a
+ *   paused or vanished client cannot keep the others waiting).
+ *
+ * Raising a window is safe at once; a lowered window applies to the frames the client sends after it reads it, so
+ * the sum is exact for conforming clients. The engine still enforces, per connection, the largest window it ever
+ * told (ws-routes.ts). Main thread only.
+ */
+
+/** One connection as the scheduler sees it. */
+export interface WindowHolder {
+  /** The upload's chunk size: the bytes one window slot stands for. */
+  readonly chunkSize: number;
+  /** The most this connection may ever be given (wsWindow, 64 MiB of chunks). At least 1. */
+  readonly cap: number;
+  /** Chunks sent on this connection and not answered yet. */
+  readonly inFlight: number;
+  /** The window changed (called with the new value; the holder tells its client). */
+  windowChanged(window: number): void;
+}
+
+interface Entry {
+  window: number;
+  /** When the holder last had a chunk in flight or was given its window (for the idle check). */
+  lastActive: number;
+}
+
+export class WindowScheduler {
+  readonly #budget: number;
+  readonly #idleMs: number;
+  /** Every open connection, in the order it arrived. */
+  readonly #entries = new Map<WindowHolder, Entry>();
+  /** Connections with window 0, oldest first. */
+  readonly #waiting: WindowHolder[] = [];
+  /** Sum of window x chunkSize over all connections. */
+  #used = 0;
+  #sweep: ReturnType<typeof setInterval> | null = null;
+
+  constructor(budgetBytes: number, idleMs = 250) {
+    if (!Number.isSafeInteger(budgetBytes) || budgetBytes < 1) throw new RangeError(`budgetBytes must be a positive integer, got ${budgetBytes}`);
+    if (!Number.isFinite(idleMs) || idleMs <= 0) throw new RangeError(`idleMs must be > 0, got ${idleMs}`);
+    this.#budget = budgetBytes;
+    this.#idleMs = idleMs;
+  }
+
+  /** The current window of `h` (0 for a connection that waits, or one not added). */
+  windowOf(h: WindowHolder): number {
+    return this.#entries.get(h)?.window ?? 0;
+  }
+
+  /** Bytes of chunks all windows together allow. */
+  get usedBytes(): number {
+    return this.#used;
+  }
+
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  /** A connection opened. Its window is set (and `windowChanged` called) before this returns. */
+  add(h: WindowHolder): void {
+    if (this.#entries.has(h)) return;
+    this.#entries.set(h, { window: 0, lastActive: performance.now() });
+    this.#rebalance(h);
+  }
+
+  /** A connection closed: its slots go to the others. */
+  remove(h: WindowHolder): void {
+    const e = this.#entries.get(h);
+    if (!e) return;
+    this.#used -= e.window * h.chunkSize;
+    this.#entries.delete(h);
+    const i = this.#waiting.indexOf(h);
+    if (i !== -1) this.#waiting.splice(i, 1);
+    this.#rebalance(null);
+  }
+
+  /**
+   * A chunk of `h` is about to be answered (ack or chunk error). Call before sending the answer: if others wait,
+   * `h` gives up a slot now and its new window reaches the client before the answer does.
+   */
+  answering(h: WindowHolder): void {
+    const e = this.#entries.get(h);
+    if (!e) return;
+    e.lastActive = performance.now();
+    if (this.#waiting.length === 0 || e.window === 0) return;
+    this.#set(h, e, e.window - 1);
+    if (e.window === 0) this.#waiting.push(h);
+    this.#grant();
+  }
+
+  /** `h` sent a chunk (it is active: the idle check leaves it alone). */
+  sent(h: WindowHolder): void {
+    const e = this.#entries.get(h);
+    if (e) e.lastActive = performance.now();
+  }
+
+  /**
+   * Recomputes every window after a connection came (`added`) or went (null). With room for all, everyone gets its
+   * even share; otherwise windows above 1 drop to 1, a newcomer waits unless a slot is free, and free slots go to
+   * the waiting connections in order.
+   */
+  #rebalance(added: WindowHolder | null): void {
+    const n = this.#entries.size;
+    if (n === 0) return;
+    const share = (h: WindowHolder): number => Math.min(h.cap, Math.floor(this.#budget / (n * h.chunkSize)));
+    let roomForAll = true;
+    for (const h of this.#entries.keys()) if (share(h) < 1) roomForAll = false;
+    if (roomForAll) {
+      this.#waiting.length = 0;
+      // Lower first, then raise: the sum never passes the budget in between.
+      const entries = [...this.#entries];
+      for (const [h, e] of entries) if (share(h) < e.window) this.#set(h, e, share(h));
+      for (const [h, e] of entries) if (share(h) > e.window) this.#set(h, e, share(h));
+      this.#stopSweep();
+      return;
+    }
+    for (const [h, e] of this.#entries) if (e.window > 1) this.#set(h, e, 1);
+    if (added !== null) this.#waiting.push(added);
+    this.#grant();
+    if (this.#waiting.length > 0) this.#startSweep();
+  }
+
+  /** Hands free slots (window 0 -> 1) to waiting connections, oldest first. One chunk always fits an idle budget. */
+  #grant(): void {
+    while (this.#waiting.length > 0) {
+      const h = this.#waiting[0]!;
+      if (this.#used > 0 && this.#used + h.chunkSize > this.#budget) break;
+      this.#waiting.shift();
+      const e = this.#entries.get(h)!;
+      e.lastActive = performance.now();
+      this.#set(h, e, 1);
+    }
+    if (this.#waiting.length === 0) this.#stopSweep();
+  }
+
+  #set(h: WindowHolder, e: Entry, window: number): void {
+    if (window === e.window) return;
+    this.#used += (window - e.window) * h.chunkSize;
+    e.window = window;
+    h.windowChanged(window);
+  }
+
+  #startSweep(): void {
+    if (this.#sweep !== null) return;
+    this.#sweep = setInterval(() => this.#takeIdleSlots(), Math.max(1, Math.floor(this.#idleMs / 2)));
+    this.#sweep.unref?.();
+  }
+
+  #stopSweep(): void {
+    if (this.#sweep === null) return;
+    clearInterval(this.#sweep);
+    this.#sweep = null;
+  }
+
+  /** Connections holding a slot with nothing in flight for idleMs give it to the waiting ones. */
+  #takeIdleSlots(): void {
+    if (this.#waiting.length === 0) return this.#stopSweep();
+    const now = performance.now();
+    for (const [h, e] of this.#entries) {
+      if (this.#waiting.length === 0) break;
+      if (e.window === 0 || h.inFlight > 0 || now - e.lastActive < this.#idleMs) continue;
+      this.#set(h, e, 0);
+      this.#waiting.push(h);
+      this.#grant();
+    }
+  }
+}

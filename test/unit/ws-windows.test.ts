@@ -1,0 +1,142 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { WindowScheduler, type WindowHolder } from '../../src/main/ws-windows.js';
+
+const MiB = 1024 * 1024;
+
+class Holder implements WindowHolder {
+  inFlight = 0;
+  told: number[] = [];
+  constructor(
+    readonly name: string,
+    readonly chunkSize = 8 * MiB,
+    readonly cap = 8,
+    private readonly onChange?: () => void,
+  ) {}
+  windowChanged(window: number): void {
+    this.told.push(window);
+    this.onChange?.();
+  }
+}
+
+describe('WindowScheduler', () => {
+  it('gives each connection an even share of the budget, up to its cap, lowering before raising', () => {
+    const s = new WindowScheduler(64 * MiB);
+    const seen: number[] = [];
+    const check = (): void => {
+      seen.push(s.usedBytes);
+    };
+    const a = new Holder('a', 8 * MiB, 8, check);
+    s.add(a);
+    expect(s.windowOf(a)).toBe(8);
+    const b = new Holder('b', 8 * MiB, 8, check);
+    s.add(b);
+    expect([s.windowOf(a), s.windowOf(b)]).toEqual([4, 4]);
+    const c = new Holder('c', 8 * MiB, 3, check); // cap 3 (e.g. wsWindow 3)
+    s.add(c);
+    expect([s.windowOf(a), s.windowOf(b), s.windowOf(c)]).toEqual([2, 2, 2]);
+    s.remove(a);
+    s.remove(b);
+    expect(s.windowOf(c)).toBe(3);
+    expect(a.told).toEqual([8, 4, 2]);
+    expect(c.told).toEqual([2, 3]);
+    // Every change kept the sum within the budget, even in between.
+    expect(Math.max(...seen)).toBeLessThanOrEqual(64 * MiB);
+  });
+
+  it('with more connections than slots, they take turns: oldest waiter first, the slot handed over on each answer', () => {
+    const s = new WindowScheduler(32 * MiB); // 4 chunks of 8 MiB
+    const hs = Array.from({ length: 6 }, (_, i) => new Holder(`h${i}`));
+    for (const h of hs) s.add(h);
+    expect(hs.map((h) => s.windowOf(h))).toEqual([1, 1, 1, 1, 0, 0]);
+    expect(s.waiting).toBe(2);
+    expect(s.usedBytes).toBe(32 * MiB);
+    s.answering(hs[0]!); // h0 gives its slot to h4
+    expect(hs.map((h) => s.windowOf(h))).toEqual([0, 1, 1, 1, 1, 0]);
+    expect(hs[0]!.told.at(-1)).toBe(0);
+    s.answering(hs[1]!); // to h5
+    s.answering(hs[2]!); // to h0, which has waited longest
+    expect(hs.map((h) => s.windowOf(h))).toEqual([1, 0, 0, 1, 1, 1]);
+    // A connection that closes frees its slot for the next waiter.
+    s.remove(hs[3]!);
+    expect(hs.map((h) => s.windowOf(h))).toEqual([1, 1, 0, 0, 1, 1]);
+    // Down to a count the budget has room for: everyone gets its share again, nobody waits.
+    s.remove(hs[0]!);
+    s.remove(hs[4]!);
+    expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!), s.windowOf(hs[5]!)]).toEqual([1, 1, 1]);
+    s.remove(hs[5]!);
+    expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!)]).toEqual([2, 2]);
+    expect(s.waiting).toBe(0);
+  });
+
+  it('takes the slot of a connection that sends nothing while others wait, never one with chunks in flight', async () => {
+    const s = new WindowScheduler(16 * MiB, 30);
+    const busy = new Holder('busy');
+    const idle = new Holder('idle');
+    const waiter = new Holder('waiter');
+    s.add(busy);
+    s.add(idle);
+    s.add(waiter);
+    expect([s.windowOf(busy), s.windowOf(idle), s.windowOf(waiter)]).toEqual([1, 1, 0]);
+    busy.inFlight = 1;
+    await new Promise((r) => setTimeout(r, 120));
+    expect([s.windowOf(busy), s.windowOf(idle), s.windowOf(waiter)]).toEqual([1, 0, 1]);
+    s.remove(busy);
+    s.remove(idle);
+    s.remove(waiter);
+  });
+
+  it('lets one chunk larger than the budget through when nothing else holds a slot', () => {
+    const s = new WindowScheduler(4 * MiB);
+    const big = new Holder('big', 16 * MiB);
+    const other = new Holder('other', 16 * MiB);
+    s.add(big);
+    s.add(other);
+    expect([s.windowOf(big), s.windowOf(other)]).toEqual([1, 0]);
+    s.answering(big);
+    expect([s.windowOf(big), s.windowOf(other)]).toEqual([0, 1]);
+  });
+
+  it('keeps the sum within the budget, every window within its cap, and nobody waiting while a slot is free', () => {
+    const op = fc.oneof(
+      fc.record({ k: fc.constant('add' as const), size: fc.constantFrom(1, 2, 4, 8), cap: fc.integer({ min: 1, max: 8 }) }),
+      fc.record({ k: fc.constant('remove' as const), i: fc.nat() }),
+      fc.record({ k: fc.constant('answer' as const), i: fc.nat() }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const s = new WindowScheduler(16 * MiB);
+        const live: Holder[] = [];
+        for (const o of ops) {
+          if (o.k === 'add') {
+            const h = new Holder(`h${live.length}`, o.size * MiB, o.cap);
+            live.push(h);
+            s.add(h);
+          } else if (live.length > 0) {
+            const h = live[o.i % live.length]!;
+            if (o.k === 'remove') {
+              s.remove(h);
+              live.splice(live.indexOf(h), 1);
+            } else s.answering(h);
+          }
+          const windows = live.map((h) => s.windowOf(h));
+          const used = live.reduce((n, h) => n + s.windowOf(h) * h.chunkSize, 0);
+          expect(s.usedBytes).toBe(used);
+          live.forEach((h, i) => {
+            expect(windows[i]).toBeLessThanOrEqual(h.cap);
+            expect(h.told.at(-1) ?? 0).toBe(windows[i]); // the holder was told every change
+          });
+          if (used > 16 * MiB) expect(live.filter((h) => s.windowOf(h) > 0)).toHaveLength(1); // only a lone big chunk
+          if (s.waiting > 0) {
+            expect(Math.max(...windows)).toBeLessThanOrEqual(1);
+            // Waiters are served in order, so at least the first of them does not fit.
+            const waiters = live.filter((h) => s.windowOf(h) === 0);
+            expect(used > 0 && waiters.some((h) => used + h.chunkSize > 16 * MiB)).toBe(true);
+          }
+        }
+        for (const h of live) s.remove(h);
+      }),
+      { seed: 42, numRuns: 300 },
+    );
+  });
+});
