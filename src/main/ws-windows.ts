@@ -7,6 +7,9 @@
  *
  * - While the budget has room for every connection, each gets an even share: `floor(budget / (n * chunkSize))`
  *   chunks, at most its cap (`wsWindow`, and 64 MiB of chunks).
+ * - A new connection starts with a window of 1, doubled each time one of its chunks is answered, up to its share
+ *   (slow start). Connections tend to open in bursts: the first of a burst would otherwise be told a whole budget's
+ *   window and send it all before it hears of the others.
  * - When there are more connections than chunks fit in the budget, connections take turns: as many as fit have a
  *   window of 1, the others 0 (they wait, first come first served). When a chunk of a connection with a window is
  *   answered and others wait, that connection gives its slot to the one that has waited longest. The new window
@@ -33,6 +36,8 @@ export interface WindowHolder {
 
 interface Entry {
   window: number;
+  /** Slow start: the most this connection may be given yet (1, then doubled per answered chunk, up to its cap). */
+  ramp: number;
   /** When the holder last had a chunk in flight or was given its window (for the idle check). */
   lastActive: number;
 }
@@ -72,7 +77,7 @@ export class WindowScheduler {
   /** A connection opened. Its window is set (and `windowChanged` called) before this returns. */
   add(h: WindowHolder): void {
     if (this.#entries.has(h)) return;
-    this.#entries.set(h, { window: 0, lastActive: performance.now() });
+    this.#entries.set(h, { window: 0, ramp: 1, lastActive: performance.now() });
     this.#rebalance(h);
   }
 
@@ -95,7 +100,15 @@ export class WindowScheduler {
     const e = this.#entries.get(h);
     if (!e) return;
     e.lastActive = performance.now();
-    if (this.#waiting.length === 0 || e.window === 0) return;
+    if (this.#waiting.length === 0) {
+      if (e.ramp < h.cap) {
+        e.ramp = Math.min(h.cap, e.ramp * 2);
+        const target = this.#target(h, e);
+        if (target > e.window) this.#set(h, e, target);
+      }
+      return;
+    }
+    if (e.window === 0) return;
     this.#set(h, e, e.window - 1);
     if (e.window === 0) this.#waiting.push(h);
     this.#grant();
@@ -113,17 +126,15 @@ export class WindowScheduler {
    * the waiting connections in order.
    */
   #rebalance(added: WindowHolder | null): void {
-    const n = this.#entries.size;
-    if (n === 0) return;
-    const share = (h: WindowHolder): number => Math.min(h.cap, Math.floor(this.#budget / (n * h.chunkSize)));
+    if (this.#entries.size === 0) return;
     let roomForAll = true;
-    for (const h of this.#entries.keys()) if (share(h) < 1) roomForAll = false;
+    for (const h of this.#entries.keys()) if (this.#share(h) < 1) roomForAll = false;
     if (roomForAll) {
       this.#waiting.length = 0;
       // Lower first, then raise: the sum never passes the budget in between.
       const entries = [...this.#entries];
-      for (const [h, e] of entries) if (share(h) < e.window) this.#set(h, e, share(h));
-      for (const [h, e] of entries) if (share(h) > e.window) this.#set(h, e, share(h));
+      for (const [h, e] of entries) if (this.#target(h, e) < e.window) this.#set(h, e, this.#target(h, e));
+      for (const [h, e] of entries) if (this.#target(h, e) > e.window) this.#set(h, e, this.#target(h, e));
       this.#stopSweep();
       return;
     }
@@ -131,6 +142,16 @@ export class WindowScheduler {
     if (added !== null) this.#waiting.push(added);
     this.#grant();
     if (this.#waiting.length > 0) this.#startSweep();
+  }
+
+  /** The even share of the budget for `h` among the open connections, capped. 0 when the budget is short. */
+  #share(h: WindowHolder): number {
+    return Math.min(h.cap, Math.floor(this.#budget / (this.#entries.size * h.chunkSize)));
+  }
+
+  /** The window `h` should have while there is room for all: its share, within its slow start. */
+  #target(h: WindowHolder, e: Entry): number {
+    return Math.min(this.#share(h), e.ramp);
   }
 
   /** Hands free slots (window 0 -> 1) to waiting connections, oldest first. One chunk always fits an idle budget. */

@@ -193,8 +193,9 @@ describe('graceful restart under load', () => {
           const todo = shuffled(hello.missing, cl.total + hello.missing.length);
           let next = 0;
           let inFlight = 0;
+          let window = hello.window;
           const pump = (): void => {
-            while (inFlight < hello.window && next < todo.length) {
+            while (inFlight < window && next < todo.length) {
               const c = todo[next++]!;
               s.nativeChunk(c, slice(cl.data, CS, c));
               inFlight++;
@@ -202,8 +203,11 @@ describe('graceful restart under load', () => {
           };
           pump();
           for (;;) {
-            const m = await s.nextFrame();
-            if (m.t === 'ack') {
+            const m = await s.nextFrame(undefined, true);
+            if (m.t === 'window') {
+              window = m.window;
+              pump();
+            } else if (m.t === 'ack') {
               onAck(cl, m.c);
               inFlight--;
               pump();

@@ -24,12 +24,16 @@ afterEach(async () => {
   server = null;
 });
 
+/** The window each connection's hello told (sendWindowed starts from it). */
+const helloWindow = new WeakMap<TestSocket, number>();
+
 async function open(guid: string): Promise<{ s: TestSocket; hello: HelloMessage }> {
   const s = await TestSocket.open(server!.base, guid, { protocols: ['updraft.v1'] });
   sockets.push(s);
   expect(s.protocol).toBe('updraft.v1');
   const hello = await s.nextFrame();
   if (hello.t !== 'hello') throw new Error(`expected hello, got ${hello.t}`);
+  helloWindow.set(s, hello.window);
   return { s, hello };
 }
 
@@ -44,6 +48,8 @@ async function status(guid: string) {
 }
 
 interface SendResult {
+  /** Windows the server told while sending (`window` messages), in order. */
+  windows: number[];
   acks: AckMessage[];
   errors: ErrorMessage[];
   /** Everything after the replies to the chunks: progress, complete, ... */
@@ -52,8 +58,9 @@ interface SendResult {
 }
 
 /**
- * Sends `chunks` keeping at most `window` unanswered, as a client must; stops when every chunk is answered and,
- * if `untilClose`, reads on to the close.
+ * Sends `chunks` keeping at most `window` unanswered and, unless `followWindow` is false, no more than the server
+ * told (hello, then `window` messages), as a client must; stops when every chunk is answered and, if `untilClose`,
+ * reads on to the close.
  */
 async function sendWindowed(
   s: TestSocket,
@@ -62,9 +69,13 @@ async function sendWindowed(
   chunks: number[],
   window: number,
   untilClose = true,
+  followWindow = true,
 ): Promise<SendResult> {
   const queue = chunks.slice();
-  const out: SendResult = { acks: [], errors: [], tail: [], maxInFlight: 0 };
+  const out: SendResult = { windows: [], acks: [], errors: [], tail: [], maxInFlight: 0 };
+  const cap = window;
+  let told = s.windows.at(-1) ?? helloWindow.get(s) ?? window;
+  if (followWindow) window = Math.min(cap, told);
   const inFlight = new Set<number>();
   const fill = (): void => {
     while (inFlight.size < window && queue.length > 0) {
@@ -75,9 +86,13 @@ async function sendWindowed(
     out.maxInFlight = Math.max(out.maxInFlight, inFlight.size);
   };
   fill();
-  while (inFlight.size > 0) {
-    const m = await s.nextFrame(30_000);
-    if (m.t === 'ack') {
+  while (inFlight.size > 0 || (queue.length > 0 && window === 0)) {
+    const m = await s.nextFrame(30_000, true);
+    if (m.t === 'window') {
+      out.windows.push(m.window);
+      told = m.window;
+      if (followWindow) window = Math.min(cap, told);
+    } else if (m.t === 'ack') {
       expect(inFlight.delete(m.c), `ack for chunk ${m.c} that is not in flight`).toBe(true);
       out.acks.push(m);
     } else if (m.t === 'error' && m.c !== undefined) {
@@ -122,11 +137,12 @@ describe('WebSocket, updraft.v1', () => {
       fileSize: size,
       totalChunks: 32,
       maxFrame: 64 * MiB + 2 + 4096,
-      window: 8,
+      window: 1, // slow start: doubled on each answered chunk up to 8 (64 MiB of window budget / 8 MiB)
       missing: [...Array(32).keys()],
     });
-    const r = await sendWindowed(s, data, chunkSize, hello.missing, hello.window);
+    const r = await sendWindowed(s, data, chunkSize, hello.missing, 8);
     expect(r.errors).toEqual([]);
+    expect(r.windows).toEqual([2, 4, 8]);
     expect(r.maxInFlight).toBe(8);
     expect(r.acks).toHaveLength(totalChunks);
     expect(r.acks.every((a) => a.dup === undefined)).toBe(true);
@@ -244,8 +260,8 @@ describe('WebSocket, updraft.v1', () => {
     put.write(slice(data, CS, 0).subarray(0, CS / 2));
     await new Promise((r) => setTimeout(r, 200));
     const { s, hello } = await open(guid);
-    expect(hello.window).toBe(2);
-    for (let i = 0; i < 3; i++) s.nativeChunk(0, slice(data, CS, 0));
+    expect(hello.window).toBe(1); // slow start: 1 until a chunk is answered
+    for (let i = 0; i < 2; i++) s.nativeChunk(0, slice(data, CS, 0));
     expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_WINDOW_EXCEEDED' });
     expect((await s.closed).code).toBe(4000);
     put.destroy();
@@ -256,35 +272,39 @@ describe('WebSocket, updraft.v1', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'w.bin')), data)).toBe(0);
   });
 
-  it('shares the in-flight budget among connections: windows shrink as connections open and grow as they close', async () => {
-    // Windows share half of maxInFlightBytes: 8 MiB of 1 MiB chunks -> 4 for one connection, 2 each for two.
+  it('shares the in-flight budget among connections: slow start, then windows shrink as connections open and grow as they close', async () => {
+    // Windows share half of maxInFlightBytes: 8 MiB of 1 MiB chunks -> 8 for one connection, 4 each for two.
     server = await startServer({ maxInFlightBytes: 16 * MiB });
-    const files = await Promise.all([0, 1, 2].map((i) => init(6 * MiB + i, MiB, `s${i}.bin`)));
+    const files = await Promise.all([20 * MiB, 6 * MiB + 1, 1 * MiB].map((size, i) => init(size, MiB, `s${i}.bin`)));
+    const data = bytesOf(20 * MiB);
     const a = await open(files[0]!.guid);
-    expect(a.hello.window).toBe(8);
+    expect(a.hello.window).toBe(1);
+    // Each answered chunk doubles a's window (the new window comes before the ack) up to its share, 8.
+    const ramp = await sendWindowed(a.s, data, MiB, [...Array(10).keys()], 8, false);
+    expect(ramp.windows).toEqual([2, 4, 8]);
+    expect(ramp.maxInFlight).toBe(8);
     const b = await open(files[1]!.guid);
-    expect(b.hello.window).toBe(4);
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 4 });
+    expect(b.hello.window).toBe(1);
+    expect(await a.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 4 });
     const c = await open(files[2]!.guid);
-    expect(c.hello.window).toBe(2);
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 2 });
-    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 2 });
+    expect(c.hello.window).toBe(1);
+    expect(await a.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 2 }); // b and c are still at 1 (slow start)
     await c.s.close();
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 4 });
-    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 4 });
+    expect(await a.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 4 });
 
     // Chunks a client sent before it read a lowered window are still taken: connection a was told 8 once, so 6
     // unanswered chunks are within what it may have in flight.
-    const data = bytesOf(6 * MiB);
-    const burst = await sendWindowed(a.s, data, MiB, [0, 1, 2, 3, 4, 5], 6);
+    const burst = await sendWindowed(a.s, data, MiB, [10, 11, 12, 13, 14, 15], 6, false, false);
     expect(burst.errors).toEqual([]);
     expect(burst.maxInFlight).toBe(6);
-    expect(burst.acks.map((m) => m.c).sort((x, y) => x - y)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(burst.acks.map((m) => m.c).sort((x, y) => x - y)).toEqual([10, 11, 12, 13, 14, 15]);
+    const rest = await sendWindowed(a.s, data, MiB, [16, 17, 18, 19], 4);
+    expectCompleteTail(rest.tail, 's0.bin', data.length, 20);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 's0.bin')), data)).toBe(0);
-    // a closed on completion: b now has the whole budget.
-    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 8 });
+    // Alone now, b ramps up to the whole budget's window.
     const dataB = bytesOf(6 * MiB + 1);
     const rb = await sendWindowed(b.s, dataB, MiB, [6, 0, 5, 1, 4, 2, 3], 8);
+    expect(rb.windows).toEqual([2, 4, 8]);
     expectCompleteTail(rb.tail, 's1.bin', dataB.length, 7);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 's1.bin')), dataB)).toBe(0);
   });
@@ -295,24 +315,23 @@ describe('WebSocket, updraft.v1', () => {
     const files = await Promise.all([0, 1, 2].map((i) => init(3 * MiB + i, MiB, `t${i}.bin`)));
     const a = await open(files[0]!.guid);
     const b = await open(files[1]!.guid);
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 1 });
     const c = await open(files[2]!.guid);
-    expect([a.hello.window, b.hello.window, c.hello.window]).toEqual([2, 1, 0]);
+    expect([a.hello.window, b.hello.window, c.hello.window]).toEqual([1, 1, 0]);
     // a's chunk is answered while c waits: a is told 0 before its ack, and c gets the slot.
     const data = bytesOf(3 * MiB);
     a.s.nativeChunk(0, slice(data, MiB, 0));
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 0 });
+    expect(await a.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 0 });
     expect(await a.s.nextFrame()).toMatchObject({ t: 'ack', c: 0 });
-    expect(await c.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    expect(await c.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 1 });
     // b's turn ends the same way, and the slot goes back to a, which has waited longest.
     const dataB = bytesOf(3 * MiB + 1);
     b.s.nativeChunk(3, slice(dataB, MiB, 3));
-    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 0 });
+    expect(await b.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 0 });
     expect(await b.s.nextFrame()).toMatchObject({ t: 'ack', c: 3 });
-    expect(await a.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    expect(await a.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 1 });
     // c closes: its slot goes to b. Both finish, taking turns, byte for byte.
     await c.s.close();
-    expect(await b.s.nextFrame()).toEqual({ t: 'window', window: 1 });
+    expect(await b.s.nextFrame(undefined, true)).toEqual({ t: 'window', window: 1 });
     await Promise.all([
       (async () => {
         const r = await sendWindowed(a.s, data, MiB, [1, 2], 1);

@@ -20,7 +20,7 @@ class Holder implements WindowHolder {
 }
 
 describe('WindowScheduler', () => {
-  it('gives each connection an even share of the budget, up to its cap, lowering before raising', () => {
+  it('starts each connection at 1, doubles it per answered chunk up to an even share of the budget, lowering before raising', () => {
     const s = new WindowScheduler(64 * MiB);
     const seen: number[] = [];
     const check = (): void => {
@@ -28,18 +28,26 @@ describe('WindowScheduler', () => {
     };
     const a = new Holder('a', 8 * MiB, 8, check);
     s.add(a);
-    expect(s.windowOf(a)).toBe(8);
+    expect(s.windowOf(a)).toBe(1);
+    for (let i = 0; i < 4; i++) s.answering(a);
+    expect(s.windowOf(a)).toBe(8); // 2, 4, 8, and no further (share and cap are 8)
     const b = new Holder('b', 8 * MiB, 8, check);
     s.add(b);
-    expect([s.windowOf(a), s.windowOf(b)]).toEqual([4, 4]);
+    expect([s.windowOf(a), s.windowOf(b)]).toEqual([4, 1]);
+    s.answering(b);
+    s.answering(b);
+    expect(s.windowOf(b)).toBe(4);
     const c = new Holder('c', 8 * MiB, 3, check); // cap 3 (e.g. wsWindow 3)
     s.add(c);
+    s.answering(c);
     expect([s.windowOf(a), s.windowOf(b), s.windowOf(c)]).toEqual([2, 2, 2]);
     s.remove(a);
     s.remove(b);
+    expect(s.windowOf(c)).toBe(2); // its share is 3 now, but its slow start is at 2
+    s.answering(c);
     expect(s.windowOf(c)).toBe(3);
-    expect(a.told).toEqual([8, 4, 2]);
-    expect(c.told).toEqual([2, 3]);
+    expect(a.told).toEqual([1, 2, 4, 8, 4, 2]);
+    expect(c.told).toEqual([1, 2, 3]);
     // Every change kept the sum within the budget, even in between.
     expect(Math.max(...seen)).toBeLessThanOrEqual(64 * MiB);
   });
@@ -65,7 +73,9 @@ describe('WindowScheduler', () => {
     s.remove(hs[4]!);
     expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!), s.windowOf(hs[5]!)]).toEqual([1, 1, 1]);
     s.remove(hs[5]!);
-    expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!)]).toEqual([2, 2]);
+    expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!)]).toEqual([1, 1]); // shares of 2, but still in slow start
+    s.answering(hs[1]!);
+    expect([s.windowOf(hs[1]!), s.windowOf(hs[2]!)]).toEqual([2, 1]);
     expect(s.waiting).toBe(0);
   });
 
