@@ -51,7 +51,8 @@ export interface CompletionInfo {
 export type { StatusData };
 
 interface Waiter {
-  resolve: () => void;
+  /** true: the chunks are in the journal; false: covered by completion's sync only (see commit). */
+  resolve: (journaled: boolean) => void;
   reject: (e: unknown) => void;
 }
 
@@ -264,10 +265,14 @@ export class Upload {
    * journal records them durably (group commit: one sync acknowledges everything written before it began).
    * Rejects with ERR_STORAGE_FAILED, and fails the upload, if a sync fails: a failed fsync is never retried into a
    * success (invariant 7).
+   *
+   * Resolves false when completion had already synced and closed the staging file: its fdatasync covered these
+   * chunks, but the journal does not list them, so until the completion is durable a crash would ask for them
+   * again. The caller must then wait for the completion before acknowledging (chunk-ingest.ts settle).
    */
-  commit(chunks: readonly number[]): Promise<void> {
+  commit(chunks: readonly number[]): Promise<boolean> {
     for (const c of chunks) this.#pending.push(c);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<boolean>((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#committing ??= this.#runCommits();
     });
@@ -288,6 +293,10 @@ export class Upload {
   }
 
   async #runCommits(): Promise<void> {
+    // commit() stores this promise in #committing when this returns, and the finally below clears it: a run that
+    // never awaited (files already closed, or the upload failed) would clear it before it was stored, leaving a
+    // settled promise there for good (no later commit would start, and commitsIdle would spin on it forever).
+    await null;
     try {
       while (this.#waiters.length > 0 || this.#pending.length > 0) {
         const waiters = this.#waiters;
@@ -296,16 +305,19 @@ export class Upload {
         this.#pending = [];
         try {
           if (this.failure) throw new UploadError('ERR_UPLOAD_FAILED');
+          let journaled = true;
           if (this.fd === null || this.journal === null) {
-            // Completion closed the staging file after its own fdatasync, which covered these chunks.
+            // Completion closed the staging file after its own fdatasync, which covered these chunks; they are not
+            // in the journal, so they are safe only once the completion is (the caller waits for it).
             if (this.#status !== 'completed' && this.#status !== 'finalizing') throw new UploadError('ERR_UPLOAD_FAILED');
+            journaled = this.#status === 'completed';
           } else {
             const t0 = performance.now();
             await fdatasync(this.fd);
             this.observeSync?.((performance.now() - t0) / 1000);
             await this.journal.append(chunks);
           }
-          for (const w of waiters) w.resolve();
+          for (const w of waiters) w.resolve(journaled);
         } catch (e) {
           const err = e instanceof UploadError ? e : storageFailure(e);
           if (!this.failure) this.failure = { code: err.code, message: err.message };
