@@ -403,7 +403,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     unreserve();
     deferredError = e;
     phase = 'drain';
-    for (const q of queue.splice(0)) handle(q.bytes, q.isLast);
+    for (const q of queue.splice(0)) handle(q.bytes, q.isLast, true);
   };
 
   const pause = (): void => {
@@ -426,7 +426,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
         busy = false;
         while (!busy && queue.length > 0 && phase !== 'over') {
           const q = queue.shift()!;
-          handle(q.bytes, q.isLast);
+          handle(q.bytes, q.isLast, true);
         }
         resume();
       },
@@ -501,7 +501,8 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     });
   };
 
-  function handle(bytes: Uint8Array, isLast: boolean): void {
+  /** One piece of the body. `owned`: a copy made for the queue, which the receiver may keep instead of copying. */
+  function handle(bytes: Uint8Array, isLast: boolean, owned = false): void {
     switch (phase) {
       case 'header': {
         const got = psReader!.push(bytes);
@@ -515,7 +516,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
       }
       case 'body':
         try {
-          receiver!.push(bytes);
+          receiver!.push(bytes, owned);
         } catch (e) {
           failAfterBody(e);
           return;

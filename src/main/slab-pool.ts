@@ -168,6 +168,24 @@ export class SlabPool {
   }
 
   /**
+   * `full` is filled and goes to a writer (as `seal`), and its holder goes on filling a new slab without giving up
+   * its reading place: the new slab is taken before the place is freed, so no waiter takes it in between. Returns
+   * null (and the holder has no reading place any more) when the byte budget is spent.
+   */
+  sealAndTake(full: Slab, onIdle?: () => void): Slab | null {
+    if (!this.#inUse.has(full)) throw new Error('SlabPool.sealAndTake: slab is not in use');
+    const next = this.#free.pop() ?? (this.#carved < this.#maxSlabs ? this.#carve() : undefined);
+    this.#filling.delete(full);
+    if (next === undefined) {
+      this.#serve();
+      return null;
+    }
+    this.#inUse.add(next);
+    this.#filling.set(next, { lastUse: performance.now(), onIdle: onIdle ?? null });
+    return next;
+  }
+
+  /**
    * Gives a slab back. With requests waiting, it goes straight to the oldest one (its callback runs synchronously,
    * inside this call); otherwise it joins the free list. Releasing a slab that is not in use here is a bug (a
    * double release would hand the same memory to two requests) and throws.

@@ -200,6 +200,27 @@ describe('SlabPool', () => {
       expect(pool.filling).toBe(0);
     });
 
+    it('sealAndTake keeps the holder\'s reading place: a waiter does not get it in between', async () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 3 * KIB, maxFilling: 1 });
+      const a = pool.tryAcquire()!;
+      const served: Slab[] = [];
+      pool.onAvailable((s) => served.push(s));
+      await tick();
+      const b = pool.sealAndTake(a)!;
+      expect(b).not.toBeNull();
+      expect(b).not.toBe(a);
+      expect(served).toHaveLength(0); // the place went on to b, not to the waiter
+      expect(pool.filling).toBe(1);
+      // Byte budget spent (a and b with the writers, c being filled): the place is given up and goes to the waiter.
+      const c = pool.sealAndTake(b)!;
+      expect(pool.sealAndTake(c)).toBeNull();
+      expect(served).toHaveLength(0); // no bytes left for the waiter either
+      pool.release(a);
+      expect(served).toEqual([a]);
+      for (const s of [b, c, a]) pool.release(s);
+      expect(pool.inUseBytes).toBe(0);
+    });
+
     it('rejects a bad maxFilling or idleYieldMs', () => {
       expect(() => new SlabPool({ maxFilling: 0 })).toThrow(RangeError);
       expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
