@@ -38,6 +38,9 @@ export interface ChunkAck {
   completion?: CompletionInfo;
 }
 
+/** The O_DIRECT grid: pieces handed over mid-chunk keep chunk offsets on it (write-task.ts DIRECT_ALIGN). */
+const DIRECT_BLOCK = 4096;
+
 let lastWriterId = 0;
 /** Writer ids are > 0 (0 means "free" in a lock word) and unique among live writers. */
 export function nextWriterId(): number {
@@ -258,6 +261,8 @@ export class ChunkReceiver {
   /** finish() has started: it releases the claim itself, after the chunk's commit. */
   #finishing = false;
   #paused = false;
+  /** Bytes received that wait for a slab (see #place), in order. */
+  #pending: Uint8Array[] = [];
   #cancelWait: (() => void) | null = null;
   readonly #startedAt = performance.now();
 
@@ -279,8 +284,8 @@ export class ChunkReceiver {
 
   /**
    * Copies `piece` (valid only during the caller's callback). Throws ERR_CHUNK_TOO_LARGE past the chunk's end.
-   * `owned`: the caller made `piece` for this call and gives it up (it must not touch it afterwards): what the
-   * budget cannot take is handed to the writers as it is instead of being copied once more.
+   * `owned`: the caller made `piece` for this call and gives it up (it must not touch it afterwards), so it is kept
+   * as it is rather than copied when it has to wait for a slab.
    */
   push(piece: Uint8Array, owned = false): void {
     if (this.#aborted) return;
@@ -288,16 +293,34 @@ export class ChunkReceiver {
       throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${this.chunk} is ${this.expected} bytes; the body is longer`);
     }
     this.received += piece.length;
+    this.#place(piece, owned);
+    if (this.#slab !== null) this.ctx.slabs.touch(this.#slab);
+    // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
+    // its next piece arrives instead of after (when that piece would have to wait outside the budget).
+    if (this.#slab === null && this.#pending.length === 0 && this.received < this.expected && !this.#paused) {
+      const next = this.ctx.slabs.tryAcquire(this.#onIdle);
+      if (next) this.#useSlab(next);
+      else this.#pause();
+    }
+  }
+
+  /**
+   * Puts bytes into slabs, in order. Every piece handed to the writers before the chunk's end is a whole slab at a
+   * slab-aligned offset, so all of them can go through O_DIRECT (a piece of another length would shift every later
+   * piece of the chunk off the 4 KiB grid, into the page cache). Bytes that find no slab wait in #pending (copied
+   * unless `owned`; at most about one network read per paused request) and the request pauses.
+   */
+  #place(piece: Uint8Array, owned: boolean): void {
+    if (this.#pending.length > 0) {
+      this.#pending.push(owned ? piece : piece.slice());
+      return;
+    }
     let off = 0;
     while (off < piece.length) {
       if (!this.#slab) {
         const slab = this.ctx.slabs.tryAcquire(this.#onIdle);
         if (!slab) {
-          // Budget used up: this piece is copied outside the budget (at most one uWS piece, <= 512 KiB, per
-          // paused request) and the request stops reading until slabs come back.
-          const rest = piece.subarray(off);
-          if (owned) this.#enqueue(piece.buffer as ArrayBuffer, piece.byteOffset + off, rest.length, null);
-          else this.#enqueue(overflowCopy(rest), 0, rest.length, null);
+          this.#pending.push(owned ? piece.subarray(off) : piece.slice(off));
           this.#pause();
           return;
         }
@@ -309,33 +332,39 @@ export class ChunkReceiver {
       this.#fill += n;
       off += n;
       // A full slab goes to the pool, unless it ends the chunk: the last piece waits for finish(). This body keeps
-      // its reading place and goes on in a new slab, so the rest of this piece is not copied outside the budget.
+      // its reading place and goes on in a new slab.
       if (this.#fill === slab.size && this.#dispatched + this.#fill < this.expected) this.#flushSlab(true);
-    }
-    if (this.#slab !== null) this.ctx.slabs.touch(this.#slab);
-    // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
-    // its next piece arrives instead of after (when that piece would have to be copied outside the budget).
-    if (this.#slab === null && this.received < this.expected && !this.#paused) {
-      const next = this.ctx.slabs.tryAcquire(this.#onIdle);
-      if (next) this.#useSlab(next);
-      else this.#pause();
     }
   }
 
+  /** A slab came back after a pause: the bytes that waited go into it first (and maybe into more). */
+  #drain(): void {
+    const waiting = this.#pending;
+    this.#pending = [];
+    for (const piece of waiting) this.#place(piece, true);
+  }
+
   /**
-   * The pool's idle sweep: this body sent nothing for a while and others wait to read. Hand what the slab holds to
-   * the writers (or give it back empty) and wait in line again, paused, like a request that found no slab.
+   * The pool's idle sweep: this body sent nothing for a while and others wait to read. Hand the slab's whole 4 KiB
+   * blocks to the writers, keep the rest (under 4 KiB) waiting, give the reading place up, and wait in line again,
+   * paused, like a request that found no slab.
    */
   readonly #onIdle = (): void => {
     const slab = this.#slab;
     if (slab === null || this.#aborted || this.#finishing || this.#paused) return;
     // Every byte is in: finish() is about to seal this slab as the chunk's last piece.
     if (this.received === this.expected) return;
-    if (this.#fill > 0) this.#flushSlab();
-    else {
+    const whole = this.#fill - (this.#fill % DIRECT_BLOCK);
+    const tail = slab.bytes.slice(whole, this.#fill);
+    if (whole > 0) {
+      this.#fill = whole;
+      this.#flushSlab();
+    } else {
       this.#slab = null;
+      this.#fill = 0;
       this.ctx.slabs.release(slab);
     }
+    if (tail.length > 0) this.#pending.push(tail);
     this.#pause();
   };
 
@@ -404,7 +433,12 @@ export class ChunkReceiver {
       }
       this.#useSlab(slab);
       this.ctx.slabs.watchIdle(slab, this.#onIdle);
-      this.onResume();
+      // Outside the pool's hand-out loop: placing the waiting bytes may seal slabs and take new ones.
+      queueMicrotask(() => {
+        if (this.#aborted) return;
+        this.#drain();
+        if (!this.#paused && !this.#finishing) this.onResume();
+      });
     });
   }
 
@@ -415,12 +449,25 @@ export class ChunkReceiver {
       if (this.received < this.expected) {
         throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${this.chunk} is ${this.expected} bytes, got ${this.received}`);
       }
+      // Bytes still waiting for a slab: into the slab if one came, else they go as they are (they end the chunk, so no
+      // later piece is pushed off the O_DIRECT grid by them).
+      if (this.#slab !== null) this.#drain();
+      const waiting = this.#pending;
+      this.#pending = [];
+      this.#cancelWait?.();
+      this.#cancelWait = null;
       const slab = this.#slab;
       this.#slab = null;
-      const last = slab
-        ? this.#enqueue(slab.sab, slab.offset, this.#fill, slab, true)
-        : this.#enqueue(new ArrayBuffer(0), 0, 0, null, true);
-      const r = await last;
+      let last: Promise<WriteResult | null>;
+      if (slab) {
+        last = this.#enqueue(slab.sab, slab.offset, this.#fill, slab, waiting.length === 0);
+      } else if (waiting.length === 0) {
+        last = this.#enqueue(new ArrayBuffer(0), 0, 0, null, true);
+      }
+      waiting.forEach((piece, i) => {
+        last = this.#enqueue(piece.buffer as ArrayBuffer, piece.byteOffset, piece.length, null, i === waiting.length - 1);
+      });
+      const r = await last!;
       if (this.#error !== null) {
         const err = toUploadError(this.#error);
         if (err.code === 'ERR_STORAGE_FAILED') await this.ctx.registry.fail(this.u, err);
@@ -447,6 +494,7 @@ export class ChunkReceiver {
   #release(): void {
     this.#cancelWait?.();
     this.#cancelWait = null;
+    this.#pending = [];
     if (this.#slab) {
       this.ctx.slabs.release(this.#slab);
       this.#slab = null;
