@@ -106,7 +106,7 @@ export interface UploadEngineOptions {
   /** Size of one batch handed to a worker (a slab of the in-flight budget). Default 2 MiB. */
   batchSize?: number;
   /**
-   * Request bodies read at once; the others wait paused, first come first served, and take turns a batch at a time.
+   * Request bodies read at once; the others wait paused, first come first served, each until a reader ends its body.
    * uWS reads up to 512 KiB from each ready socket per turn of the event loop, so this bounds how long one turn
    * lasts (8 x 512 KiB) however many uploads arrive at once. A body that sends nothing for `readerIdleYield` while
    * others wait gives its place up. Default 8.
