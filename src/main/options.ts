@@ -108,7 +108,7 @@ export interface UploadEngineOptions {
   /**
    * Request bodies read at once; the others wait paused, first come first served, each until a reader ends its body.
    * uWS reads up to 512 KiB from each ready socket per turn of the event loop, so this bounds how long one turn
-   * lasts (8 x 512 KiB) however many uploads arrive at once. A body that sends nothing for `readerIdleYield` while
+   * lasts (8 x 512 KiB) however many uploads arrive at once. A body that sends nothing for 250 ms while
    * others wait gives its place up. Default 8.
    */
   maxReadingBodies?: number;
