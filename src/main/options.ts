@@ -108,8 +108,8 @@ export interface UploadEngineOptions {
   /**
    * Request bodies read at once; the others wait paused, first come first served, each until a reader ends its body.
    * uWS reads up to 512 KiB from each ready socket per turn of the event loop, so this bounds how long one turn
-   * lasts (8 x 512 KiB) however many uploads arrive at once. A body that sends nothing for 250 ms while
-   * others wait gives its place up. Default 8.
+   * lasts (4 x 512 KiB) however many uploads arrive at once. A body that sends nothing for 250 ms while
+   * others wait gives its place up. Default 4.
    */
   maxReadingBodies?: number;
   /**
@@ -320,7 +320,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     recordTtl: int('recordTtl', o.recordTtl, 3600_000, 0),
     maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 128 * MiB, batchSize),
     batchSize,
-    maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 8, 1, 1_000_000),
+    maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 4, 1, 1_000_000),
     directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
     checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),
