@@ -192,7 +192,7 @@ export async function writeWholeChunk(
   const pieces: Array<{ data: SharedArrayBuffer | ArrayBuffer; dataOffset: number; length: number; slab: Slab | null }> = [];
   let off = 0;
   while (off < bytes.length) {
-    const slab = checksum ? null : ctx.slabs.tryAcquire();
+    const slab = checksum ? null : ctx.slabs.tryAcquireFilled();
     if (!slab) {
       const rest = bytes.subarray(off);
       const copy = overflowCopy(rest);
@@ -201,7 +201,6 @@ export async function writeWholeChunk(
     }
     const n = Math.min(slab.size, bytes.length - off);
     slab.bytes.set(bytes.subarray(off, off + n));
-    ctx.slabs.seal(slab);
     pieces.push({ data: slab.sab, dataOffset: slab.offset, length: n, slab });
     off += n;
   }

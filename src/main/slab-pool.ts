@@ -126,6 +126,16 @@ export class SlabPool {
     return slab;
   }
 
+  /**
+   * A slab for bytes that are all at hand (a whole WebSocket frame): it is filled at once and goes straight to a
+   * writer, so it takes no reading place (`maxFilling`), only bytes of the budget. Null when the budget is spent or
+   * requests are queued (they asked first).
+   */
+  tryAcquireFilled(): Slab | null {
+    if (this.#waiters.length > 0) return null;
+    return this.#take(false);
+  }
+
   /** The holder wrote into a slab it is filling (it is not idle). */
   touch(slab: Slab): void {
     const f = this.#filling.get(slab);
@@ -201,15 +211,16 @@ export class SlabPool {
     return (this.#free.length > 0 || this.#carved < this.#maxSlabs) && this.#filling.size < this.#maxFilling;
   }
 
-  #take(): Slab | null {
-    if (this.#filling.size >= this.#maxFilling) return null;
+  /** A slab within the byte budget; `filling`: also a reading place (within maxFilling). */
+  #take(filling = true): Slab | null {
+    if (filling && this.#filling.size >= this.#maxFilling) return null;
     let slab = this.#free.pop();
     if (slab === undefined) {
       if (this.#carved >= this.#maxSlabs) return null;
       slab = this.#carve();
     }
     this.#inUse.add(slab);
-    this.#filling.set(slab, { lastUse: performance.now(), onIdle: null });
+    if (filling) this.#filling.set(slab, { lastUse: performance.now(), onIdle: null });
     return slab;
   }
 

@@ -221,6 +221,19 @@ describe('SlabPool', () => {
       expect(pool.inUseBytes).toBe(0);
     });
 
+    it('tryAcquireFilled takes bytes of the budget but no reading place', () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 3 * KIB, maxFilling: 1 });
+      const reading = pool.tryAcquire()!;
+      expect(pool.tryAcquire()).toBeNull(); // the one reading place is taken
+      const whole = pool.tryAcquireFilled()!; // a frame at hand still gets a slab
+      expect(whole).not.toBeNull();
+      expect(pool.filling).toBe(1);
+      expect(pool.tryAcquireFilled()).not.toBeNull();
+      expect(pool.tryAcquireFilled()).toBeNull(); // the byte budget is spent
+      pool.release(whole);
+      pool.release(reading);
+    });
+
     it('rejects a bad maxFilling or idleYieldMs', () => {
       expect(() => new SlabPool({ maxFilling: 0 })).toThrow(RangeError);
       expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
