@@ -448,8 +448,8 @@ export class ChunkReceiver {
       if (this.received < this.expected) {
         throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${this.chunk} is ${this.expected} bytes, got ${this.received}`);
       }
-      // Bytes still waiting for a slab: into the slab if one came, else they go as they are (they end the chunk, so no
-      // later piece is pushed off the O_DIRECT grid by them).
+      // Bytes still waiting for a slab: into the slab if one came, else they go as they are (they end the chunk, so
+      // no later piece is pushed off the O_DIRECT grid by them).
       if (this.#slab !== null) this.#drain();
       const waiting = this.#pending;
       this.#pending = [];

@@ -54,11 +54,11 @@ export class WritePool {
       minThreads: workers,
       maxThreads: workers,
       maxQueue,
-      // Several tasks (default 8) handed to each worker at once. writePiece is synchronous, so they run one after another, but
-      // the next one is already in the worker's port when one ends: with 1, a worker idles until the main thread
-      // (busy reading sockets) takes the result and posts the next task, and with 16 uploads at once the queue
-      // then waits on the main thread rather than on the disk. No task holds a lock past its own end, so a task
-      // waiting for a lock behind another worker's task never waits on a task queued behind itself.
+      // Several tasks (default 8) handed to each worker at once. writePiece is synchronous, so they run one after
+      // another, but the next one is already in the worker's port when one ends: with 1, a worker idles until the
+      // main thread (busy reading sockets) takes the result and posts the next task, and with 16 uploads at once
+      // the queue then waits on the main thread rather than on the disk. No task holds a lock past its own end, so
+      // a task waiting for a lock behind another worker's task never waits on a task queued behind itself.
       concurrentTasksPerWorker: tasksPerWorker,
     });
     // piscina emits 'error' for failures outside a task; an EventEmitter without a listener would throw it instead.
