@@ -184,7 +184,7 @@ export class SlabPool {
    */
   sealAndTake(full: Slab, onIdle?: () => void): Slab | null {
     if (!this.#inUse.has(full)) throw new Error('SlabPool.sealAndTake: slab is not in use');
-    const next = this.#free.pop() ?? (this.#carved < this.#maxSlabs ? this.#carve() : undefined);
+    const next = this.#freeOrCarved();
     this.#filling.delete(full);
     if (next === undefined) {
       this.#serve();
@@ -211,14 +211,16 @@ export class SlabPool {
     return (this.#free.length > 0 || this.#carved < this.#maxSlabs) && this.#filling.size < this.#maxFilling;
   }
 
+  /** A released slab, or a new one while the byte budget allows; not yet marked in use. */
+  #freeOrCarved(): Slab | undefined {
+    return this.#free.pop() ?? (this.#carved < this.#maxSlabs ? this.#carve() : undefined);
+  }
+
   /** A slab within the byte budget; `filling`: also a reading place (within maxFilling). */
   #take(filling = true): Slab | null {
     if (filling && this.#filling.size >= this.#maxFilling) return null;
-    let slab = this.#free.pop();
-    if (slab === undefined) {
-      if (this.#carved >= this.#maxSlabs) return null;
-      slab = this.#carve();
-    }
+    const slab = this.#freeOrCarved();
+    if (slab === undefined) return null;
     this.#inUse.add(slab);
     if (filling) this.#filling.set(slab, { lastUse: performance.now(), onIdle: null });
     return slab;
