@@ -192,6 +192,10 @@ function wireHeader(m: ClientMessage | ServerMessage): Record<string, unknown> {
       if (checksumValue(m.k.a, m.k.v) === undefined) throw new RangeError(`Invalid ${m.k.a} checksum "${m.k.v}"`);
       return { t: 'chunk', c: wireInt(m.c), k: { a: m.k.a, v: m.k.v.toLowerCase() } };
     }
+    case 'part':
+      assertCount(m.c, 'c');
+      assertCount(m.o, 'o');
+      return { t: 'part', c: wireInt(m.c), o: wireInt(m.o) };
     case 'status':
     case 'cancel':
       return { t: m.t };
@@ -271,14 +275,14 @@ export function encodeFramePrefix(message: ClientMessage): Uint8Array {
 }
 
 /**
- * Encodes one frame. Only `chunk` takes a payload; `hello` carries its `missing` list as a bitmap payload that this
- * function builds. Without `target` the frame is a new buffer. With `target` the frame is written into it and the
- * returned view is `target.subarray(0, frameLength)`; when `payload` already sits in `target` right after the
- * prefix (the caller read the chunk there), it is not copied. RangeError when the frame does not fit `target`.
+ * Encodes one frame. Only `chunk` and `part` take a payload; `hello` carries its `missing` list as a bitmap payload
+ * that this function builds. Without `target` the frame is a new buffer. With `target` the frame is written into it
+ * and the returned view is `target.subarray(0, frameLength)`; when `payload` already sits in `target` right after
+ * the prefix (the caller read the chunk there), it is not copied. RangeError when the frame does not fit `target`.
  */
 export function encodeFrame(message: ClientMessage | ServerMessage, payload?: Uint8Array, target?: Uint8Array): Uint8Array {
   let body: Uint8Array;
-  if (message.t === 'chunk') body = payload ?? EMPTY;
+  if (message.t === 'chunk' || message.t === 'part') body = payload ?? EMPTY;
   else if (payload !== undefined && payload.length > 0) throw new RangeError(`updraft.v1 ${message.t} has no payload`);
   else body = message.t === 'hello' ? encodeReceivedBitmap(message.totalChunks, message.missing) : EMPTY;
 
@@ -424,7 +428,7 @@ function noPayload(t: string, payload: Uint8Array): void {
 
 export interface ClientFrame {
   message: ClientMessage;
-  /** The chunk bytes of a `chunk` (a view into the input: copy before the input's owner reuses it); empty otherwise. */
+  /** The bytes of a `chunk` or `part` (a view into the input: copy before the input's owner reuses it); else empty. */
   payload: Uint8Array;
 }
 
@@ -437,6 +441,12 @@ export function decodeClientFrame(frame: Uint8Array | ArrayBuffer): ClientFrame 
       const c = readCount(header, 'c');
       const k = readChecksum(header);
       return { message: k === undefined ? { t, c } : { t, c, k }, payload };
+    }
+    case 'part': {
+      const c = readCount(header, 'c');
+      const o = readCount(header, 'o');
+      if (payload.length === 0) invalid('a part carries at least one byte');
+      return { message: { t, c, o }, payload };
     }
     case 'status':
     case 'cancel':

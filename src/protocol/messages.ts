@@ -130,7 +130,18 @@ export interface CancelMessage {
   t: 'cancel';
 }
 
-export type ClientMessage = ChunkMessage | StatusMessage | CancelMessage;
+/**
+ * Client -> server: bytes `o` .. `o + payload length - 1` of chunk `c`. A chunk may be sent as consecutive parts
+ * instead of one `chunk` frame: the first at `o` 0, each next one where the previous ended, nothing else carrying
+ * chunk bytes in between, until the chunk's end. The server streams each part to disk as it arrives.
+ */
+export interface PartMessage {
+  t: 'part';
+  c: number;
+  o: number;
+}
+
+export type ClientMessage = ChunkMessage | PartMessage | StatusMessage | CancelMessage;
 
 /**
  * Server -> client, first message on every connection. `missing` is carried on the wire as a bitmap in the frame's

@@ -213,6 +213,8 @@ const clientCases: Array<[string, ClientMessage, Uint8Array]> = [
   ['chunk past 2^32', { t: 'chunk', c: 2 ** 40 + 3 }, range(3)],
   ['chunk with sha256', { t: 'chunk', c: 77, k: { a: 'sha256', v: 'ab'.repeat(32) } }, range(64)],
   ['chunk with crc32', { t: 'chunk', c: 1, k: { a: 'crc32', v: 'cbf43926' } }, bytes(...new TextEncoder().encode('123456789'))],
+  ['part', { t: 'part', c: 3, o: 0 }, range(10)],
+  ['part at an offset past 2^32', { t: 'part', c: 2 ** 33, o: 2 ** 32 + 4096 }, range(1)],
   ['status', { t: 'status' }, new Uint8Array(0)],
   ['cancel', { t: 'cancel' }, new Uint8Array(0)],
 ];
@@ -275,6 +277,12 @@ describe('updraft.v1 frames', () => {
     // docs/PROTOCOL.md shows this frame byte for byte.
     const frame = encodeFrame({ t: 'chunk', c: 5 }, bytes(0xde, 0xad, 0xbe, 0xef));
     expect(Buffer.from(frame).toString('hex')).toBe('0c0082a174a56368756e6ba16305deadbeef');
+  });
+
+  it('writes the documented bytes for a part frame', () => {
+    // docs/PROTOCOL.md shows this frame byte for byte.
+    const frame = encodeFrame({ t: 'part', c: 5, o: 4 }, bytes(0xde, 0xad));
+    expect(Buffer.from(frame).toString('hex')).toBe('0e0083a174a470617274a16305a16f04dead');
   });
 
   it('carries hello.missing as a received-chunk bitmap in the payload', () => {
@@ -479,6 +487,12 @@ describe('updraft.v1 frames', () => {
     ['k not hex', frameOf({ t: 'chunk', c: 1, k: { a: 'crc32', v: 'cbf4392g' } })],
     ['k value binary', frameOf({ t: 'chunk', c: 1, k: { a: 'crc32', v: new Uint8Array(4) } })],
     ['k missing v', frameOf({ t: 'chunk', c: 1, k: { a: 'crc32' } })],
+    ['part without a payload', frameOf({ t: 'part', c: 1, o: 0 })],
+    ['part missing o', frameOf({ t: 'part', c: 1 }, [1])],
+    ['part missing c', frameOf({ t: 'part', o: 0 }, [1])],
+    ['part o negative', frameOf({ t: 'part', c: 1, o: -1 }, [1])],
+    ['part o fraction', frameOf({ t: 'part', c: 1, o: 0.5 }, [1])],
+    ['part o string', frameOf({ t: 'part', c: 1, o: '0' }, [1])],
     ['status with a payload', frameOf({ t: 'status' }, [1])],
     ['cancel with a payload', frameOf({ t: 'cancel' }, [0])],
     ['map with integer keys', rawFrame([0x82, 0x01, ...str('chunk'), 0x02, 0x05])],
