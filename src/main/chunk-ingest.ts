@@ -240,10 +240,26 @@ export async function writeWholeChunk(
   }
 }
 
+export interface ReceiverOptions {
+  /**
+   * true (default): the receiver holds a reading place (SlabPool `maxFilling`) while it fills a slab, for a
+   * transport that can pause (a PUT body). false: slabs come from the byte budget alone (`tryAcquireFilled`), for a
+   * transport that cannot pause (a WebSocket, whose bytes arrive whether or not we read): a place would only make
+   * others wait.
+   */
+  readingPlace?: boolean;
+  /**
+   * The claim of the chunk, still being made (`claimChunk`) when the first bytes arrive. Pieces are copied into slabs
+   * meanwhile and written once the claim is ours; a duplicate ack or an error ends the chunk, which finish() then
+   * reports. Without it the caller already holds the claim.
+   */
+  claim?: Promise<ChunkAck | null>;
+}
+
 /**
- * Receives one chunk streamed in pieces (a PUT body). The owner of the request calls `push` for each piece (copied
- * at once), `finish` at the end of the body, or `abort`. When the in-flight budget is used up, `onPause` asks the
- * transport to stop reading and `onResume` to go on.
+ * Receives one chunk streamed in pieces (a PUT body, or `updraft.v1` parts). The owner of the request calls `push`
+ * for each piece (copied at once), `finish` at the end of the body, or `abort`. When the in-flight budget is used
+ * up, `onPause` asks the transport to stop reading and `onResume` to go on.
  */
 export class ChunkReceiver {
   readonly expected: number;
@@ -256,6 +272,8 @@ export class ChunkReceiver {
   #first = true;
   #error: unknown = null;
   #duplicate = false;
+  /** The reply when the claim found the chunk already stored (see ReceiverOptions.claim). */
+  #dupAck: ChunkAck | null = null;
   #aborted = false;
   /** finish() has started: it releases the claim itself, after the chunk's commit. */
   #finishing = false;
@@ -263,6 +281,7 @@ export class ChunkReceiver {
   /** Bytes received that wait for a slab (see #place), in order. */
   #pending: Uint8Array[] = [];
   #cancelWait: (() => void) | null = null;
+  readonly #readingPlace: boolean;
   readonly #startedAt = performance.now();
 
   constructor(
@@ -272,11 +291,25 @@ export class ChunkReceiver {
     private readonly writerId: number,
     private readonly onPause: () => void,
     private readonly onResume: () => void,
+    options: ReceiverOptions = {},
   ) {
     this.expected = chunkLength(u.fileSize, u.chunkSize, chunk);
+    this.#readingPlace = options.readingPlace ?? true;
+    if (options.claim) {
+      this.#chain = options.claim.then(
+        (dup) => {
+          if (dup === null) return;
+          this.#duplicate = true;
+          this.#dupAck = dup;
+        },
+        (e: unknown) => {
+          this.#error ??= e;
+        },
+      );
+    }
     // Take the first slab now, before the transport reads any of the body: without one, the request pauses here
     // and its first piece never has to be copied outside the budget.
-    const first = ctx.slabs.tryAcquire(this.#onIdle);
+    const first = this.#acquire();
     if (first) this.#useSlab(first);
     else this.#pause();
   }
@@ -297,7 +330,7 @@ export class ChunkReceiver {
     // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
     // its next piece arrives instead of after (when that piece would have to wait outside the budget).
     if (this.#slab === null && this.#pending.length === 0 && this.received < this.expected && !this.#paused) {
-      const next = this.ctx.slabs.tryAcquire(this.#onIdle);
+      const next = this.#acquire();
       if (next) this.#useSlab(next);
       else this.#pause();
     }
@@ -317,7 +350,7 @@ export class ChunkReceiver {
     let off = 0;
     while (off < piece.length) {
       if (!this.#slab) {
-        const slab = this.ctx.slabs.tryAcquire(this.#onIdle);
+        const slab = this.#acquire();
         if (!slab) {
           this.#pending.push(owned ? piece.subarray(off) : piece.slice(off));
           this.#pause();
@@ -367,6 +400,11 @@ export class ChunkReceiver {
     this.#pause();
   };
 
+  /** A slab now (with a reading place unless ReceiverOptions.readingPlace is false), or null. */
+  #acquire(): Slab | null {
+    return this.#readingPlace ? this.ctx.slabs.tryAcquire(this.#onIdle) : this.ctx.slabs.tryAcquireFilled();
+  }
+
   #useSlab(slab: Slab): void {
     this.#slab = slab;
     this.#fill = 0;
@@ -378,11 +416,15 @@ export class ChunkReceiver {
     const fill = this.#fill;
     this.#slab = null;
     this.#fill = 0;
-    if (goOn) {
+    if (goOn && this.#readingPlace) {
       const next = this.ctx.slabs.sealAndTake(slab, this.#onIdle);
       if (next) this.#useSlab(next);
     }
     this.#enqueue(slab.sab, slab.offset, fill, slab);
+    if (goOn && !this.#readingPlace) {
+      const next = this.ctx.slabs.tryAcquireFilled();
+      if (next) this.#useSlab(next);
+    }
   }
 
   #enqueue(data: SharedArrayBuffer | ArrayBuffer, dataOffset: number, length: number, slab: Slab | null, last = false): Promise<WriteResult | null> {
@@ -472,6 +514,7 @@ export class ChunkReceiver {
         if (err.code === 'ERR_STORAGE_FAILED') await this.ctx.registry.fail(this.u, err);
         throw err;
       }
+      if (this.#dupAck !== null) return this.#dupAck;
       if (this.#duplicate || r === null) return ack(this.u, this.chunk, true, await pendingCompletion(this.u));
       return await settle(this.ctx, this.u, this.chunk, r, this.#startedAt);
     } finally {

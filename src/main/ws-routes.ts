@@ -38,10 +38,11 @@ import { UploadError } from '../protocol/errors.js';
 import type { ErrorCode } from '../protocol/errors.js';
 import { CLOSE_NORMAL, CLOSE_POLICY, NATIVE_PROTOCOL_VERSION, NATIVE_SUBPROTOCOL, closeCodeForError } from '../protocol/messages.js';
 import type { PsServerControl, ServerMessage, WireChecksum } from '../protocol/messages.js';
+import { checkChunkInRange } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
 import type { ChunkChecksum } from '../workers/task-types.js';
 import { authenticate } from './auth.js';
-import { completionOf, writeWholeChunk } from './chunk-ingest.js';
+import { ChunkReceiver, claimChunk, completionOf, nextWriterId, writeWholeChunk } from './chunk-ingest.js';
 import type { ChunkAck } from './chunk-ingest.js';
 import { readRequest } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
@@ -265,6 +266,7 @@ abstract class Session {
     this.closed = true;
     this.#ws = null;
     this.#queue = [];
+    this.abandon();
     if (this.#registered) this.hub.remove(this);
     const reason = Buffer.from(message).toString('utf8');
     const fields = { event: 'ws.close', guid: this.upload.guid, user: this.user, code, reason, inFlight: this.inFlight };
@@ -353,7 +355,12 @@ abstract class Session {
    */
   protected write(c: number, bytes: Uint8Array, checksum?: ChunkChecksum): void {
     this.inFlight++;
-    writeWholeChunk(this.ctx, this.upload, c, bytes, checksum).then(
+    this.answer(c, writeWholeChunk(this.ctx, this.upload, c, bytes, checksum));
+  }
+
+  /** Replies to chunk `c`, counted in `inFlight` by the caller, once `outcome` settles. */
+  protected answer(c: number, outcome: Promise<ChunkAck>): void {
+    outcome.then(
       (ack) => {
         this.inFlight--;
         if (ack.completion) this.completion ??= ack.completion;
@@ -376,6 +383,9 @@ abstract class Session {
     if (length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${expected} bytes, got ${length}`);
     if (length < expected) throw new UploadError('ERR_CHUNK_TOO_SMALL', `Chunk ${c} is ${expected} bytes, got ${length}`);
   }
+
+  /** The connection is closed: drop whatever was half received (nothing of it is stored). */
+  protected abandon(): void {}
 
   abstract readonly protocol: string;
   protected abstract greet(): void;
@@ -480,6 +490,8 @@ class NativeSession extends Session {
    * it read the new value are still on the way; a conforming client keeps to the lower one from then on.
    */
   #limit = 0;
+  /** The chunk whose parts are arriving; `receiver` null: it was refused, and its remaining parts are dropped. */
+  #streaming: PartStream | null = null;
 
   override get window(): number {
     return this.#told;
@@ -543,13 +555,8 @@ class NativeSession extends Session {
     const m = frame.message;
     switch (m.t) {
       case 'chunk': {
-        // The client was told the window; a conforming client never trips this because the server frees a slot
-        // before it sends the reply that frees the client's.
-        if (this.inFlight >= this.#limit) {
-          this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.#limit} chunks unacknowledged`));
-          return;
-        }
-        this.hub.windows.sent(this);
+        if (!this.#endParts(`chunk ${m.c}`)) return;
+        if (!this.#takeSlot()) return;
         try {
           this.checkChunk(m.c, frame.payload.length);
         } catch (e) {
@@ -559,6 +566,9 @@ class NativeSession extends Session {
         this.write(m.c, frame.payload, m.k && checksumOf(m.k));
         return;
       }
+      case 'part':
+        this.#part(m.c, m.o, frame.payload);
+        return;
       case 'status':
         this.#progress();
         return;
@@ -572,6 +582,107 @@ class NativeSession extends Session {
           },
         );
         return;
+    }
+  }
+
+  /**
+   * A chunk starts in flight (its `chunk` frame or first `part`). The client was told the window; a conforming
+   * client never trips this because the server frees a slot before it sends the reply that frees the client's.
+   */
+  #takeSlot(): boolean {
+    if (this.inFlight >= this.#limit) {
+      this.fail(new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.#limit} chunks unacknowledged`));
+      return false;
+    }
+    this.hub.windows.sent(this);
+    return true;
+  }
+
+  /**
+   * A frame that is not the next part of the chunk being streamed: fine when no chunk is (or only the rest of a
+   * refused one, which is dropped), a protocol error otherwise (the unfinished chunk is not stored).
+   */
+  #endParts(what: string): boolean {
+    const p = this.#streaming;
+    if (p === null) return true;
+    if (p.receiver === null) {
+      this.#streaming = null;
+      return true;
+    }
+    this.fail(new UploadError('ERR_CHUNK_HEADER_INVALID', `Invalid updraft.v1 frame: ${what} while chunk ${p.c} has ${p.expected - p.next} bytes to come`));
+    return false;
+  }
+
+  /**
+   * `part` (docs/PROTOCOL.md): bytes `o..` of chunk `c`, streamed to disk through a ChunkReceiver as they arrive,
+   * so no frame holds a whole chunk. The chunk is answered after its last byte, like a `chunk` frame.
+   */
+  #part(c: number, o: number, payload: Uint8Array): void {
+    const p = this.#streaming;
+    if (p !== null && p.c === c && p.receiver === null && o !== 0) return; // the rest of a refused chunk
+    if (p !== null && p.c === c && p.receiver !== null && o === p.next) {
+      if (o + payload.length > p.expected) {
+        this.#dropPart(p);
+        this.#streaming = { c, next: 0, expected: p.expected, receiver: null, abort: null };
+        this.inFlight--;
+        this.refuse(new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${p.expected} bytes; its parts are longer`), c);
+        this.maybeFinish();
+        return;
+      }
+      this.#push(p, payload);
+      return;
+    }
+    if (o !== 0) {
+      this.fail(new UploadError('ERR_CHUNK_HEADER_INVALID', `Invalid updraft.v1 frame: part of chunk ${c} at offset ${o}` +
+        (p?.receiver ? `, expected chunk ${p.c} at offset ${p.next}` : ', expected a first part (offset 0)')));
+      return;
+    }
+    if (!this.#endParts(`part of chunk ${c}`)) return;
+    if (!this.#takeSlot()) return;
+    const u = this.upload;
+    let expected: number;
+    try {
+      checkChunkInRange(c, u.totalChunks);
+      expected = chunkLength(u.fileSize, u.chunkSize, c);
+      if (payload.length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${expected} bytes, got a part of ${payload.length}`);
+    } catch (e) {
+      this.refuse(e, c);
+      this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null };
+      return;
+    }
+    const writerId = nextWriterId();
+    const abort = new AbortController();
+    const claim = claimChunk(this.ctx, u, c, writerId, abort.signal);
+    // A WebSocket cannot stop reading, so the receiver takes no reading place and never pauses anything.
+    const receiver = new ChunkReceiver(this.ctx, u, c, writerId, noop, noop, { readingPlace: false, claim });
+    this.inFlight++;
+    const stream: PartStream = { c, next: 0, expected, receiver, abort };
+    this.#streaming = stream;
+    this.#push(stream, payload);
+  }
+
+  #push(p: PartStream, payload: Uint8Array): void {
+    p.receiver!.push(payload);
+    p.next += payload.length;
+    if (p.next < p.expected) return;
+    this.#streaming = null;
+    const receiver = p.receiver!;
+    this.ctx.metrics?.bytesReceived.inc(receiver.received);
+    this.answer(p.c, receiver.finish());
+  }
+
+  /** Stops a half-received chunk: nothing more of it is written, its bit stays clear, its claim and slabs go. */
+  #dropPart(p: PartStream): void {
+    p.abort?.abort();
+    p.receiver?.abort();
+  }
+
+  protected override abandon(): void {
+    const p = this.#streaming;
+    this.#streaming = null;
+    if (p !== null && p.receiver !== null) {
+      this.#dropPart(p);
+      this.inFlight--;
     }
   }
 
@@ -604,6 +715,17 @@ class NativeSession extends Session {
     this.#frame({ t: 'complete', fileName: info.fileName, size: info.size });
   }
 }
+
+interface PartStream {
+  c: number;
+  /** The offset the next part must have. */
+  next: number;
+  expected: number;
+  receiver: ChunkReceiver | null;
+  abort: AbortController | null;
+}
+
+const noop = (): void => {};
 
 function checksumOf(k: WireChecksum): ChunkChecksum {
   return { algorithm: k.a, expected: k.v };

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AckMessage, ErrorMessage, HelloMessage, ServerMessage } from '../../src/protocol/messages.js';
-import { PREFIX, bytesOf, call, initUpload, slice, startServer } from '../fixtures/server.js';
+import { encodeFrame } from '../../src/protocol/codec.js';
+import { PREFIX, bytesOf, call, initUpload, putChunk, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket } from '../fixtures/ws-client.js';
 
@@ -60,7 +61,7 @@ interface SendResult {
 /**
  * Sends `chunks` keeping at most `window` unanswered and, unless `followWindow` is false, no more than the server
  * told (hello, then `window` messages), as a client must; stops when every chunk is answered and, if `untilClose`,
- * reads on to the close.
+ * reads on to the close. `partSize` > 0: each chunk goes as `part` frames of that size.
  */
 async function sendWindowed(
   s: TestSocket,
@@ -70,6 +71,7 @@ async function sendWindowed(
   window: number,
   untilClose = true,
   followWindow = true,
+  partSize = 0,
 ): Promise<SendResult> {
   const queue = chunks.slice();
   const out: SendResult = { windows: [], acks: [], errors: [], tail: [], maxInFlight: 0 };
@@ -81,7 +83,8 @@ async function sendWindowed(
     while (inFlight.size < window && queue.length > 0) {
       const c = queue.shift()!;
       inFlight.add(c);
-      s.nativeChunk(c, slice(data, chunkSize, c));
+      if (partSize > 0) s.nativeParts(c, slice(data, chunkSize, c), partSize);
+      else s.nativeChunk(c, slice(data, chunkSize, c));
     }
     out.maxInFlight = Math.max(out.maxInFlight, inFlight.size);
   };
@@ -368,6 +371,119 @@ describe('WebSocket, updraft.v1', () => {
     }
     const r = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(r.json.code).toBe('ERR_UPLOAD_CANCELLED');
+  });
+});
+
+describe('WebSocket, updraft.v1 parts', () => {
+  it('streams chunks sent as parts across slab boundaries, mixed with whole chunk frames, byte for byte', async () => {
+    // 64 KiB slabs and 256 KiB chunks: every chunk spans four slabs, and 20,000-byte parts end off the 4 KiB grid.
+    server = await startServer({ batchSize: 64 * 1024 });
+    const cs = 256 * 1024;
+    const data = bytesOf(9 * cs + 4097);
+    const { guid, totalChunks } = await init(data.length, cs, 'parts.bin');
+    const { s } = await open(guid);
+    const all = [...Array(totalChunks).keys()];
+    const parts = await sendWindowed(s, data, cs, shuffled(all.filter((c) => c % 3 !== 0), 7), 8, false, true, 20_000);
+    expect(parts.errors).toEqual([]);
+    expect(parts.acks.every((a) => a.dup === undefined)).toBe(true);
+    // One byte per part, and the chunks that are left as whole frames.
+    s.nativeParts(3, slice(data, cs, 3).subarray(0, 300), 1);
+    s.nativePart(3, 300, slice(data, cs, 3).subarray(300));
+    expect(await s.nextFrame()).toMatchObject({ t: 'ack', c: 3 });
+    const rest = await sendWindowed(s, data, cs, all.filter((c) => c % 3 === 0 && c !== 3), 8);
+    expect(rest.errors).toEqual([]);
+    expectCompleteTail(rest.tail, 'parts.bin', data.length, totalChunks);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'parts.bin')), data)).toBe(0);
+  });
+
+  it('answers a chunk already stored, sent again as parts, as a duplicate and keeps the stored bytes', async () => {
+    server = await startServer();
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, CS, 'dup.bin');
+    const { s } = await open(guid);
+    s.nativeParts(0, slice(data, CS, 0), 10_000);
+    expect(await s.nextFrame()).toEqual({ t: 'ack', c: 0, rc: 1, rb: CS });
+    s.nativeParts(0, bytesOf(CS), 10_000);
+    expect(await s.nextFrame()).toEqual({ t: 'ack', c: 0, dup: true, rc: 1, rb: CS });
+    const r = await sendWindowed(s, data, CS, [1], 8, true, true, 10_000);
+    expectCompleteTail(r.tail, 'dup.bin', data.length, 2);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'dup.bin')), data)).toBe(0);
+  });
+
+  it('refuses one chunk (out of range, parts past its end) with a chunk error, drops its other parts, and goes on', async () => {
+    server = await startServer();
+    const data = bytesOf(2 * CS + 100);
+    const { guid } = await init(data.length, CS, 'refused.bin');
+    const { s } = await open(guid);
+    s.nativeParts(7, bytesOf(CS), 16_384);
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_OUT_OF_RANGE', c: 7, retry: false });
+    // The last chunk is 100 bytes: a second part that runs past its end.
+    s.nativePart(2, 0, slice(data, CS, 2).subarray(0, 60));
+    s.nativePart(2, 60, bytesOf(41));
+    s.nativePart(2, 101, bytesOf(10)); // the rest of the refused chunk: dropped without a reply
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_TOO_LARGE', c: 2, retry: false });
+    s.nativeStatus();
+    expect(await s.nextFrame()).toEqual({ t: 'progress', rc: 0, tc: 3, rb: 0, complete: false });
+    const r = await sendWindowed(s, data, CS, [2, 0, 1], 8, true, true, 16_384);
+    expect(r.errors).toEqual([]);
+    expectCompleteTail(r.tail, 'refused.bin', data.length, 3);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'refused.bin')), data)).toBe(0);
+  });
+
+  it.each([
+    ['a first part that does not start at 0', (s: TestSocket, d: Uint8Array) => s.nativePart(0, 10, d.subarray(10, 20))],
+    ['a gap between parts', (s: TestSocket, d: Uint8Array) => {
+      s.nativePart(0, 0, d.subarray(0, 100));
+      s.nativePart(0, 101, d.subarray(101, 200));
+    }],
+    ['another chunk before the unfinished one ends', (s: TestSocket, d: Uint8Array) => {
+      s.nativePart(0, 0, d.subarray(0, 100));
+      s.nativePart(1, 0, d.subarray(CS, CS + 100));
+    }],
+    ['a whole chunk frame before the unfinished one ends', (s: TestSocket, d: Uint8Array) => {
+      s.nativePart(0, 0, d.subarray(0, 100));
+      s.nativeChunk(1, d.subarray(CS, 2 * CS));
+    }],
+    ['an empty part', (s: TestSocket) => s.sendBinary(encodeFrame({ t: 'part', c: 0, o: 0 }))],
+  ])('closes with 4000 on %s; the unfinished chunk is not stored and can be sent again', async (_name, send) => {
+    server = await startServer();
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, CS, 'broken.bin');
+    const { s } = await open(guid);
+    send(s, data);
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_HEADER_INVALID', retry: false });
+    expect((await s.closed).code).toBe(4000);
+    expect(await status(guid)).toMatchObject({ uploadStatus: 'active', receivedChunks: 0, missingChunks: [0, 1] });
+    // The half-received chunk's claim is gone: a PUT of it is written at once.
+    expect((await putChunk(server.base, guid, 0, slice(data, CS, 0))).status).toBe(200);
+    const again = await open(guid);
+    const r = await sendWindowed(again.s, data, CS, [1], 8, true, true, 5000);
+    expectCompleteTail(r.tail, 'broken.bin', data.length, 2);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'broken.bin')), data)).toBe(0);
+  });
+
+  it('a connection lost in the middle of a chunk leaves that chunk unset and unclaimed', async () => {
+    server = await startServer({ batchSize: 64 * 1024 });
+    const cs = 256 * 1024;
+    const data = bytesOf(2 * cs);
+    const { guid } = await init(data.length, cs, 'lost.bin');
+    const { s } = await open(guid);
+    s.nativePart(1, 0, slice(data, cs, 1).subarray(0, 200_000)); // three slabs handed to the writers, one filling
+    s.nativeStatus();
+    expect(await s.nextFrame()).toMatchObject({ t: 'progress', rc: 0 });
+    s.ws.terminate();
+    await s.closed;
+    // Its slabs come back once the writes queued before the close have run (the pool may still be starting).
+    let inFlight = -1;
+    for (let i = 0; i < 100 && inFlight !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      inFlight = (await call(server.base, 'GET', '/healthz')).json.data!.inFlightBytes as number;
+    }
+    expect(inFlight).toBe(0);
+    expect(await status(guid)).toMatchObject({ receivedChunks: 0, missingChunks: [0, 1] });
+    expect((await putChunk(server.base, guid, 1, slice(data, cs, 1))).status).toBe(200);
+    expect((await putChunk(server.base, guid, 0, slice(data, cs, 0))).status).toBe(200);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'lost.bin')), data)).toBe(0);
   });
 });
 
