@@ -46,6 +46,12 @@ export interface UploadOptions {
   parallel?: number;
   /** Most unacknowledged chunks on the WebSocket; the server's hello may lower it. Default the server's. */
   window?: number;
+  /**
+   * WebSocket: a chunk longer than this goes as `part` frames of this many bytes, which the server writes as they
+   * arrive instead of holding a whole chunk per frame. 0: every chunk in one frame. Default 2 MiB. Chunks with a
+   * checksum always go whole.
+   */
+  partSize?: number;
   /** 'sha256': every WebSocket chunk carries its digest and the server checks it (the HTTP PUT has no such field). */
   checksum?: 'sha256';
   /** Stops the upload without deleting it on the server; `done` rejects with ERR_ABORTED (resume with the guid). */
@@ -90,6 +96,8 @@ interface Completion {
   size: number;
 }
 
+/** WebSocket part size (UploadOptions.partSize): the server's slab size, so each part fills one slab. */
+const DEFAULT_PART_SIZE = 2 * 1024 * 1024;
 const TERMINAL: ReadonlySet<UploadState> = new Set(['done', 'failed', 'cancelled']);
 
 function positiveInt(name: string, v: unknown, min = 1): number | undefined {
@@ -122,6 +130,7 @@ export class UploadHandle {
   readonly #mode: TransportMode;
   readonly #parallel: number;
   readonly #window: number | undefined;
+  readonly #partSize: number;
   readonly #chunkSize: number | undefined;
   readonly #retry: RetryPolicy;
   readonly #ac = new AbortController();
@@ -159,6 +168,7 @@ export class UploadHandle {
     if (!['auto', 'websocket', 'http'].includes(this.#mode)) throw new TypeError(`transport must be auto, websocket or http`);
     this.#parallel = positiveInt('parallel', options.parallel) ?? 4;
     this.#window = positiveInt('window', options.window);
+    this.#partSize = options.partSize === 0 ? 0 : (positiveInt('partSize', options.partSize) ?? DEFAULT_PART_SIZE);
     this.#chunkSize = positiveInt('chunkSize', options.chunkSize);
     if (options.checksum !== undefined && options.checksum !== 'sha256') throw new TypeError(`checksum must be 'sha256'`);
     this.#retry = resolveRetry(options.retry);
@@ -440,6 +450,7 @@ export class UploadHandle {
         plan: this.#plan!,
         source: this.#src!,
         window: this.#window,
+        partSize: this.#partSize,
         checksum: this.#o.checksum,
         connectTimeoutMs: this.#o.connectTimeoutMs ?? 10_000,
         retry: this.#retry,

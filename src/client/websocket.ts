@@ -78,6 +78,8 @@ export interface WsSessionOptions {
   source: ChunkSource;
   /** Upper bound for chunks in flight; the server's hello may lower it. */
   window: number | undefined;
+  /** A chunk longer than this (and without a checksum) goes as `part` frames of this size; 0: never. */
+  partSize: number;
   checksum: 'sha256' | undefined;
   connectTimeoutMs: number;
   retry: RetryPolicy;
@@ -322,7 +324,14 @@ export class WsSession {
             o.plan.release(c);
             return;
           }
-          this.#ws!.send(encodeFrame(header, bytes));
+          if (header.k === undefined && o.partSize > 0 && bytes.length > o.partSize) {
+            // Parts of one chunk go back to back (no await between them): nothing else may come in between.
+            for (let off = 0; off < bytes.length; off += o.partSize) {
+              this.#ws!.send(encodeFrame({ t: 'part', c, o: off }, bytes.subarray(off, off + o.partSize)));
+            }
+          } else {
+            this.#ws!.send(encodeFrame(header, bytes));
+          }
         }
       } while (this.#pumpAgain && !this.#settled);
     } catch (e) {
