@@ -219,10 +219,11 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
       'kept-alive connections, `Expect:` disabled; the bytes come from chunk files pre-split on tmpfs once per scenario. ' +
       'Updraft and the Node peers get their init POST from fetch; tus gets POST (fetch) then sequential PATCHes (curl).',
     'WebSocket client: one Node process per run (the `ws` package, started before the warm-up), one connection per upload; ' +
-      'updraft.v1 keeps min(8, hello.window) chunk frames unacknowledged, PSWebHost sends JSON metadata then the chunk ' +
-      '(serial: waits for each progress; pipelined: 8 in flight). Each chunk is read from its tmpfs file into a reused ' +
-      'buffer (the updraft.v1 prefix written in front by encodeFrame, no copy), frames are masked with a zero key so `ws` ' +
-      'sends the buffer without a masked copy. Done at `complete`, every chunk acknowledged exactly once.',
+      'updraft.v1 keeps min(8, hello.window) chunks unacknowledged, each sent as `part` frames of 2 MiB (the Updraft ' +
+      "client's default); PSWebHost sends JSON metadata then the chunk as one frame (serial: waits for each progress; " +
+      'pipelined: 8 in flight). Each chunk is read from its tmpfs file into a reused buffer (each updraft.v1 prefix ' +
+      'written in front of its bytes by encodeFrame, no copy), frames are masked with a zero key so `ws` sends the ' +
+      'buffer without a masked copy. Done at `complete`, every chunk acknowledged exactly once.',
     'Users: Updraft is started with 16 bearer tokens and each upload is sent as the next user in turn, so 16 uploads at ' +
       'once come from 16 users (Updraft limits one user to 256 MiB of PUT chunk bytes in flight and 8 WebSockets).',
     'Throughput: content bytes / wall time from just before the first request (init included) to the last reply, MB = 10^6 bytes.',

@@ -57,10 +57,12 @@ export interface FaultCounts {
   vanish: number;
   cancel: number;
   wsDrop: number;
+  /** updraft.v1 chunks sent as `part` frames. */
+  wsParts: number;
 }
 
 export function emptyFaults(): FaultCounts {
-  return { cut: 0, reset: 0, stall: 0, slow: 0, dupSame: 0, concurrent: 0, altBytes: 0, altCut: 0, checksumBad: 0, vanish: 0, cancel: 0, wsDrop: 0 };
+  return { cut: 0, reset: 0, stall: 0, slow: 0, dupSame: 0, concurrent: 0, altBytes: 0, altCut: 0, checksumBad: 0, vanish: 0, cancel: 0, wsDrop: 0, wsParts: 0 };
 }
 
 export class UploadRecord {

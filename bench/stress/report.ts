@@ -46,7 +46,7 @@ export function formatReport(r: StressResult, replay: string): string {
   lines.push('');
   lines.push(`  faults: proxy cut ${p.cuts}, reset ${p.resets}, stall ${p.stalls}, refused while down ${p.upstreamRefused} (of ${p.connections} connections); ` +
     `slow senders ${f.slow}, same chunk twice ${f.dupSame}, same chunk on several connections ${f.concurrent}, different bytes ${f.altBytes}, ` +
-    `different bytes cut short ${f.altCut}, bad checksum ${f.checksumBad}, ws drops ${f.wsDrop}, cancels ${f.cancel}, vanished ${f.vanish}`);
+    `different bytes cut short ${f.altCut}, bad checksum ${f.checksumBad}, ws drops ${f.wsDrop}, chunks sent as ws parts ${f.wsParts}, cancels ${f.cancel}, vanished ${f.vanish}`);
   if (r.serverErrorLines.length > 0) lines.push(`  server logged ${r.serverErrorLines.length} error line(s); first: ${r.serverErrorLines[0]!.slice(0, 300)}`);
   lines.push(...list('corrupted', r.corrupted));
   lines.push(...list('stray files', r.strayFiles));

@@ -4,7 +4,7 @@
  *
  * Per chunk it may also misbehave: send the same frame twice inside its window, attach a correct checksum, or send
  * different bytes under the checksum of the right ones (the server must refuse them with ERR_CHECKSUM_MISMATCH,
- * `retry: true`, and write nothing). Some uploads use two connections at once that both send every missing chunk.
+ * `retry: true`, and write nothing). Half of the chunks without a checksum go as `part` frames of a random size. Some uploads use two connections at once that both send every missing chunk.
  * It resumes like a real client: a new connection's `hello` bitmap says what is missing.
  */
 import { createHash } from 'node:crypto';
@@ -289,19 +289,32 @@ export class WsClient {
     let complete = false;
     let fatal: string | null = null;
     let lastHeard = Date.now();
+    const partsRng = r.split('parts');
     const send = (c: number, version: number, bad: boolean, k?: WireChecksum): void => {
       const bytes = this.content.chunk(c, version);
-      const prefix = encodeFramePrefix(k ? { t: 'chunk', c, k } : { t: 'chunk', c });
-      const frame = Buffer.allocUnsafe(prefix.length + bytes.length);
-      frame.set(prefix, 0);
-      frame.set(bytes, prefix.length);
+      // Half of the chunks without a checksum go as `part` frames of a random size (at most 64 of them), so cuts
+      // and drops also land between the parts of a chunk.
+      const partSize = k === undefined && bytes.length > 1 && partsRng.chance(0.5)
+        ? Math.max(Math.ceil(bytes.length / 64), partsRng.int(1, bytes.length - 1))
+        : 0;
+      const frames: Buffer[] = [];
+      if (partSize > 0) {
+        rec.faults.wsParts++;
+        for (let o = 0; o < bytes.length; o += partSize) frames.push(Buffer.from(encodeFrame({ t: 'part', c, o }, bytes.subarray(o, o + partSize))));
+      } else {
+        const prefix = encodeFramePrefix(k ? { t: 'chunk', c, k } : { t: 'chunk', c });
+        const frame = Buffer.allocUnsafe(prefix.length + bytes.length);
+        frame.set(prefix, 0);
+        frame.set(bytes, prefix.length);
+        frames.push(frame);
+      }
       const list = inFlight.get(c) ?? [];
       list.push({ version, badChecksum: bad });
       inFlight.set(c, list);
       inFlightCount++;
       if (bad) rec.chunks[c]!.forbidden.add(version);
       else rec.chunks[c]!.possible.add(version);
-      conn.ws.send(frame, { binary: true });
+      for (const frame of frames) conn.ws.send(frame, { binary: true });
     };
     const take = (c: number): InFlight | undefined => {
       const list = inFlight.get(c);

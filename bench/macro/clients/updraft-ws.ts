@@ -30,6 +30,8 @@ export interface WsCommand {
   readonly chunkSize: number;
   readonly fileSize: number;
   readonly timeoutMs: number;
+  /** updraft.v1: send a chunk longer than this as `part` frames of this size (docs/PROTOCOL.md); absent: whole. */
+  readonly partSize?: number;
 }
 
 /** The runner's answer to one command (one JSON line). */
@@ -136,6 +138,8 @@ export interface WsClientOptions {
   readonly protocol: WsProtocol;
   /** updraft.v1 window / PSWebHost chunks in flight (1 = serial). */
   readonly inFlight: number;
+  /** updraft.v1: chunks longer than this go as `part` frames of this size; absent: one frame per chunk. */
+  readonly partSize?: number;
   readonly timeoutMs: number;
   readonly runner: WsRunner;
   readonly tokens?: readonly string[];
@@ -151,12 +155,15 @@ export class WsUploadClient implements UploadClient {
   }
 
   describe(): string {
-    if (this.#o.protocol === 'updraft.v1') return `ws updraft.v1 w${this.#o.inFlight}`;
+    if (this.#o.protocol === 'updraft.v1') {
+      const parts = this.#o.partSize === undefined ? '' : ` p${this.#o.partSize / (1024 * 1024)}M`;
+      return `ws updraft.v1 w${this.#o.inFlight}${parts}`;
+    }
     return this.#o.inFlight === 1 ? 'ws PSWebHost serial' : `ws PSWebHost x${this.#o.inFlight}`;
   }
 
   async upload(job: UploadJob): Promise<UploadReceipt> {
-    const { baseUrl, prefix, protocol, inFlight, timeoutMs, runner } = this.#o;
+    const { baseUrl, prefix, protocol, inFlight, timeoutMs, runner, partSize } = this.#o;
     const route = `${baseUrl}${prefix}/upload-chunk`;
     const token = this.#tokens.take();
     const guid = await initUpload(route, job, timeoutMs, token);
@@ -170,6 +177,7 @@ export class WsUploadClient implements UploadClient {
       chunkSize: content.chunkSize,
       fileSize: content.fileSize,
       timeoutMs,
+      ...(partSize === undefined ? {} : { partSize }),
     });
     if (!result.ok) throw new Error(`${this.describe()}: ${result.error ?? 'failed'}`);
     return { id: guid };

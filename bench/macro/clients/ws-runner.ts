@@ -138,7 +138,8 @@ function upload(cmd: WsCommand): Promise<Omit<WsResult, 'id'>> {
       while (!settled && window > 0 && inFlight < window && next < totalChunks && slotsHeld < SLOTS_PER_CONNECTION) {
         const c = next;
         const length = lengthOf(c);
-        const slot = takeSlot(PREFIX_ROOM + length);
+        const parts = native && cmd.partSize !== undefined && length > cmd.partSize ? Math.ceil(length / cmd.partSize) : 1;
+        const slot = takeSlot(parts * PREFIX_ROOM + length);
         if (slot === undefined) {
           waiting.add(pump);
           return;
@@ -147,6 +148,10 @@ function upload(cmd: WsCommand): Promise<Omit<WsResult, 'id'>> {
         slotsHeld++;
         inFlight++;
         state[c] = 1;
+        if (parts > 1) {
+          sendParts(c, length, slot);
+          continue;
+        }
         let frame: Buffer;
         try {
           if (native) {
@@ -174,6 +179,46 @@ function upload(cmd: WsCommand): Promise<Omit<WsResult, 'id'>> {
           else pump();
         });
       }
+    }
+
+    /**
+     * Chunk `c` as `part` frames of cmd.partSize: each part is read into the slot after room for its own prefix, so
+     * every frame is contiguous and nothing is copied; the slot is free once the last part is on the wire.
+     */
+    function sendParts(c: number, length: number, slot: Buffer): void {
+      const partSize = cmd.partSize!;
+      const frames: Buffer[] = [];
+      try {
+        const fd = fs.openSync(cmd.chunkPaths[c]!, 'r');
+        try {
+          for (let o = 0, at = 0; o < length; o += partSize, at += PREFIX_ROOM + partSize) {
+            const n = Math.min(partSize, length - o);
+            const message = { t: 'part', c, o } as const;
+            const start = at + PREFIX_ROOM;
+            if (fs.readSync(fd, slot, start, n, o) !== n) throw new Error(`${cmd.chunkPaths[c]!}: short read at ${o}`);
+            const prefix = encodeFramePrefix(message).length;
+            const view = encodeFrame(message, slot.subarray(start, start + n), slot.subarray(start - prefix));
+            frames.push(slot.subarray(start - prefix, start - prefix + view.length));
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch (error) {
+        slotsHeld--;
+        giveSlot(slot);
+        finish(`chunk ${c}: ${(error as Error).message}`);
+        return;
+      }
+      frames.forEach((frame, i) => {
+        const last = i === frames.length - 1;
+        ws.send(frame, { binary: true }, (error) => {
+          if (error) finish(`send of chunk ${c} failed: ${error.message}`);
+          if (!last) return;
+          slotsHeld--;
+          giveSlot(slot);
+          if (!error) pump();
+        });
+      });
     }
 
     function chunkAnswered(c: number, duplicate: boolean): void {

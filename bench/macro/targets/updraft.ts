@@ -16,7 +16,8 @@
  *
  * Transports (the client the target is driven by):
  *   - `http`: the PUT wire API through curl (ChunkPutClient, prefix /api/v1/files), the scenario's PUTs in flight;
- *   - `ws`: `updraft.v1` WebSocket frames, window 8 (WsUploadClient over the ws-runner child process);
+ *   - `ws`: `updraft.v1` WebSocket frames, window 8, each chunk as `part` frames of 2 MiB (what the Updraft client
+ *     sends by default; WsUploadClient over the ws-runner child process);
  *   - `ps-serial`, `ps-pipelined`: the PSWebHost WebSocket protocol, one chunk at a time / 8 in flight.
  */
 import fs from 'node:fs';
@@ -36,6 +37,8 @@ const BENCH_TOKENS = Array.from({ length: BENCH_USERS }, (_, i) => `bench-token-
 const TOKENS_ENV = BENCH_TOKENS.map((t, i) => `bench${String(i).padStart(2, '0')}:${t}`).join(',');
 /** updraft.v1 window and PSWebHost pipelining depth: the server's default `wsWindow`. */
 export const WS_WINDOW = 8;
+/** updraft.v1 part size: the Updraft client's default (UploadOptions.partSize). */
+export const WS_PART_SIZE = 2 * 1024 * 1024;
 
 export type Durability = 'chunk' | 'upload';
 export type LockMode = 'chunk' | 'upload';
@@ -54,7 +57,7 @@ export function updraftTargetId(v: UpdraftVariant): string {
 
 const TRANSPORT_LABEL: Record<Transport, string> = {
   http: 'PUT',
-  ws: `updraft.v1 w${WS_WINDOW}`,
+  ws: `updraft.v1 w${WS_WINDOW} p${WS_PART_SIZE / (1024 * 1024)}M`,
   'ps-serial': 'PSWebHost WS serial',
   'ps-pipelined': `PSWebHost WS x${WS_WINDOW}`,
 };
@@ -111,6 +114,7 @@ export function updraftTarget(variant: UpdraftVariant): TargetSpec {
           prefix: WIRE_PREFIX,
           protocol: transport === 'ws' ? 'updraft.v1' : 'pswebhost',
           inFlight: transport === 'ps-serial' ? 1 : WS_WINDOW,
+          ...(transport === 'ws' ? { partSize: WS_PART_SIZE } : {}),
           timeoutMs: context.requestTimeoutMs,
           runner,
           tokens: BENCH_TOKENS,
