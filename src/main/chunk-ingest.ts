@@ -14,6 +14,7 @@ import { checkChunkInRange } from '../protocol/validate.js';
 import { chunkLength, isChunkSet } from '../workers/shared-layout.js';
 import type { ChunkChecksum, WriteResult, WriteTask } from '../workers/task-types.js';
 import type { ResolvedOptions } from './options.js';
+import { copyIntoSlab } from './slab-pool.js';
 import type { SlabPool, Slab } from './slab-pool.js';
 import type { Upload, CompletionInfo } from './upload.js';
 import type { UploadRegistry } from './upload-registry.js';
@@ -200,7 +201,7 @@ export async function writeWholeChunk(
       break;
     }
     const n = Math.min(slab.size, bytes.length - off);
-    slab.bytes.set(bytes.subarray(off, off + n));
+    copyIntoSlab(slab, bytes.subarray(off, off + n), 0);
     pieces.push({ data: slab.sab, dataOffset: slab.offset, length: n, slab });
     off += n;
   }
@@ -344,7 +345,7 @@ export class ChunkReceiver {
    */
   #place(piece: Uint8Array, owned: boolean): void {
     if (this.#pending.length > 0) {
-      this.#pending.push(owned ? piece : piece.slice());
+      this.#pending.push(owned ? piece : new Uint8Array(piece)); // a copy whatever the view type (Buffer#slice is not)
       return;
     }
     let off = 0;
@@ -352,7 +353,7 @@ export class ChunkReceiver {
       if (!this.#slab) {
         const slab = this.#acquire();
         if (!slab) {
-          this.#pending.push(owned ? piece.subarray(off) : piece.slice(off));
+          this.#pending.push(owned ? piece.subarray(off) : new Uint8Array(piece.subarray(off)));
           this.#pause();
           return;
         }
@@ -360,7 +361,7 @@ export class ChunkReceiver {
       }
       const slab = this.#slab!;
       const n = Math.min(slab.size - this.#fill, piece.length - off);
-      slab.bytes.set(piece.subarray(off, off + n), this.#fill);
+      copyIntoSlab(slab, piece.subarray(off, off + n), this.#fill);
       this.#fill += n;
       off += n;
       // A full slab goes to the pool, unless it ends the chunk: the last piece waits for finish(). This body keeps
@@ -387,7 +388,7 @@ export class ChunkReceiver {
     // Every byte is in: finish() is about to seal this slab as the chunk's last piece.
     if (this.received === this.expected) return;
     const whole = this.#fill - (this.#fill % DIRECT_BLOCK);
-    const tail = slab.bytes.slice(whole, this.#fill);
+    const tail = new Uint8Array(slab.bytes.subarray(whole, this.#fill)); // a copy: the slab goes back to the pool
     if (whole > 0) {
       this.#fill = whole;
       this.#flushSlab();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SlabPool, type Slab } from '../../src/main/slab-pool.js';
+import { SlabPool, copyIntoSlab, type Slab } from '../../src/main/slab-pool.js';
 
 const KIB = 1024;
 
@@ -42,6 +42,22 @@ describe('SlabPool', () => {
     // No two slabs share a byte: each writes its index everywhere and reads it back intact.
     slabs.forEach((s, i) => s.bytes.fill(i + 1));
     slabs.forEach((s, i) => expect(s.bytes.every((b) => b === i + 1)).toBe(true));
+  });
+
+  it('copyIntoSlab copies exactly the source bytes at the offset and touches nothing around them', () => {
+    const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
+    const [a, b] = [pool.tryAcquire()!, pool.tryAcquire()!];
+    a.bytes.fill(0xaa);
+    b.bytes.fill(0xbb);
+    const src = Uint8Array.from({ length: 1000 }, (_, i) => i % 251);
+    copyIntoSlab(a, src.subarray(10, 510), 4 * KIB - 500); // ends exactly at the slab's end
+    copyIntoSlab(a, src.subarray(0, 3), 7);
+    copyIntoSlab(a, new Uint8Array(0), 100); // nothing to copy
+    const want = Buffer.alloc(4 * KIB, 0xaa);
+    want.set(src.subarray(10, 510), 4 * KIB - 500);
+    want.set(src.subarray(0, 3), 7);
+    expect(Buffer.compare(a.bytes, want)).toBe(0);
+    expect(b.bytes.every((x) => x === 0xbb)).toBe(true); // the neighbour in the same arena is intact
   });
 
   it('reuses released slabs instead of allocating', () => {
