@@ -492,19 +492,35 @@ class NativeSession extends Session {
   #limit = 0;
   /** The chunk whose parts are arriving; `receiver` null: it was refused, and its remaining parts are dropped. */
   #streaming: PartStream | null = null;
+  /** The client sends its chunks as `part` frames (see chunkSize). */
+  #parts = false;
 
   override get window(): number {
     return this.#told;
   }
 
-  /** WindowHolder: the bytes one slot stands for, and the most this connection may be given. */
+  /**
+   * WindowHolder: the bytes one slot stands for. A chunk sent as one frame is held twice at worst (whole in uWS's
+   * buffer while it arrives, then in the slabs); one sent as parts only once, so its slot counts half.
+   */
   get chunkSize(): number {
-    return this.upload.chunkSize;
+    return this.#parts ? Math.ceil(this.upload.chunkSize / 2) : this.upload.chunkSize;
   }
 
-  /** `wsWindow` chunks, but never more than WINDOW_BYTES of them (and at least 2). */
+  /** `wsWindow` chunks, but never more than WINDOW_BYTES of them (twice that as parts), and at least 2. */
   get cap(): number {
-    return Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(WINDOW_BYTES / this.upload.chunkSize)));
+    const bytes = this.#parts ? 2 * WINDOW_BYTES : WINDOW_BYTES;
+    return Math.min(this.ctx.options.wsWindow, Math.max(2, Math.floor(bytes / this.upload.chunkSize)));
+  }
+
+  /**
+   * The client sends its chunks as parts (a first part came) or whole (a `chunk` frame longer than half a chunk
+   * came): the scheduler counts its slots accordingly from now on.
+   */
+  #sendsParts(parts: boolean): void {
+    if (this.#parts === parts) return;
+    this.#parts = parts;
+    this.hub.windows.reweigh(this);
   }
 
   /** WindowHolder: the scheduler changed this connection's window. Before hello, hello carries it. */
@@ -564,6 +580,7 @@ class NativeSession extends Session {
           return;
         }
         this.write(m.c, frame.payload, m.k && checksumOf(m.k));
+        if (frame.payload.length > this.upload.chunkSize / 2) this.#sendsParts(false);
         return;
       }
       case 'part':
@@ -659,6 +676,7 @@ class NativeSession extends Session {
     const stream: PartStream = { c, next: 0, expected, receiver, abort };
     this.#streaming = stream;
     this.#push(stream, payload);
+    if (this.#streaming === stream) this.#sendsParts(true); // a chunk really in parts, not one whole part
   }
 
   #push(p: PartStream, payload: Uint8Array): void {

@@ -6,7 +6,9 @@
  * (`budgetBytes`), instead of each connection having its own fixed window (16 connections x 8 x 8 MiB was 1 GiB).
  *
  * - While the budget has room for every connection, each gets an even share: `floor(budget / (n * chunkSize))`
- *   chunks, at most its cap (`wsWindow`, and 64 MiB of chunks).
+ *   chunks, at most its cap (`wsWindow`, and 64 MiB of chunks). A holder's `chunkSize` is the bytes one slot
+ *   stands for: ws-routes.ts counts a connection that sends its chunks as `part` frames at half a chunk (no whole
+ *   chunk waits in uWS's buffer), with twice the cap, and calls `reweigh` when that changes.
  * - A new connection starts with a window of 1, doubled each time one of its chunks is answered, up to its share
  *   (slow start). Connections tend to open in bursts: the first of a burst would otherwise be told a whole budget's
  *   window and send it all before it hears of the others.
@@ -36,6 +38,9 @@ export interface WindowHolder {
 
 interface Entry {
   window: number;
+  /** The holder's chunkSize and cap when it was added or last reweighed (`#used` is counted with this size). */
+  slot: number;
+  cap: number;
   /** Slow start: the most this connection may be given yet (1, then doubled per answered chunk, up to its cap). */
   ramp: number;
   /** When the holder last had a chunk in flight or was given its window (for the idle check). */
@@ -77,7 +82,7 @@ export class WindowScheduler {
   /** A connection opened. Its window is set (and `windowChanged` called) before this returns. */
   add(h: WindowHolder): void {
     if (this.#entries.has(h)) return;
-    this.#entries.set(h, { window: 0, ramp: 1, lastActive: performance.now() });
+    this.#entries.set(h, { window: 0, slot: h.chunkSize, cap: h.cap, ramp: 1, lastActive: performance.now() });
     this.#rebalance(h);
   }
 
@@ -85,10 +90,23 @@ export class WindowScheduler {
   remove(h: WindowHolder): void {
     const e = this.#entries.get(h);
     if (!e) return;
-    this.#used -= e.window * h.chunkSize;
+    this.#used -= e.window * e.slot;
     this.#entries.delete(h);
     const i = this.#waiting.indexOf(h);
     if (i !== -1) this.#waiting.splice(i, 1);
+    this.#rebalance(null);
+  }
+
+  /**
+   * `h.chunkSize` or `h.cap` changed (its client started or stopped sending chunks as parts): its slots are counted
+   * at the new size from now on, and every window is worked out again.
+   */
+  reweigh(h: WindowHolder): void {
+    const e = this.#entries.get(h);
+    if (!e || (e.slot === h.chunkSize && e.cap === h.cap)) return;
+    this.#used += e.window * (h.chunkSize - e.slot);
+    e.slot = h.chunkSize;
+    e.cap = h.cap;
     this.#rebalance(null);
   }
 
@@ -101,9 +119,9 @@ export class WindowScheduler {
     if (!e) return;
     e.lastActive = performance.now();
     if (this.#waiting.length === 0) {
-      if (e.ramp < h.cap) {
-        e.ramp = Math.min(h.cap, e.ramp * 2);
-        const target = this.#target(h, e);
+      if (e.ramp < e.cap) {
+        e.ramp = Math.min(e.cap, e.ramp * 2);
+        const target = this.#target(e);
         if (target > e.window) this.#set(h, e, target);
       }
       return;
@@ -128,13 +146,13 @@ export class WindowScheduler {
   #rebalance(added: WindowHolder | null): void {
     if (this.#entries.size === 0) return;
     let roomForAll = true;
-    for (const h of this.#entries.keys()) if (this.#share(h) < 1) roomForAll = false;
+    for (const e of this.#entries.values()) if (this.#share(e) < 1) roomForAll = false;
     if (roomForAll) {
       this.#waiting.length = 0;
       // Lower first, then raise: the sum never passes the budget in between.
       const entries = [...this.#entries];
-      for (const [h, e] of entries) if (this.#target(h, e) < e.window) this.#set(h, e, this.#target(h, e));
-      for (const [h, e] of entries) if (this.#target(h, e) > e.window) this.#set(h, e, this.#target(h, e));
+      for (const [h, e] of entries) if (this.#target(e) < e.window) this.#set(h, e, this.#target(e));
+      for (const [h, e] of entries) if (this.#target(e) > e.window) this.#set(h, e, this.#target(e));
       this.#stopSweep();
       return;
     }
@@ -144,23 +162,23 @@ export class WindowScheduler {
     if (this.#waiting.length > 0) this.#startSweep();
   }
 
-  /** The even share of the budget for `h` among the open connections, capped. 0 when the budget is short. */
-  #share(h: WindowHolder): number {
-    return Math.min(h.cap, Math.floor(this.#budget / (this.#entries.size * h.chunkSize)));
+  /** The even share of the budget for a connection among the open ones, capped. 0 when the budget is short. */
+  #share(e: Entry): number {
+    return Math.min(e.cap, Math.floor(this.#budget / (this.#entries.size * e.slot)));
   }
 
-  /** The window `h` should have while there is room for all: its share, within its slow start. */
-  #target(h: WindowHolder, e: Entry): number {
-    return Math.min(this.#share(h), e.ramp);
+  /** The window a connection should have while there is room for all: its share, within its slow start. */
+  #target(e: Entry): number {
+    return Math.min(this.#share(e), e.ramp);
   }
 
   /** Hands free slots (window 0 -> 1) to waiting connections, oldest first. One chunk always fits an idle budget. */
   #grant(): void {
     while (this.#waiting.length > 0) {
       const h = this.#waiting[0]!;
-      if (this.#used > 0 && this.#used + h.chunkSize > this.#budget) break;
-      this.#waiting.shift();
       const e = this.#entries.get(h)!;
+      if (this.#used > 0 && this.#used + e.slot > this.#budget) break;
+      this.#waiting.shift();
       e.lastActive = performance.now();
       this.#set(h, e, 1);
     }
@@ -169,7 +187,7 @@ export class WindowScheduler {
 
   #set(h: WindowHolder, e: Entry, window: number): void {
     if (window === e.window) return;
-    this.#used += (window - e.window) * h.chunkSize;
+    this.#used += (window - e.window) * e.slot;
     e.window = window;
     h.windowChanged(window);
   }

@@ -462,6 +462,24 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'broken.bin')), data)).toBe(0);
   });
 
+  it('counts the window slots of a client that sends parts at half a chunk: twice the window of one sending whole chunks', async () => {
+    // Windows share half of maxInFlightBytes: 128 KiB, two 64 KiB chunks sent whole, four sent as parts.
+    server = await startServer({ maxInFlightBytes: 256 * 1024, batchSize: 64 * 1024 });
+    const data = bytesOf(16 * CS);
+    const whole = await init(data.length, CS, 'whole.bin');
+    const w = await open(whole.guid);
+    const rw = await sendWindowed(w.s, data, CS, [...Array(16).keys()], 8);
+    expect(Math.max(...rw.windows)).toBe(2);
+    expectCompleteTail(rw.tail, 'whole.bin', data.length, 16);
+    const parts = await init(data.length, CS, 'parts.bin');
+    const p = await open(parts.guid);
+    const rp = await sendWindowed(p.s, data, CS, [...Array(16).keys()], 8, true, true, 20_000);
+    expect(Math.max(...rp.windows)).toBe(4);
+    expect(rp.maxInFlight).toBe(4);
+    expectCompleteTail(rp.tail, 'parts.bin', data.length, 16);
+    for (const name of ['whole.bin', 'parts.bin']) expect(Buffer.compare(await fsp.readFile(path.join(server.dir, name)), data)).toBe(0);
+  });
+
   it('a connection lost in the middle of a chunk leaves that chunk unset and unclaimed', async () => {
     server = await startServer({ batchSize: 64 * 1024 });
     const cs = 256 * 1024;

@@ -9,8 +9,8 @@ class Holder implements WindowHolder {
   told: number[] = [];
   constructor(
     readonly name: string,
-    readonly chunkSize = 8 * MiB,
-    readonly cap = 8,
+    public chunkSize = 8 * MiB,
+    public cap = 8,
     private readonly onChange?: () => void,
   ) {}
   windowChanged(window: number): void {
@@ -98,6 +98,32 @@ describe('WindowScheduler', () => {
     s.remove(waiter);
   });
 
+  it('reweigh: a connection whose slots start to count half (parts) gets twice the share, and back', () => {
+    const s = new WindowScheduler(32 * MiB);
+    const a = new Holder('a', 8 * MiB, 2);
+    const b = new Holder('b', 8 * MiB, 8);
+    s.add(a);
+    s.add(b);
+    for (let i = 0; i < 3; i++) {
+      s.answering(a);
+      s.answering(b);
+    }
+    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 32 * MiB]);
+    a.chunkSize = 4 * MiB;
+    a.cap = 4;
+    s.reweigh(a);
+    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 24 * MiB]);
+    // Slow start goes on from where it stood: the next answer doubles a's window to its share, now 32 MiB /
+    // (2 x 4 MiB) = 4 chunks; b keeps its 2; 4 x 4 + 2 x 8 is the whole budget.
+    s.answering(a);
+    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([4, 2, 32 * MiB]);
+    a.chunkSize = 8 * MiB;
+    a.cap = 2;
+    s.reweigh(a);
+    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 32 * MiB]);
+    expect(a.told.at(-1)).toBe(2);
+  });
+
   it('lets one chunk larger than the budget through when nothing else holds a slot', () => {
     const s = new WindowScheduler(4 * MiB);
     const big = new Holder('big', 16 * MiB);
@@ -114,14 +140,18 @@ describe('WindowScheduler', () => {
       fc.record({ k: fc.constant('add' as const), size: fc.constantFrom(1, 2, 4, 8), cap: fc.integer({ min: 1, max: 8 }) }),
       fc.record({ k: fc.constant('remove' as const), i: fc.nat() }),
       fc.record({ k: fc.constant('answer' as const), i: fc.nat() }),
+      // A connection starts or stops sending parts: its slots count half (and its cap doubles), or full again.
+      fc.record({ k: fc.constant('reweigh' as const), i: fc.nat() }),
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
         const s = new WindowScheduler(16 * MiB);
         const live: Holder[] = [];
+        const full = new Map<Holder, number>();
         for (const o of ops) {
           if (o.k === 'add') {
             const h = new Holder(`h${live.length}`, o.size * MiB, o.cap);
+            full.set(h, h.chunkSize);
             live.push(h);
             s.add(h);
           } else if (live.length > 0) {
@@ -129,6 +159,11 @@ describe('WindowScheduler', () => {
             if (o.k === 'remove') {
               s.remove(h);
               live.splice(live.indexOf(h), 1);
+            } else if (o.k === 'reweigh') {
+              const halved = h.chunkSize < full.get(h)!;
+              h.chunkSize = halved ? full.get(h)! : full.get(h)! / 2;
+              h.cap = halved ? h.cap / 2 : h.cap * 2;
+              s.reweigh(h);
             } else s.answering(h);
           }
           const windows = live.map((h) => s.windowOf(h));
