@@ -4,7 +4,7 @@
  * chunk-size sweep at the end is what gets cut.
  */
 import type { Scenario, TargetSpec } from './model.js';
-import { diskLimitTarget } from './targets/disk-limit.js';
+import { diskLimitTarget, directDiskLimitTarget } from './targets/disk-limit.js';
 import { discardTarget, nodeHttpTarget, syncMainTarget, tusTarget } from './targets/node-peers.js';
 import { nginxTarget } from './targets/nginx.js';
 import { updraftTarget } from './targets/updraft.js';
@@ -14,6 +14,7 @@ const GiB = 1024 * MiB;
 
 export const ALL_TARGETS: readonly TargetSpec[] = [
   diskLimitTarget,
+  directDiskLimitTarget,
   discardTarget,
   syncMainTarget,
   nodeHttpTarget,
@@ -29,7 +30,7 @@ export const ALL_TARGETS: readonly TargetSpec[] = [
   updraftTarget({ durability: 'chunk', lockMode: 'chunk', transport: 'ps-pipelined' }),
 ];
 
-const PEERS = ['disk', 'discard', 'sync-main', 'node-http', 'tus', 'nginx'];
+const PEERS = ['disk', 'disk-direct', 'discard', 'sync-main', 'node-http', 'tus', 'nginx'];
 /** Updraft over PUT in both durability modes (lock per chunk, the default). */
 const UPDRAFT = ['updraft-chunk', 'updraft-upload'];
 const UPDRAFT_LOCK_UPLOAD = ['updraft-chunk-lockupload', 'updraft-upload-lockupload'];
@@ -81,12 +82,12 @@ export function fullScenarios(reps: number, sweepReps: number): PlannedScenario[
     {
       id: '1x1GiB-1MiB', title: '1 upload of 1 GiB, 1 MiB chunks, 4 PUTs in flight (updraft.v1: window 8)',
       uploads: 1, concurrentUploads: 1, fileSize: GiB, chunkSize: MiB, inFlight: 4, distinctContents: 1,
-      targets: ['disk', 'discard', 'sync-main', 'nginx', ...UPDRAFT, ...WS_V1_DEFAULT], reps: sweepReps,
+      targets: ['disk', 'disk-direct', 'discard', 'sync-main', 'nginx', ...UPDRAFT, ...WS_V1_DEFAULT], reps: sweepReps,
     },
     {
       id: '1x1GiB-32MiB', title: '1 upload of 1 GiB, 32 MiB chunks, 4 PUTs in flight (updraft.v1: window 8)',
       uploads: 1, concurrentUploads: 1, fileSize: GiB, chunkSize: 32 * MiB, inFlight: 4, distinctContents: 1,
-      targets: ['disk', 'discard', 'sync-main', 'nginx', ...UPDRAFT, ...WS_V1_DEFAULT], reps: sweepReps,
+      targets: ['disk', 'disk-direct', 'discard', 'sync-main', 'nginx', ...UPDRAFT, ...WS_V1_DEFAULT], reps: sweepReps,
     },
   ];
 }
