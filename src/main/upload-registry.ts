@@ -245,9 +245,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     // chunk was being committed: cancel only waits for that commit). That end is final and its client has been
     // answered; finalizing anyway would turn 'cancelled' into 'finalizing' and then fail on the removed staging
     // file, or place a file for an upload its client was told is gone. The last chunk's writer gets the end's error.
-    // A cancel being recorded wins too, but only once it is durable: the last chunk's writer hears "cancelled" from
-    // here, and a crash before the record would otherwise bring the upload back complete (see cancel).
-    if (u.cancelling) await u.cancelling.catch(() => {});
+    // A cancel or expiry being recorded wins too, but only once it is durable: the last chunk's writer hears of it
+    // from here, and a crash before the record would otherwise bring the upload back complete (see cancel).
+    if (u.ending) await u.ending.catch(() => {});
     if (u.status !== 'active') {
       u.assertWritable();
       throw new UploadError('ERR_UPLOAD_FAILED');
@@ -369,11 +369,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   }
 
   async cancel(u: Upload): Promise<void> {
+    // An end being recorded (another cancel, or an expiry) decides first; this one answers by its outcome.
+    if (u.ending) await u.ending.catch(() => {});
     if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete');
     if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING');
+    if (u.status === 'expired') throw new UploadError('ERR_UPLOAD_EXPIRED');
     if (u.status !== 'active') return;
-    u.cancelling ??= this.#cancel(u);
-    return u.cancelling;
+    u.ending = this.#cancel(u);
+    return u.ending;
   }
 
   /**
@@ -382,7 +385,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * is on disk; until then the upload stays active (a chunk written meanwhile is harmless: it goes with the rest).
    * Flipping first let replies announce a cancel that a SIGKILL before the record undid: the upload came back
    * active with its data, or was even completed on reload when every chunk was already durable (found by the
-   * stress harness; test/integration/stress.test.ts). Completion, expiry and shutdown wait for `cancelling`.
+   * stress harness; test/integration/stress.test.ts). Completion, expiry and shutdown wait for `ending`.
    */
   async #cancel(u: Upload): Promise<void> {
     const endTime = Date.now();
@@ -434,17 +437,35 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     for (const u of [...this.#uploads.values()]) {
       if (u.status === 'active') {
         if (now - u.lastActivityTime < this.options.uploadTtl) continue;
-        if (u.claimCount > 0 || u.tasksInFlight > 0 || u.cancelling) continue;
-        u.status = 'expired';
-        u.endTime = now;
-        this.log.info({ event: 'upload.expired', guid: u.guid, user: u.user, size: u.fileSize }, 'upload expired');
-        await this.#end(u);
-        this.emit('expired', uploadInfo(u));
+        if (u.claimCount > 0 || u.tasksInFlight > 0 || u.ending) continue;
+        u.ending = this.#expire(u, now);
+        await u.ending;
       } else if (u.status !== 'finalizing' && (u.endTime ?? 0) + this.options.recordTtl <= now) {
         this.#uploads.delete(u.guid);
         await this.store.removeAll(u.guid);
       }
     }
+  }
+
+  /**
+   * Like a cancel, an expiry is recorded durably before anyone can learn of it (410, a 4010 close): a crash in
+   * between would otherwise bring back, active, an upload whose clients were told it was gone. A record that cannot
+   * be written leaves the upload active, and the next round tries again.
+   */
+  async #expire(u: Upload, now: number): Promise<void> {
+    try {
+      await this.store.writeMeta({ ...u.toMeta(), status: 'expired', endTime: now });
+    } catch (e) {
+      this.log.error({ err: e, guid: u.guid }, 'could not record the expiry; the upload stays active for now');
+      u.ending = null;
+      return;
+    }
+    if (u.status !== 'active') return; // it failed meanwhile; that end records itself
+    u.status = 'expired';
+    u.endTime = now;
+    this.log.info({ event: 'upload.expired', guid: u.guid, user: u.user, size: u.fileSize }, 'upload expired');
+    await this.#end(u);
+    this.emit('expired', uploadInfo(u));
   }
 
   /** `upload` durability: sync and journal whatever was written since the last checkpoint. */
@@ -464,7 +485,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     await Promise.all(
       [...this.#uploads.values()].map(async (u) => {
         if (u.completion) await u.completion.catch(() => {});
-        if (u.cancelling) await u.cancelling.catch(() => {}); // its record must not be overwritten with 'active'
+        if (u.ending) await u.ending.catch(() => {}); // its record must not be overwritten with 'active'
         if (u.status !== 'active') return;
         await workersLeft(u);
         if (u.hasUncommitted) await u.commit([]).catch(() => {});

@@ -85,10 +85,10 @@ export class Upload {
   /** Set once completion starts; every caller that sees the last chunk awaits the same promise. */
   completion: Promise<CompletionInfo> | null = null;
   /**
-   * Set while a cancel is being recorded (registry.cancel): the upload is still active and takes chunks, but
-   * completion and expiry wait for the cancel, which wins once its record is durable.
+   * Set while a cancel or an expiry is being recorded (registry.cancel, registry.reap): the upload is still active
+   * and takes chunks, but completion, another end and shutdown wait for it, and it wins once its record is durable.
    */
-  cancelling: Promise<void> | null = null;
+  ending: Promise<void> | null = null;
 
   readonly #claims = new Map<number, number>();
   readonly #claimWaiters = new Map<number, Set<() => void>>();

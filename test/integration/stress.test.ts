@@ -233,6 +233,31 @@ describe('regressions found by the stress harness', () => {
     expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 410, code: 'ERR_UPLOAD_CANCELLED' });
   });
 
+  it('announces an expiry only once it is durable: a crash image agrees with what clients were told', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS, uploadTtl: 300, reapInterval: 50 });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'idle.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    // The expiry's record waits at its sync: nobody may hear "expired" yet, and a crash now keeps the upload.
+    holdMetaSyncs();
+    await until(() => heldMetaSyncs > 0, 'the expiry record to reach its sync');
+    const during = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    expect(during.status, JSON.stringify(during.json)).toBe(200);
+    expect(during.json.data).toMatchObject({ uploadStatus: 'active', receivedChunks: 1 });
+    expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 200, data: { uploadStatus: 'active' } });
+    releaseMetaSyncs();
+    let after = during;
+    for (let i = 0; i < 100 && after.status === 200; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      after = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    }
+    expect(after.json.code).toBe('ERR_UPLOAD_EXPIRED');
+    expect(await crashImageStatus(server.dir, guid)).toMatchObject({ status: 410, code: 'ERR_UPLOAD_EXPIRED' });
+    // A cancel now answers with the expiry, not "cancelled".
+    expect((await fx.call(server.base, 'DELETE', `${fx.PREFIX}/upload-chunk?guid=${guid}`)).json.code).toBe('ERR_UPLOAD_EXPIRED');
+  });
+
   it('a cancel announced while a chunk commits survives a crash, and the chunk cannot complete it', async () => {
     // Found by `npm run stress -- --seed 23 --uploads 250 --chunk-size 65536 --max-size 4194304 --concurrency 24
     // --faults 3 --crash --crash-every 0.5-2`: a client told "cancelled" (4001) found the upload active after a
