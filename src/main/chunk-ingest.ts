@@ -326,6 +326,8 @@ export class ChunkReceiver {
       throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${this.chunk} is ${this.expected} bytes; the body is longer`);
     }
     this.received += piece.length;
+    // The chunk is stored already (the claim found it so, e.g. a client resending it as parts): copy no more of it.
+    if (this.#duplicate) return;
     this.#place(piece, owned);
     if (this.#slab !== null) this.ctx.slabs.touch(this.#slab);
     // Take the next slab now, while no byte is waiting for it: if the budget is spent, the request pauses before
