@@ -108,19 +108,21 @@ describe('WindowScheduler', () => {
       s.answering(a);
       s.answering(b);
     }
-    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 32 * MiB]);
-    a.chunkSize = 4 * MiB;
-    a.cap = 4;
-    s.reweigh(a);
-    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 24 * MiB]);
+    const state = (): number[] => [s.windowOf(a), s.windowOf(b), s.usedBytes / MiB];
+    const weigh = (chunkSize: number, cap: number): void => {
+      a.chunkSize = chunkSize;
+      a.cap = cap;
+      s.reweigh(a);
+    };
+    expect(state()).toEqual([2, 2, 32]);
+    weigh(4 * MiB, 4);
+    expect(state()).toEqual([2, 2, 24]);
     // Slow start goes on from where it stood: the next answer doubles a's window to its share, now 32 MiB /
     // (2 x 4 MiB) = 4 chunks; b keeps its 2; 4 x 4 + 2 x 8 is the whole budget.
     s.answering(a);
-    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([4, 2, 32 * MiB]);
-    a.chunkSize = 8 * MiB;
-    a.cap = 2;
-    s.reweigh(a);
-    expect([s.windowOf(a), s.windowOf(b), s.usedBytes]).toEqual([2, 2, 32 * MiB]);
+    expect(state()).toEqual([4, 2, 32]);
+    weigh(8 * MiB, 2);
+    expect(state()).toEqual([2, 2, 32]);
     expect(a.told.at(-1)).toBe(2);
   });
 
