@@ -1,7 +1,8 @@
 /**
  * Graceful restart under load (issue 6): a real `updraft serve` process (chunk durability) takes 20 uploads at once,
- * 15 over PUT (3 chunks in flight each) and 5 over updraft.v1 WebSockets (its window). A third of the way through
- * it gets SIGTERM: it must stop accepting, finish the writes in flight, persist state and exit 0. It is started
+ * 15 over PUT (3 chunks in flight each) and 5 over updraft.v1 WebSockets (its window; three of them send each
+ * chunk as `part` frames). A third of the way through it gets SIGTERM: it must stop accepting, finish the writes in
+ * flight, persist state and exit 0. It is started
  * again on the same folder and port, and the clients, which retry like real ones (on a connection error or a
  * retryable reply: back off, ask upload-status or reconnect for a hello, send what is missing), finish.
  *
