@@ -2,9 +2,9 @@
  * Graceful restart under load (issue 6): a real `updraft serve` process (chunk durability) takes 20 uploads at once,
  * 15 over PUT (3 chunks in flight each) and 5 over updraft.v1 WebSockets (its window; three of them send each
  * chunk as `part` frames). A third of the way through it gets SIGTERM: it must stop accepting, finish the writes in
- * flight, persist state and exit 0. It is started
- * again on the same folder and port, and the clients, which retry like real ones (on a connection error or a
- * retryable reply: back off, ask upload-status or reconnect for a hello, send what is missing), finish.
+ * flight, persist state and exit 0. It is started again on the same folder and port, and the clients, which retry
+ * like real ones (on a connection error or a retryable reply: back off, ask upload-status or reconnect for a hello,
+ * send what is missing), finish.
  *
  * Checked: no acknowledged chunk is lost (every status and hello a client gets, before and after the restart, lists
  * none of the chunks it has seen acknowledged as missing, and each client that was still uploading has made that
