@@ -430,6 +430,20 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'refused.bin')), data)).toBe(0);
   });
 
+  it('after a refused chunk, a later part of another chunk is still a protocol error (4000)', async () => {
+    server = await startServer();
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, CS, 'after.bin');
+    const { s } = await open(guid);
+    s.nativePart(9, 0, data.subarray(0, 100));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_OUT_OF_RANGE', c: 9 });
+    s.nativePart(9, 100, data.subarray(100, 200)); // the refused chunk's rest: dropped
+    s.nativePart(1, 100, data.subarray(CS + 100, CS + 200));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_HEADER_INVALID', retry: false });
+    expect((await s.closed).code).toBe(4000);
+    expect(await status(guid)).toMatchObject({ uploadStatus: 'active', receivedChunks: 0 });
+  });
+
   it.each([
     ['a first part that does not start at 0', (s: TestSocket, d: Uint8Array) => s.nativePart(0, 10, d.subarray(10, 20))],
     ['a gap between parts', (s: TestSocket, d: Uint8Array) => {
