@@ -640,7 +640,7 @@ class NativeSession extends Session {
     if (p !== null && p.c === c && p.receiver !== null && o === p.next) {
       if (o + payload.length > p.expected) {
         this.#dropPart(p);
-        this.#streaming = { c, next: 0, expected: p.expected, receiver: null, abort: null };
+        this.#dropRest(c);
         this.inFlight--;
         this.refuse(new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${p.expected} bytes; its parts are longer`), c);
         this.maybeFinish();
@@ -664,7 +664,7 @@ class NativeSession extends Session {
       if (payload.length > expected) throw new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk ${c} is ${expected} bytes, got a part of ${payload.length}`);
     } catch (e) {
       this.refuse(e, c);
-      this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null };
+      this.#dropRest(c);
       return;
     }
     const writerId = nextWriterId();
@@ -687,6 +687,11 @@ class NativeSession extends Session {
     const receiver = p.receiver!;
     this.ctx.metrics?.bytesReceived.inc(receiver.received);
     this.answer(p.c, receiver.finish());
+  }
+
+  /** Chunk `c` was refused: its remaining parts are dropped without replies (see #part). */
+  #dropRest(c: number): void {
+    this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null };
   }
 
   /** Stops a half-received chunk: nothing more of it is written, its bit stays clear, its claim and slabs go. */
