@@ -231,7 +231,8 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
       '`sync` so no run pays for an earlier run\'s writeback, then measures. Stored files are deleted after each run. ' +
       'The page cache is not dropped (no privilege is assumed); deleting the files discards their dirty pages.',
     'Durability differs by design: the disk limits fdatasync; nginx, @tus/file-store, node-http and sync-main do not; ' +
-      'Updraft syncs per chunk (durability=chunk) or per upload (durability=upload).',
+      'sync-main-durable syncs each file before answering its last chunk; Updraft syncs per chunk (durability=chunk) or ' +
+      'per upload (durability=upload).',
     'CPU s/GiB: utime+stime of the server\'s process tree from /proc/<pid>/stat (worker threads included; nginx master ' +
       '+ workers) over the window, per GiB sent. The disk limit\'s CPU is this process\'s own. Client CPU: the curl ' +
       'processes of the window, or the WebSocket runner\'s CPU over the window.',

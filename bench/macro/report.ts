@@ -9,7 +9,7 @@ import type { Scenario, TargetSpec } from './model.js';
 
 const MiB = 1024 * 1024;
 /** Ratio columns: every row is compared with each of these, when it ran in the same scenario. */
-const REFERENCES = ['disk', 'disk-direct', 'discard', 'sync-main', 'node-http', 'tus', 'nginx'];
+const REFERENCES = ['disk', 'disk-direct', 'discard', 'sync-main', 'sync-main-durable', 'node-http', 'tus', 'nginx'];
 
 export interface Report {
   readonly command: string;

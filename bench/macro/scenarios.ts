@@ -5,7 +5,7 @@
  */
 import type { Scenario, TargetSpec } from './model.js';
 import { diskLimitTarget, directDiskLimitTarget } from './targets/disk-limit.js';
-import { discardTarget, nodeHttpTarget, syncMainTarget, tusTarget } from './targets/node-peers.js';
+import { discardTarget, nodeHttpTarget, syncMainDurableTarget, syncMainTarget, tusTarget } from './targets/node-peers.js';
 import { nginxTarget } from './targets/nginx.js';
 import { updraftTarget } from './targets/updraft.js';
 
@@ -17,6 +17,7 @@ export const ALL_TARGETS: readonly TargetSpec[] = [
   directDiskLimitTarget,
   discardTarget,
   syncMainTarget,
+  syncMainDurableTarget,
   nodeHttpTarget,
   tusTarget,
   nginxTarget,
@@ -31,6 +32,8 @@ export const ALL_TARGETS: readonly TargetSpec[] = [
 ];
 
 const PEERS = ['disk', 'disk-direct', 'discard', 'sync-main', 'node-http', 'tus', 'nginx'];
+/** The design without workers made as durable as durability=upload: a like-for-like reference, in the goal cases. */
+const SYNC_DURABLE = ['sync-main-durable'];
 /** Updraft over PUT in both durability modes (lock per chunk, the default). */
 const UPDRAFT = ['updraft-chunk', 'updraft-upload'];
 const UPDRAFT_LOCK_UPLOAD = ['updraft-chunk-lockupload', 'updraft-upload-lockupload'];
@@ -60,12 +63,12 @@ export function fullScenarios(reps: number, sweepReps: number): PlannedScenario[
     {
       id: '1x1GiB', title: '1 upload of 1 GiB, 8 MiB chunks, 4 PUTs in flight (WebSocket: window 8 / serial)',
       uploads: 1, concurrentUploads: 1, fileSize: GiB, chunkSize: 8 * MiB, inFlight: 4, distinctContents: 1,
-      targets: [...PEERS, ...UPDRAFT, ...UPDRAFT_LOCK_UPLOAD, ...WS_V1, ...WS_PS], reps, goalCase: 'one',
+      targets: [...PEERS, ...SYNC_DURABLE, ...UPDRAFT, ...UPDRAFT_LOCK_UPLOAD, ...WS_V1, ...WS_PS], reps, goalCase: 'one',
     },
     {
       id: '16x64MiB', title: '16 uploads of 64 MiB at once, 8 MiB chunks, 4 PUTs in flight each (updraft.v1: window 8)',
       uploads: 16, concurrentUploads: 16, fileSize: 64 * MiB, chunkSize: 8 * MiB, inFlight: 4, distinctContents: 16,
-      targets: [...PEERS, ...UPDRAFT, ...UPDRAFT_LOCK_UPLOAD, ...WS_V1_DEFAULT], reps, goalCase: 'many',
+      targets: [...PEERS, ...SYNC_DURABLE, ...UPDRAFT, ...UPDRAFT_LOCK_UPLOAD, ...WS_V1_DEFAULT], reps, goalCase: 'many',
     },
     {
       id: 'sustained-3GiB', title: '3 uploads of 1 GiB back to back, 8 MiB chunks, 4 PUTs in flight (updraft.v1: window 8)',

@@ -1,7 +1,7 @@
 /**
- * The uWS skeleton shared by the discard and sync-main peers: routes, validation and replies are the same, and only
- * the `ChunkSink` (what happens to each onData piece) differs. Keeping the rest identical is what makes the two
- * figures comparable: discard is the HTTP ingest ceiling, sync-main adds exactly one `fs.writeSync` per piece.
+ * The uWS skeleton shared by the discard, sync-main and sync-main-durable peers: routes, validation and replies are the
+ * same, and only the `ChunkSink` (what happens to each onData piece) differs. Keeping the rest identical is what makes
+ * the figures comparable: discard is the HTTP ingest ceiling, sync-main adds exactly one `fs.writeSync` per piece.
  */
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, us_listen_socket } from 'uWebSockets.js';

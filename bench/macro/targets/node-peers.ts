@@ -62,6 +62,12 @@ export const syncMainTarget = chunkPeer(
   { stores: true },
 );
 
+export const syncMainDurableTarget = chunkPeer(
+  'sync-main-durable', 'uWS writeSync on main + fdatasync',
+  'sync-main, and the last chunk of each upload answered after an fdatasync of the file on the main thread: as durable as Updraft with durability=upload (no workers)',
+  { stores: true },
+);
+
 export const nodeHttpTarget = chunkPeer(
   'node-http', 'node:http pipe',
   "node:http, each PUT body piped to fs.createWriteStream(file, { flags: 'r+', start }), no fsync",
