@@ -266,9 +266,10 @@ export class Upload {
    * Rejects with ERR_STORAGE_FAILED, and fails the upload, if a sync fails: a failed fsync is never retried into a
    * success (invariant 7).
    *
-   * Resolves false when completion had already synced and closed the staging file: its fdatasync covered these
-   * chunks, but the journal does not list them, so until the completion is durable a crash would ask for them
-   * again. The caller must then wait for the completion before acknowledging (chunk-ingest.ts settle).
+   * Resolves false when completion had begun (or finished) before the round: completion's fdatasync begins after
+   * every chunk was written, so it covers these chunks, but the journal does not list them, and until the
+   * completion is durable a crash would ask for them again. The caller must then wait for the completion before
+   * acknowledging (chunk-ingest.ts settle).
    */
   commit(chunks: readonly number[]): Promise<boolean> {
     for (const c of chunks) this.#pending.push(c);
@@ -306,11 +307,14 @@ export class Upload {
         try {
           if (this.failure) throw new UploadError('ERR_UPLOAD_FAILED');
           let journaled = true;
-          if (this.fd === null || this.journal === null) {
-            // Completion closed the staging file after its own fdatasync, which covered these chunks; they are not
-            // in the journal, so they are safe only once the completion is (the caller waits for it).
-            if (this.#status !== 'completed' && this.#status !== 'finalizing') throw new UploadError('ERR_UPLOAD_FAILED');
+          if (this.#status === 'finalizing' || this.#status === 'completed') {
+            // Completion began after every chunk was written, so its own fdatasync covers these chunks; they are not
+            // in the journal, so they are safe only once the completion is (the caller waits for it). The files
+            // are not touched: completion closes them once the rounds it waited for have ended, maybe while this
+            // one would still be appending.
             journaled = this.#status === 'completed';
+          } else if (this.fd === null || this.journal === null) {
+            throw new UploadError('ERR_UPLOAD_FAILED');
           } else {
             const t0 = performance.now();
             await fdatasync(this.fd);

@@ -18,7 +18,7 @@ function meta(status: UploadMeta['status']): UploadMeta {
 }
 
 describe('Upload.commit', () => {
-  it('journals the chunks (true) while the staging file is open, and says false once completion has closed it', async () => {
+  it('journals the chunks (true) while the upload is active, and says false once completion has begun', async () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'updraft-commit-'));
     try {
       const u = new Upload(meta('active'), null);
@@ -29,8 +29,15 @@ describe('Upload.commit', () => {
       const journal = await fsp.readFile(path.join(dir, 'f.journal'));
       expect([...Array(journal.length / 4).keys()].map((i) => journal.readUInt32LE(4 * i))).toEqual([2]);
 
-      // Completion synced and closed the files; a chunk committed now is covered by that sync, not by the journal.
+      // Completion has begun (its fdatasync covers every written chunk) but not yet closed the files: a round now
+      // must leave the journal alone, since completion closes it once the rounds it waited for have ended, and
+      // it could do so under a round that started after it.
       u.status = 'finalizing';
+      expect(await u.commit([1])).toBe(false);
+      const unchanged = await fsp.readFile(path.join(dir, 'f.journal'));
+      expect(unchanged).toEqual(journal);
+
+      // Completion synced and closed the files; a chunk committed now is covered by that sync, not by the journal.
       await u.journal.close();
       await fh.close();
       u.fd = null;
