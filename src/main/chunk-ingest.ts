@@ -302,6 +302,14 @@ export class ChunkReceiver {
           if (dup === null) return;
           this.#duplicate = true;
           this.#dupAck = dup;
+          // No more of it is copied (see push): give back the slab and the bytes held for it.
+          this.#cancelWait?.();
+          this.#cancelWait = null;
+          this.#pending = [];
+          if (this.#slab !== null) {
+            this.ctx.slabs.release(this.#slab);
+            this.#slab = null;
+          }
         },
         (e: unknown) => {
           this.#error ??= e;
@@ -471,19 +479,19 @@ export class ChunkReceiver {
     this.#cancelWait = this.ctx.slabs.onAvailable((slab) => {
       this.#cancelWait = null;
       this.#paused = false;
-      if (this.#aborted || this.#slab !== null) {
+      if (this.#aborted || this.#duplicate || this.#slab !== null) {
         this.ctx.slabs.release(slab);
         return;
       }
       this.#useSlab(slab);
-      this.ctx.slabs.watchIdle(slab, this.#onIdle);
+      if (this.#readingPlace) this.ctx.slabs.watchIdle(slab, this.#onIdle);
       // Outside the pool's hand-out loop: placing the waiting bytes may seal slabs and take new ones.
       queueMicrotask(() => {
         if (this.#aborted) return;
         this.#drain();
         if (!this.#paused && !this.#finishing) this.onResume();
       });
-    });
+    }, this.#readingPlace);
   }
 
   /** End of body: checks the length, writes the last piece, settles the chunk. Releases the claim. */

@@ -153,6 +153,12 @@ export interface UploadEngineOptions {
    * server holds in memory for one connection (of either protocol). Default 8, at most 64.
    */
   wsWindow?: number;
+  /**
+   * `updraft.v1`: how long a chunk being sent as `part` frames may wait for its next part (ms). Past it the chunk is
+   * dropped (ERR_CHUNK_INCOMPLETE with its number; the client sends it again from offset 0), freeing its claim and
+   * window slot, as a stalled PUT body is dropped by the HTTP idle timeout. Default 10 s, at most 1 h.
+   */
+  wsPartTimeout?: number;
 
   // --- production: proxies, limits, hooks, metrics (issue 6) ---
   /**
@@ -230,6 +236,7 @@ export interface ResolvedOptions {
   readonly wsIdleTimeout: number;
   readonly maxWsConnectionsPerUser: number;
   readonly wsWindow: number;
+  readonly wsPartTimeout: number;
   readonly trustProxy: ProxyTrust;
   readonly maxUploadsPerUser: number;
   readonly maxInFlightBytesPerUser: number;
@@ -342,6 +349,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     wsIdleTimeout,
     maxWsConnectionsPerUser: int('maxWsConnectionsPerUser', o.maxWsConnectionsPerUser, 8, 1, 65_536),
     wsWindow: int('wsWindow', o.wsWindow, 8, 1, 64),
+    wsPartTimeout: int('wsPartTimeout', o.wsPartTimeout, 10_000, 1, 3_600_000),
     // --- demo ---
     demo: o.demo === true,
   };

@@ -78,7 +78,7 @@ export class SlabPool {
   #arenaSlabs = 0;
   #arenaUsed = 0;
   /** FIFO of paused requests. A cancelled waiter is removed at once (aborted requests must not hold a place). */
-  readonly #waiters: Array<{ cb: SlabWaiter }> = [];
+  readonly #waiters: Array<{ cb: SlabWaiter; filling: boolean }> = [];
 
   constructor(options: SlabPoolOptions = {}) {
     const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB, maxFilling = Number.POSITIVE_INFINITY, idleYieldMs = 250 } = options;
@@ -167,12 +167,14 @@ export class SlabPool {
    * the wake-up and the acquire. If a slab is available right now (and nobody is queued), `cb` runs in a microtask
    * rather than before `onAvailable` returns. Returns a cancel function for an aborted request: it removes the
    * waiter if it has not been served yet and is a no-op afterwards (a served slab must be released by its owner).
+   * `filling` false: the slab comes with no reading place (as `tryAcquireFilled`), for bytes of a transport that
+   * cannot pause; it still waits behind the requests queued before it.
    */
-  onAvailable(cb: SlabWaiter): () => void {
-    const waiter = { cb };
+  onAvailable(cb: SlabWaiter, filling = true): () => void {
+    const waiter = { cb, filling };
     this.#waiters.push(waiter);
     this.#startSweep();
-    if (this.#waiters.length === 1 && this.#canTake()) queueMicrotask(() => this.#serve());
+    if (this.#waiters.length === 1 && this.#canTake(filling)) queueMicrotask(() => this.#serve());
     return () => {
       const i = this.#waiters.indexOf(waiter);
       if (i !== -1) this.#waiters.splice(i, 1);
@@ -218,8 +220,8 @@ export class SlabPool {
     this.#serve();
   }
 
-  #canTake(): boolean {
-    return (this.#free.length > 0 || this.#carved < this.#maxSlabs) && this.#filling.size < this.#maxFilling;
+  #canTake(filling: boolean): boolean {
+    return (this.#free.length > 0 || this.#carved < this.#maxSlabs) && (!filling || this.#filling.size < this.#maxFilling);
   }
 
   /** A released slab, or a new one while the byte budget allows; not yet marked in use. */
@@ -277,7 +279,7 @@ export class SlabPool {
   #serve(): void {
     let firstError: unknown = null;
     while (this.#waiters.length > 0) {
-      const slab = this.#take();
+      const slab = this.#take(this.#waiters[0]!.filling);
       if (slab === null) break;
       const { cb } = this.#waiters.shift()!;
       try {

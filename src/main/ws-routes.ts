@@ -312,6 +312,9 @@ abstract class Session {
     const ws = this.#ws;
     if (this.ending || ws === null) return;
     this.#ending = { code, reason: closeReason(reason) };
+    // No more messages are read (see the message handler), so a half-received chunk will never end: free its claim
+    // and slabs now rather than when the close is done, which waits for the queued replies to drain.
+    this.abandon();
     if (drop) this.#queue = [];
     if (this.#queue.length === 0) ws.end(code, this.#ending.reason);
   }
@@ -514,8 +517,16 @@ class NativeSession extends Session {
   }
 
   /**
-   * The client sends its chunks as parts (a first part came) or whole (a `chunk` frame longer than half a chunk
-   * came): the scheduler counts its slots accordingly from now on.
+   * A frame (`chunk` or `part`) that holds more than half a chunk in uWS's buffer, other than the last chunk's: the
+   * client does not keep to the half weight of parts (see chunkSize).
+   */
+  #wholeFrame(c: number, length: number): boolean {
+    return length > this.upload.chunkSize / 2 && c !== this.upload.totalChunks - 1;
+  }
+
+  /**
+   * The client sends its chunks as parts of at most half a chunk (a chunk arrived in such parts) or whole (see
+   * #wholeFrame): the scheduler counts its slots accordingly from now on.
    */
   #sendsParts(parts: boolean): void {
     if (this.#parts === parts) return;
@@ -580,7 +591,7 @@ class NativeSession extends Session {
           return;
         }
         this.write(m.c, frame.payload, m.k && checksumOf(m.k));
-        if (frame.payload.length > this.upload.chunkSize / 2) this.#sendsParts(false);
+        if (this.#wholeFrame(m.c, frame.payload.length)) this.#sendsParts(false);
         return;
       }
       case 'part':
@@ -646,6 +657,7 @@ class NativeSession extends Session {
         this.maybeFinish();
         return;
       }
+      if (this.#wholeFrame(c, payload.length)) this.#sendsParts(false);
       this.#push(p, payload);
       return;
     }
@@ -673,17 +685,22 @@ class NativeSession extends Session {
     // A WebSocket cannot stop reading, so the receiver takes no reading place and never pauses anything.
     const receiver = new ChunkReceiver(this.ctx, u, c, writerId, noop, noop, { readingPlace: false, claim });
     this.inFlight++;
-    const stream: PartStream = { c, next: 0, expected, receiver, abort };
+    const stream: PartStream = { c, next: 0, expected, receiver, abort, lastPartAt: 0, timer: null };
     this.#streaming = stream;
     this.#push(stream, payload);
-    if (this.#streaming === stream) this.#sendsParts(true); // a chunk really in parts, not one whole part
+    if (this.#wholeFrame(c, payload.length)) this.#sendsParts(false);
+    if (this.#streaming !== stream) return; // the chunk came whole in one part
+    if (!this.#wholeFrame(c, payload.length)) this.#sendsParts(true); // a chunk really in parts
+    this.#watchStall(stream);
   }
 
   #push(p: PartStream, payload: Uint8Array): void {
     p.receiver!.push(payload);
     p.next += payload.length;
+    p.lastPartAt = performance.now();
     if (p.next < p.expected) return;
     this.#streaming = null;
+    this.#unwatch(p);
     const receiver = p.receiver!;
     this.ctx.metrics?.bytesReceived.inc(receiver.received);
     this.answer(p.c, receiver.finish());
@@ -691,13 +708,43 @@ class NativeSession extends Session {
 
   /** Chunk `c` was refused: its remaining parts are dropped without replies (see #part). */
   #dropRest(c: number): void {
-    this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null };
+    this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null, lastPartAt: 0, timer: null };
   }
 
   /** Stops a half-received chunk: nothing more of it is written, its bit stays clear, its claim and slabs go. */
   #dropPart(p: PartStream): void {
+    this.#unwatch(p);
     p.abort?.abort();
     p.receiver?.abort();
+  }
+
+  /**
+   * A chunk whose next part does not come within `wsPartTimeout` is dropped, like a PUT body that stops: it would
+   * otherwise hold its claim (other writers of the chunk get ERR_CHUNK_BUSY, the upload never expires) and its
+   * window slot (connections waiting for a turn never get one) for as long as the connection lives.
+   */
+  #watchStall(p: PartStream): void {
+    const limit = this.ctx.options.wsPartTimeout;
+    const check = (): void => {
+      p.timer = null;
+      if (this.#streaming !== p || this.ending) return;
+      const quiet = performance.now() - p.lastPartAt;
+      if (quiet < limit) {
+        p.timer = setTimeout(check, limit - quiet);
+        return;
+      }
+      this.#dropPart(p);
+      this.#dropRest(p.c);
+      this.inFlight--;
+      this.refuse(new UploadError('ERR_CHUNK_INCOMPLETE', `Chunk ${p.c}: no part for ${limit} ms after ${p.next} of ${p.expected} bytes; send it again from offset 0`), p.c);
+      this.maybeFinish();
+    };
+    p.timer = setTimeout(check, limit);
+  }
+
+  #unwatch(p: PartStream): void {
+    if (p.timer !== null) clearTimeout(p.timer);
+    p.timer = null;
   }
 
   protected override abandon(): void {
@@ -746,6 +793,9 @@ interface PartStream {
   expected: number;
   receiver: ChunkReceiver | null;
   abort: AbortController | null;
+  /** performance.now() of the last part, and the timer that drops the chunk when parts stop (#watchStall). */
+  lastPartAt: number;
+  timer: ReturnType<typeof setTimeout> | null;
 }
 
 const noop = (): void => {};

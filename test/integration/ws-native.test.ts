@@ -494,6 +494,51 @@ describe('WebSocket, updraft.v1 parts', () => {
     for (const name of ['whole.bin', 'parts.bin']) expect(Buffer.compare(await fsp.readFile(path.join(server.dir, name)), data)).toBe(0);
   });
 
+  it('a client that sends whole chunks as single parts after a chunk in small parts gets the whole-chunk window back', async () => {
+    server = await startServer({ maxInFlightBytes: 256 * 1024, batchSize: 64 * 1024 });
+    const data = bytesOf(16 * CS);
+    const { guid } = await init(data.length, CS, 'big-parts.bin');
+    const { s } = await open(guid);
+    const small = await sendWindowed(s, data, CS, [...Array(8).keys()], 8, false, true, 20_000);
+    expect(Math.max(...small.windows)).toBe(4);
+    // A part of a whole chunk is one whole chunk in uWS's buffer: its slots count whole again (window 2).
+    const big = await sendWindowed(s, data, CS, [...Array(8).keys()].map((i) => 8 + i), 8, true, true, CS);
+    expect(big.windows).toContain(2);
+    expect(big.windows.at(-1)).toBe(2);
+    expect(big.errors).toEqual([]);
+    expectCompleteTail(big.tail, 'big-parts.bin', data.length, 16);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'big-parts.bin')), data)).toBe(0);
+  });
+
+  it('drops a chunk whose parts stop (wsPartTimeout): chunk error, claim and slot freed, sent again from 0', async () => {
+    server = await startServer({ wsPartTimeout: 300, batchSize: 64 * 1024 });
+    const cs = 256 * 1024;
+    const data = bytesOf(2 * cs);
+    const { guid } = await init(data.length, cs, 'stalled.bin');
+    const { s } = await open(guid);
+    s.nativePart(0, 0, slice(data, cs, 0).subarray(0, 100_000));
+    const t0 = performance.now();
+    expect(await s.nextFrame(5000)).toMatchObject({ t: 'error', code: 'ERR_CHUNK_INCOMPLETE', c: 0, retry: true });
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(250);
+    // Nothing of it is stored, its slabs are back, and its claim is gone: a PUT of it is written at once.
+    expect(await status(guid)).toMatchObject({ uploadStatus: 'active', receivedChunks: 0, missingChunks: [0, 1] });
+    let inFlight = -1;
+    for (let i = 0; i < 100 && inFlight !== 0; i++) {
+      inFlight = (await call(server.base, 'GET', '/healthz')).json.data!.inFlightBytes as number;
+      if (inFlight !== 0) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(inFlight).toBe(0);
+    expect((await putChunk(server.base, guid, 1, slice(data, cs, 1))).status).toBe(200);
+    // The rest of the dropped chunk, arriving late, is dropped without a reply; then it is sent again from 0 on the
+    // same connection, which stayed open.
+    s.nativePart(0, 100_000, slice(data, cs, 0).subarray(100_000, 120_000));
+    const r = await sendWindowed(s, data, cs, [0], 8, true, true, 50_000);
+    expect(r.errors).toEqual([]);
+    expect(r.acks).toMatchObject([{ t: 'ack', c: 0 }]);
+    expectCompleteTail(r.tail, 'stalled.bin', data.length, 2);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stalled.bin')), data)).toBe(0);
+  });
+
   it('a connection lost in the middle of a chunk leaves that chunk unset and unclaimed', async () => {
     server = await startServer({ batchSize: 64 * 1024 });
     const cs = 256 * 1024;

@@ -250,6 +250,30 @@ describe('SlabPool', () => {
       pool.release(reading);
     });
 
+    it('a waiter without a reading place (filling false) gets a slab when bytes come back, reading places all taken', () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 2 * KIB, maxFilling: 1 });
+      const reading = pool.tryAcquire()!;
+      const whole = pool.tryAcquireFilled()!; // the byte budget is spent
+      const got: Slab[] = [];
+      pool.onAvailable((slab) => got.push(slab), false);
+      pool.release(whole);
+      expect(got).toHaveLength(1); // the reading place is still held, and this waiter needs none
+      expect(pool.filling).toBe(1); // and it took none
+      expect(pool.tryAcquire()).toBeNull();
+      // A waiter that needs a reading place still waits for one, and queues whoever comes after it.
+      const later: Slab[] = [];
+      pool.onAvailable((slab) => later.push(slab));
+      pool.onAvailable((slab) => later.push(slab), false);
+      pool.release(got[0]!);
+      expect(later).toHaveLength(0);
+      pool.seal(reading);
+      expect(later).toHaveLength(1);
+      pool.release(reading);
+      expect(later).toHaveLength(2);
+      for (const slab of later) pool.release(slab);
+      expect(pool.inUseBytes).toBe(0);
+    });
+
     it('rejects a bad maxFilling or idleYieldMs', () => {
       expect(() => new SlabPool({ maxFilling: 0 })).toThrow(RangeError);
       expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
