@@ -78,6 +78,11 @@ export async function claimChunk(
   signal?: AbortSignal,
 ): Promise<ChunkAck | null> {
   checkChunkInRange(chunk, u.totalChunks);
+  // A cancel or an expiry being recorded decides first: a chunk that came meanwhile is answered by its outcome
+  // (410 once it is durable) rather than acknowledged into an upload that is about to go away. An expiry is decided
+  // on an upload nobody was writing; without this wait, a chunk arriving while the record is written was stored,
+  // acknowledged, and then removed with the upload.
+  if (u.ending) await u.ending.catch(() => {});
   if (u.status === 'completed') return ack(u, chunk, true, completionOf(u));
   // While finalizing, every bit is set: a chunk sent now is a duplicate whose reply waits for the completion's
   // outcome (a retry that did nothing wrong is not refused).
@@ -143,7 +148,8 @@ async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResu
         journaled = await u.commit([chunk]);
       } catch (e) {
         const err = e instanceof UploadError ? e : new UploadError('ERR_STORAGE_FAILED');
-        await ctx.registry.fail(u, err);
+        // A stop refused the commit: the chunk is not acknowledged, and the upload resumes after the restart.
+        if (err.code !== 'ERR_SHUTTING_DOWN') await ctx.registry.fail(u, err);
         throw err;
       }
       // The completion (started by another chunk's writer) synced and closed the file before this chunk's commit
@@ -160,6 +166,8 @@ async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResu
 }
 
 function baseTask(ctx: IngestContext, u: Upload, chunk: number, writerId: number): Omit<WriteTask, 'data' | 'dataOffset' | 'length' | 'chunkOffset' | 'first' | 'last'> {
+  // A stop waits for the tasks in flight, then closes the files: no new task may start after it began.
+  if (u.stop !== 'none') throw new UploadError('ERR_SHUTTING_DOWN');
   if (!u.shared || u.fd === null) throw new UploadError('ERR_UPLOAD_FAILED');
   return {
     sab: u.shared.sab,

@@ -188,7 +188,9 @@ export interface UploadEngineOptions {
   /**
    * Runs after the file is durable in its final place and before the client hears "complete". If it throws, the
    * completion fails cleanly: the file is removed again, the upload is marked failed with the error (an
-   * `UploadError`'s code and message, otherwise ERR_HOOK_FAILED), and the client is told.
+   * `UploadError`'s code and message, otherwise ERR_HOOK_FAILED), and the client is told. A crash or kill while it
+   * runs (or before `completed` is recorded after it) runs it again at the next start, so it runs at least once for
+   * every completed upload: make it idempotent.
    */
   onUploadComplete?: (info: UploadCompleteInfo) => void | Promise<void>;
 

@@ -112,7 +112,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     this.#rootReal = await fsp.realpath(this.options.dir);
     await this.store.init();
     await this.#reload();
-    this.#reaper = setInterval(() => void this.reap(), this.options.reapInterval).unref();
+    this.#reaper = setInterval(() => {
+      this.reap().catch((e: unknown) => this.log.error({ err: e }, 'reaper round failed; the next round tries again'));
+    }, this.options.reapInterval).unref();
     if (this.options.durability === 'upload') {
       this.#checkpointer = setInterval(() => void this.checkpoint(), this.options.checkpointInterval).unref();
     }
@@ -252,16 +254,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       u.assertWritable();
       throw new UploadError('ERR_UPLOAD_FAILED');
     }
+    // A stop has begun and is closing the files: the upload finishes after the restart (every chunk is durable in
+    // `chunk` durability; the rest is asked for again). Refused before anything changes, so nothing fails.
+    if (u.stop !== 'none') throw new UploadError('ERR_SHUTTING_DOWN');
     u.status = 'finalizing';
     try {
       await u.commitsIdle();
       if (u.failure) throw new UploadError('ERR_UPLOAD_FAILED');
-      if (u.fd !== null) {
-        const t0 = performance.now();
-        await fdatasync(u.fd);
-        this.onSync?.((performance.now() - t0) / 1000);
-        await this.#closeFiles(u);
-      }
+      // The staging file is open until this point in every active upload; skipping the sync here would announce a
+      // file whose last bytes may not be on disk.
+      if (u.fd === null) throw new UploadError('ERR_INTERNAL', 'The staging file was closed before completion');
+      const t0 = performance.now();
+      await fdatasync(u.fd);
+      this.onSync?.((performance.now() - t0) / 1000);
+      await this.#closeFiles(u);
       const dir = await this.resolveTargetDir(u.targetPath);
       const name = await this.#place(u, dir);
       await this.store.syncDir(dir);
@@ -369,11 +375,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   }
 
   async cancel(u: Upload): Promise<void> {
+    // A stop writes each upload's record as it closes it; a cancel recorded meanwhile could be overwritten by it.
+    if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     // An end being recorded (another cancel, or an expiry) decides first; this one answers by its outcome.
     if (u.ending) await u.ending.catch(() => {});
     if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete');
     if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING');
     if (u.status === 'expired') throw new UploadError('ERR_UPLOAD_EXPIRED');
+    if (u.status === 'failed') u.assertWritable(); // ERR_UPLOAD_FAILED: it is gone, but not by this cancel
     if (u.status !== 'active') return;
     u.ending = this.#cancel(u);
     return u.ending;
@@ -388,6 +397,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * stress harness; test/integration/stress.test.ts). Completion, expiry and shutdown wait for `ending`.
    */
   async #cancel(u: Upload): Promise<void> {
+    await null; // cancel has stored this promise in u.ending before the record is begun (claimChunk waits for it)
     const endTime = Date.now();
     try {
       await this.store.writeMeta({ ...u.toMeta(), status: 'cancelled', endTime });
@@ -396,7 +406,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await this.fail(u, err);
       throw err;
     }
-    if (u.status !== 'active') return; // it failed meanwhile; that end records itself
+    if (u.status !== 'active') {
+      // It failed meanwhile; that end records itself, and this cancel answers ERR_UPLOAD_FAILED.
+      if (u.status === 'failed') u.assertWritable();
+      return;
+    }
     u.status = 'cancelled';
     u.endTime = endTime;
     this.log.info({ event: 'upload.cancelled', guid: u.guid, user: u.user }, 'upload cancelled');
@@ -435,14 +449,21 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** Expires idle uploads (never one with a writer or a task in flight) and drops old records. */
   async reap(now = Date.now()): Promise<void> {
     for (const u of [...this.#uploads.values()]) {
-      if (u.status === 'active') {
-        if (now - u.lastActivityTime < this.options.uploadTtl) continue;
-        if (u.claimCount > 0 || u.tasksInFlight > 0 || u.ending) continue;
-        u.ending = this.#expire(u, now);
-        await u.ending;
-      } else if (u.status !== 'finalizing' && (u.endTime ?? 0) + this.options.recordTtl <= now) {
-        this.#uploads.delete(u.guid);
-        await this.store.removeAll(u.guid);
+      // A stop writes each upload's record as it closes it; an expiry recorded meanwhile could be overwritten.
+      if (this.#closed) return;
+      try {
+        if (u.status === 'active') {
+          if (now - u.lastActivityTime < this.options.uploadTtl) continue;
+          if (u.claimCount > 0 || u.tasksInFlight > 0 || u.ending || u.completion) continue;
+          u.ending = this.#expire(u, now);
+          await u.ending;
+        } else if (u.status !== 'finalizing' && (u.endTime ?? 0) + this.options.recordTtl <= now) {
+          this.#uploads.delete(u.guid);
+          await this.store.removeAll(u.guid);
+        }
+      } catch (e) {
+        // One upload's files that cannot be removed (EACCES, EBUSY) must not stop the round for the others.
+        this.log.error({ err: e, guid: u.guid }, 'reaper could not end an upload');
       }
     }
   }
@@ -453,6 +474,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * be written leaves the upload active, and the next round tries again.
    */
   async #expire(u: Upload, now: number): Promise<void> {
+    await null; // reap has stored this promise in u.ending before the record is begun (claimChunk waits for it)
     try {
       await this.store.writeMeta({ ...u.toMeta(), status: 'expired', endTime: now });
     } catch (e) {
@@ -484,12 +506,22 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     clearInterval(this.#checkpointer);
     await Promise.all(
       [...this.#uploads.values()].map(async (u) => {
-        if (u.completion) await u.completion.catch(() => {});
         if (u.ending) await u.ending.catch(() => {}); // its record must not be overwritten with 'active'
+        if (u.completion) await u.completion.catch(() => {});
         if (u.status !== 'active') return;
+        // From here (synchronously after the check above) no task starts, no chunk is acknowledged without a commit
+        // and no completion begins; bodies still arriving (engine.close waited graceMs for them) get 503.
+        u.stop = 'stopping';
         await workersLeft(u);
+        // Chunks written before the stop: committed (or, in `upload` durability, checkpointed) so they resume.
         if (u.hasUncommitted) await u.commit([]).catch(() => {});
         await u.commitsIdle();
+        // A commit asked for after this point is refused; once the rounds already running end, nothing touches the
+        // files (a task result still on its way is answered 503, its chunk asked for again after the restart).
+        u.stop = 'closing';
+        await workersLeft(u);
+        await u.commitsIdle();
+        if (u.status !== 'active') return; // a commit failed: that end recorded itself and closed the files
         await this.store.writeMeta(u.toMeta()).catch(() => {});
         await this.#closeFiles(u);
       }),
@@ -539,6 +571,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       const part = await fsp.stat(staging).catch(() => null);
       if (target && (!part || part.ino === target.ino)) {
         if (part) await fsp.unlink(staging);
+        // The stop may have come while onUploadComplete ran (it runs after the move, before 'completed' is
+        // recorded): run it again, so a file the hook refuses does not stay in place (at least once per upload).
+        if (this.options.onUploadComplete) {
+          const pending = new Upload(meta, null);
+          try {
+            await this.#completeHook(pending, dir!, meta.finalName);
+          } catch (e) {
+            const err = e instanceof UploadError ? e : new UploadError('ERR_HOOK_FAILED');
+            const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: err.code, message: err.message } }, null);
+            await this.store.writeMeta(u.toMeta());
+            await fsp.rm(this.store.journalPath(meta.guid), { force: true });
+            return u;
+          }
+        }
         const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
         await this.store.writeMeta(u.toMeta());
         await fsp.rm(this.store.journalPath(meta.guid), { force: true });

@@ -89,6 +89,13 @@ export class Upload {
    * and takes chunks, but completion, another end and shutdown wait for it, and it wins once its record is durable.
    */
   ending: Promise<void> | null = null;
+  /**
+   * A graceful stop (registry.close) in two steps. `stopping`: no new write task, no new acknowledgement in `upload`
+   * durability, no completion (ERR_SHUTTING_DOWN), while commits still run so the stop can record what was written.
+   * `closing`: commits are refused too (ERR_SHUTTING_DOWN, the upload does not fail), so once the rounds already
+   * running have ended nothing touches the files the stop then closes.
+   */
+  stop: 'none' | 'stopping' | 'closing' = 'none';
 
   readonly #claims = new Map<number, number>();
   readonly #claimWaiters = new Map<number, Set<() => void>>();
@@ -279,8 +286,12 @@ export class Upload {
     });
   }
 
-  /** `upload` durability: remember a written chunk for the next checkpoint, acknowledge at once. */
+  /**
+   * `upload` durability: remember a written chunk for the next checkpoint, acknowledge at once. Refused once a stop
+   * has begun: its last checkpoint may have been taken, and an acknowledged chunk must resume after the restart.
+   */
   markWritten(chunk: number): void {
+    if (this.stop !== 'none') throw new UploadError('ERR_SHUTTING_DOWN');
     this.#pending.push(chunk);
   }
 
@@ -305,6 +316,7 @@ export class Upload {
         this.#waiters = [];
         this.#pending = [];
         try {
+          if (this.stop === 'closing') throw new UploadError('ERR_SHUTTING_DOWN');
           if (this.failure) throw new UploadError('ERR_UPLOAD_FAILED');
           let journaled = true;
           if (this.#status === 'finalizing' || this.#status === 'completed') {
@@ -324,7 +336,8 @@ export class Upload {
           for (const w of waiters) w.resolve(journaled);
         } catch (e) {
           const err = e instanceof UploadError ? e : storageFailure(e);
-          if (!this.failure) this.failure = { code: err.code, message: err.message };
+          // A stop refuses the round without failing the upload: its chunks are simply not acknowledged.
+          if (!this.failure && err.code !== 'ERR_SHUTTING_DOWN') this.failure = { code: err.code, message: err.message };
           for (const w of waiters) w.reject(err);
         }
       }

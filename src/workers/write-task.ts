@@ -194,8 +194,18 @@ function checkActive(state: SharedState): WriteResult | null {
   // the write) the main thread waits for H_TASKS_IN_FLIGHT before removing the file.
   const s = Atomics.load(state.header, H_STATE);
   if (s === STATE_ACTIVE) return null;
-  return failed(state, 'ERR_UPLOAD_CANCELLED', `upload is ${STATE_NAMES[s] ?? `in state ${s}`}`);
+  const name = STATE_NAMES[s];
+  return failed(state, ENDED_CODE[name ?? ''] ?? 'ERR_UPLOAD_CANCELLED', `upload is ${name ?? `in state ${s}`}`);
 }
+
+/** The error a piece of an upload that is no longer active gets, by the upload's state. */
+const ENDED_CODE: Readonly<Record<string, WriteFailureCode>> = {
+  finalizing: 'ERR_UPLOAD_FINALIZING',
+  completed: 'ERR_UPLOAD_FINALIZING',
+  cancelled: 'ERR_UPLOAD_CANCELLED',
+  failed: 'ERR_UPLOAD_FAILED',
+  expired: 'ERR_UPLOAD_EXPIRED',
+};
 
 function checkChecksum(task: WriteTask, checksum: ChunkChecksum): string | null {
   const bytes = new Uint8Array(task.data, task.dataOffset, task.length);

@@ -19,6 +19,8 @@ import {
   H_STATE,
   H_TASKS_IN_FLIGHT,
   STATE_CANCELLED,
+  STATE_EXPIRED,
+  STATE_FAILED,
   STATE_FINALIZING,
   chunkLength,
   createSharedState,
@@ -340,12 +342,17 @@ describe.each(['chunk', 'upload'] as const)('WritePool with %s locks', (lockMode
     expectQuiet(u);
   });
 
-  it('writes nothing into a cancelled or finalizing upload', async () => {
-    for (const state of [STATE_CANCELLED, STATE_FINALIZING]) {
+  it('writes nothing into an upload that is not active, and says why by its state', async () => {
+    for (const [state, code] of [
+      [STATE_CANCELLED, 'ERR_UPLOAD_CANCELLED'],
+      [STATE_FINALIZING, 'ERR_UPLOAD_FINALIZING'],
+      [STATE_FAILED, 'ERR_UPLOAD_FAILED'],
+      [STATE_EXPIRED, 'ERR_UPLOAD_EXPIRED'],
+    ] as const) {
       const u = makeUpload(2_000, 1_000, lockMode);
       Atomics.store(u.state.header, H_STATE, state);
       const r = await pool.write(wholeChunkTask(u, 0, 1));
-      expect(r.failure?.code).toBe('ERR_UPLOAD_CANCELLED');
+      expect(r.failure?.code).toBe(code);
       expect(r).toMatchObject({ written: 0, flipped: false });
       expectUntouched(u);
       expectQuiet(u);

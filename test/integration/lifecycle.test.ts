@@ -1,0 +1,155 @@
+/**
+ * Races between a chunk and the end of its upload, on the registry with real worker threads: a graceful stop that
+ * comes while a body is still arriving, an expiry being recorded while a client resumes, and a process that dies
+ * inside onUploadComplete. Each was found by review and reproduced by a script before it was fixed.
+ */
+import { randomBytes } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { ChunkReceiver, claimChunk, nextWriterId, writeWholeChunk } from '../../src/main/chunk-ingest.js';
+import type { IngestContext } from '../../src/main/chunk-ingest.js';
+import { resolveOptions } from '../../src/main/options.js';
+import type { UploadEngineOptions } from '../../src/main/options.js';
+import { SlabPool } from '../../src/main/slab-pool.js';
+import { UploadRegistry } from '../../src/main/upload-registry.js';
+import { WritePool } from '../../src/main/write-pool.js';
+import { UploadError } from '../../src/protocol/errors.js';
+
+const CS = 256 * 1024;
+const SLAB = 64 * 1024;
+const log = pino({ level: 'silent' });
+const pool = new WritePool({ workers: 2 });
+const dirs: string[] = [];
+
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await fsp.rm(d, { recursive: true, force: true });
+});
+afterAll(async () => {
+  await pool.close();
+});
+
+async function setUp(extra: UploadEngineOptions = {}) {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'updraft-lifecycle-'));
+  dirs.push(dir);
+  const options = resolveOptions({ dir, chunkSize: CS, batchSize: SLAB, logLevel: 'silent', ...extra });
+  const registry = new UploadRegistry(options, log);
+  await registry.start();
+  const slabs = new SlabPool({ slabSize: SLAB, maxBytes: options.maxInFlightBytes, maxFilling: options.maxReadingBodies });
+  const ctx: IngestContext = { options, pool, slabs, registry };
+  const data = randomBytes(3 * CS);
+  const u = await registry.create('anonymous', { fileName: 'f.bin', fileSize: data.length, chunkSize: CS, totalChunks: 3, targetPath: [] });
+  return { dir, options, registry, ctx, data, u };
+}
+
+const chunkOf = (data: Uint8Array, c: number): Uint8Array => data.subarray(c * CS, (c + 1) * CS);
+
+describe.each(['chunk', 'upload'] as const)('upload lifecycle races (durability %s)', (durability) => {
+  it('a graceful stop while a body is still arriving: that chunk gets 503, the upload does not fail, and resumes', async () => {
+    const { options, registry, ctx, data, u } = await setUp({ durability });
+    expect((await writeWholeChunk(ctx, u, 0, chunkOf(data, 0))).duplicate).toBe(false);
+    // Chunk 1 as a streamed body: all but its last slab arrive (and are written) before the stop.
+    const writer = nextWriterId();
+    expect(await claimChunk(ctx, u, 1, writer)).toBeNull();
+    const body = new ChunkReceiver(ctx, u, 1, writer, () => {}, () => {});
+    const last = CS - SLAB;
+    body.push(chunkOf(data, 1).subarray(0, last));
+    // The rest arrives while the stop is recording the upload (it waited graceMs for bodies in vain).
+    let finished: Promise<unknown> | null = null;
+    const writeMeta = registry.store.writeMeta.bind(registry.store);
+    registry.store.writeMeta = (meta) => {
+      if (finished === null && meta.status === 'active') {
+        body.push(chunkOf(data, 1).subarray(last));
+        finished = body.finish();
+        finished.catch(() => {});
+      }
+      return writeMeta(meta);
+    };
+    await registry.close();
+    expect(finished).not.toBeNull();
+    await expect(finished).rejects.toMatchObject({ code: 'ERR_SHUTTING_DOWN' });
+    expect(u.status).toBe('active');
+    expect(u.failure).toBeUndefined();
+
+    // After the restart: active, chunk 0 kept (it was acknowledged), chunk 1 asked for again; then it completes.
+    const again = new UploadRegistry(options, log);
+    await again.start();
+    const v = [...again.uploads()][0]!;
+    expect(v.status).toBe('active');
+    expect(v.statusData().missingChunks).toEqual([1, 2]);
+    const ctx2: IngestContext = { ...ctx, registry: again };
+    await writeWholeChunk(ctx2, v, 2, chunkOf(data, 2));
+    const done = await writeWholeChunk(ctx2, v, 1, chunkOf(data, 1));
+    expect(done.completion?.fileName).toBe('f.bin');
+    expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'f.bin')), data)).toBe(0);
+    await again.close();
+  });
+});
+
+describe('upload lifecycle races', () => {
+  it('a chunk that arrives while an expiry is being recorded is answered 410, not stored and then removed', async () => {
+    const { registry, ctx, data, u } = await setUp({ uploadTtl: 1000, reapInterval: 3_600_000 });
+    await writeWholeChunk(ctx, u, 0, chunkOf(data, 0));
+    let late: Promise<unknown> | null = null;
+    const writeMeta = registry.store.writeMeta.bind(registry.store);
+    registry.store.writeMeta = (meta) => {
+      // The client resumes just as the reaper starts recording the expiry.
+      if (meta.status === 'expired' && late === null) {
+        late = writeWholeChunk(ctx, u, 1, chunkOf(data, 1));
+        late.catch(() => {});
+      }
+      return writeMeta(meta);
+    };
+    await registry.reap(Date.now() + 5000);
+    expect(u.status).toBe('expired');
+    expect(late).not.toBeNull();
+    await expect(late).rejects.toMatchObject({ code: 'ERR_UPLOAD_EXPIRED' });
+    await registry.close();
+  });
+
+  it('runs onUploadComplete again after a process died inside it, and removes the file if it now refuses it', async () => {
+    for (const verdict of ['accept', 'refuse'] as const) {
+      // The first process reaches the hook (the file is linked into place, `completed` not yet recorded) and is
+      // never heard of again: its registry is abandoned as a SIGKILL would leave it.
+      let entered!: () => void;
+      const inHook = new Promise<void>((resolve) => (entered = resolve));
+      const { options, ctx, data, u } = await setUp({
+        onUploadComplete: () => {
+          entered();
+          return new Promise<void>(() => {});
+        },
+      });
+      for (const c of [0, 1]) await writeWholeChunk(ctx, u, c, chunkOf(data, c));
+      void writeWholeChunk(ctx, u, 2, chunkOf(data, 2)).catch(() => {});
+      await inHook;
+      const file = path.join(options.dir, 'f.bin');
+      expect(Buffer.compare(await fsp.readFile(file), data)).toBe(0);
+
+      const calls: string[] = [];
+      const next = new UploadRegistry(
+        {
+          ...options,
+          onUploadComplete: (info) => {
+            calls.push(`${info.fileName} ${info.size}`);
+            if (verdict === 'refuse') throw new UploadError('ERR_UPLOAD_REFUSED', 'Not after a second look');
+          },
+        },
+        log,
+      );
+      await next.start();
+      expect(calls).toEqual([`f.bin ${data.length}`]);
+      const v = [...next.uploads()][0]!;
+      if (verdict === 'accept') {
+        expect(v.status).toBe('completed');
+        expect(Buffer.compare(await fsp.readFile(file), data)).toBe(0);
+      } else {
+        expect(v.status).toBe('failed');
+        expect(v.failure).toMatchObject({ code: 'ERR_UPLOAD_REFUSED' });
+        await expect(fsp.stat(file)).rejects.toMatchObject({ code: 'ENOENT' });
+      }
+      await next.close();
+    }
+  });
+});
