@@ -49,7 +49,8 @@ export interface UploadOptions {
   /**
    * WebSocket: a chunk longer than this goes as `part` frames of this many bytes, which the server writes as they
    * arrive instead of holding a whole chunk per frame. 0: every chunk in one frame. Default 2 MiB. Chunks with a
-   * checksum always go whole.
+   * checksum always go whole. On a link too slow for the server's `wsPartTimeout` (a chunk answered
+   * ERR_CHUNK_INCOMPLETE), the parts are halved, down to 64 KiB.
    */
   partSize?: number;
   /** 'sha256': every WebSocket chunk carries its digest and the server checks it (the HTTP PUT has no such field). */
@@ -63,6 +64,11 @@ export interface UploadOptions {
   resume?: boolean;
   /** How long to wait for the WebSocket's hello before calling the connection failed. Default 10 s. */
   connectTimeoutMs?: number;
+  /**
+   * With chunks in flight, how long a WebSocket may carry nothing (no message from the server, none of the queued
+   * bytes leaving) before it is dropped as dead and reconnected (or, in `auto`, replaced by PUT). Default 60 s.
+   */
+  stallTimeoutMs?: number;
   /** Same as `handle.on('progress', fn)`, registered before the upload starts. */
   onProgress?: (p: UploadProgress) => void;
 }
@@ -130,7 +136,8 @@ export class UploadHandle {
   readonly #mode: TransportMode;
   readonly #parallel: number;
   readonly #window: number | undefined;
-  readonly #partSize: number;
+  /** Halved by a WebSocket session whose parts were too slow for the server (see WsSessionOptions.onSlowParts). */
+  #partSize: number;
   readonly #chunkSize: number | undefined;
   readonly #retry: RetryPolicy;
   readonly #ac = new AbortController();
@@ -451,6 +458,10 @@ export class UploadHandle {
         source: this.#src!,
         window: this.#window,
         partSize: this.#partSize,
+        onSlowParts: (size) => {
+          this.#partSize = size;
+        },
+        stallTimeoutMs: this.#o.stallTimeoutMs ?? 60_000,
         checksum: this.#o.checksum,
         connectTimeoutMs: this.#o.connectTimeoutMs ?? 10_000,
         retry: this.#retry,

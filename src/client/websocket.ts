@@ -35,6 +35,8 @@ interface WebSocketLike {
   binaryType: string;
   readonly protocol: string;
   readonly readyState: number;
+  /** Bytes queued by send() and not yet handed to the network (both the browser's WebSocket and `ws` have it). */
+  readonly bufferedAmount: number;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
   onopen: ((ev: unknown) => void) | null;
@@ -80,6 +82,16 @@ export interface WsSessionOptions {
   window: number | undefined;
   /** A chunk longer than this (and without a checksum) goes as `part` frames of this size; 0: never. */
   partSize: number;
+  /**
+   * The server dropped a chunk because its next part came too late (`ERR_CHUNK_INCOMPLETE`, a slow link): parts are
+   * halved from now on (to MIN_PART_SIZE at least), and this tells the caller the new size for later connections.
+   */
+  onSlowParts: (partSize: number) => void;
+  /**
+   * With chunks in flight, how long the connection may carry nothing (no message from the server, and none of our
+   * queued bytes leaving) before it counts as dead and is dropped (then reconnected, or PUT in `auto`).
+   */
+  stallTimeoutMs: number;
   checksum: 'sha256' | undefined;
   connectTimeoutMs: number;
   retry: RetryPolicy;
@@ -113,8 +125,16 @@ const FATAL_CLOSE: Record<number, string> = {
   [CLOSE_TOO_BIG]: 'ERR_BODY_TOO_LARGE',
 };
 
+/** The smallest part the client shrinks to on a slow link (see WsSessionOptions.onSlowParts). */
+export const MIN_PART_SIZE = 64 * 1024;
+
 export class WsSession {
   readonly #o: WsSessionOptions;
+  #partSize: number;
+  /** The stall watchdog: when the connection last showed life, and the bufferedAmount seen then. */
+  #lastLife = 0;
+  #lastBuffered = 0;
+  #watchdog: ReturnType<typeof setInterval> | undefined;
   #ws: WebSocketLike | undefined;
   #window = 1;
   #hello = false;
@@ -135,6 +155,7 @@ export class WsSession {
 
   constructor(options: WsSessionOptions) {
     this.#o = options;
+    this.#partSize = options.partSize;
   }
 
   async run(): Promise<WsOutcome> {
@@ -181,6 +202,7 @@ export class WsSession {
         }
       };
       ws.onmessage = (ev) => {
+        this.#lastLife = Date.now();
         try {
           this.#onMessage(ev.data);
         } catch (e) {
@@ -227,6 +249,7 @@ export class WsSession {
           return;
         }
         plan.adopt(m.missing);
+        this.#startWatchdog();
         this.#o.onHello();
         if (plan.allStored) {
           // Nothing left to send; the caller waits for completion through upload-status.
@@ -253,6 +276,11 @@ export class WsSession {
         }
         if (!this.#inFlight.delete(m.c)) return;
         if (!m.retry) throw error;
+        if (m.code === 'ERR_CHUNK_INCOMPLETE' && this.#partSize > MIN_PART_SIZE) {
+          // Its parts came too slowly for the server's wsPartTimeout: send smaller ones (each arrives sooner).
+          this.#partSize = Math.max(MIN_PART_SIZE, Math.floor(this.#partSize / 2 / 4096) * 4096);
+          this.#o.onSlowParts(this.#partSize);
+        }
         const attempt = (this.#attempts.get(m.c) ?? 0) + 1;
         this.#attempts.set(m.c, attempt);
         if (attempt > this.#o.retry.attempts) throw error;
@@ -324,10 +352,11 @@ export class WsSession {
             o.plan.release(c);
             return;
           }
-          if (header.k === undefined && o.partSize > 0 && bytes.length > o.partSize) {
+          const partSize = this.#partSize;
+          if (header.k === undefined && partSize > 0 && bytes.length > partSize) {
             // Parts of one chunk go back to back (no await between them): nothing else may come in between.
-            for (let off = 0; off < bytes.length; off += o.partSize) {
-              this.#ws!.send(encodeFrame({ t: 'part', c, o: off }, bytes.subarray(off, off + o.partSize)));
+            for (let off = 0; off < bytes.length; off += partSize) {
+              this.#ws!.send(encodeFrame({ t: 'part', c, o: off }, bytes.subarray(off, off + partSize)));
             }
           } else {
             this.#ws!.send(encodeFrame(header, bytes));
@@ -339,6 +368,30 @@ export class WsSession {
     } finally {
       this.#pumping = false;
     }
+  }
+
+  /**
+   * A connection can go dead without a close (a network change, a half-open NAT, a stalled peer): nothing would ever
+   * settle the session. While chunks are in flight, a message from the server or our own queued bytes leaving
+   * (bufferedAmount going down) count as life; none for stallTimeoutMs drops the connection.
+   */
+  #startWatchdog(): void {
+    const limit = this.#o.stallTimeoutMs;
+    this.#lastLife = Date.now();
+    this.#lastBuffered = this.#ws?.bufferedAmount ?? 0;
+    this.#watchdog = setInterval(() => {
+      const ws = this.#ws;
+      if (this.#settled || ws === undefined) return;
+      const now = Date.now();
+      const buffered = ws.bufferedAmount;
+      if (buffered < this.#lastBuffered || this.#inFlight.size === 0 || this.#o.isPaused()) this.#lastLife = now;
+      this.#lastBuffered = buffered;
+      if (now - this.#lastLife < limit) return;
+      const error = new ClientError('ERR_WEBSOCKET_FAILED', `No answer from the server for ${Math.round((now - this.#lastLife) / 1000)} s`);
+      this.#closeSocket(1000, 'stalled');
+      this.#settle({ kind: 'dropped', error, progressed: this.#progressed });
+    }, Math.max(10, Math.min(1000, Math.floor(limit / 4))));
+    (this.#watchdog as { unref?: () => void }).unref?.();
   }
 
   #protocolError(detail: string): ClientError {
@@ -373,6 +426,7 @@ export class WsSession {
   #finish(): void {
     this.#settled = true;
     clearTimeout(this.#connectTimer);
+    clearInterval(this.#watchdog);
     this.#o.signal.removeEventListener('abort', this.#onAbort);
     for (const t of this.#cooling.values()) clearTimeout(t);
     for (const c of this.#cooling.keys()) this.#o.plan.release(c);

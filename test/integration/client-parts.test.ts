@@ -10,18 +10,39 @@ import { PREFIX, bytesOf, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 
 const sent = vi.hoisted(() => [] as Array<{ t: string; c?: number; o?: number; length: number }>);
+/**
+ * Bad links, per test: `delay` holds back one part frame (and, to keep the order, every frame after it) for `ms`;
+ * `blackHole` makes the next connection swallow every frame the client sends after hello, as a dead route would.
+ */
+const link = vi.hoisted(() => ({ delay: null as null | { c: number; o: number; ms: number }, blackHole: false }));
 
 // The client loads `ws` on Node 20; this one records each frame's header before sending it.
 vi.mock('ws', async (importOriginal) => {
   const real = await importOriginal<typeof import('ws')>();
   const { decodeClientFrame: decode } = await import('../../src/protocol/codec.js');
   class RecordingWebSocket extends real.WebSocket {
+    #gate: Promise<void> | null = null;
+    readonly #swallow: boolean;
+    constructor(...args: ConstructorParameters<typeof real.WebSocket>) {
+      super(...args);
+      this.#swallow = link.blackHole;
+      link.blackHole = false;
+    }
     override send(data: unknown, ...rest: unknown[]): void {
-      if (data instanceof Uint8Array) {
-        const { message, payload } = decode(data);
-        sent.push({ ...message, length: payload.length } as (typeof sent)[number]);
+      const go = (): void => (super.send as (...a: unknown[]) => void)(data, ...rest);
+      if (!(data instanceof Uint8Array)) return go();
+      const { message, payload } = decode(data);
+      sent.push({ ...message, length: payload.length } as (typeof sent)[number]);
+      if (this.#swallow) return;
+      const d = link.delay;
+      if (d !== null && message.t === 'part' && message.c === d.c && message.o === d.o) {
+        link.delay = null;
+        this.#gate = new Promise((resolve) => setTimeout(resolve, d.ms));
       }
-      (super.send as (...a: unknown[]) => void)(data, ...rest);
+      if (this.#gate === null) return go();
+      this.#gate = this.#gate.then(() => {
+        if (this.readyState === real.WebSocket.OPEN) go();
+      });
     }
   }
   return { ...real, default: RecordingWebSocket, WebSocket: RecordingWebSocket };
@@ -33,6 +54,8 @@ const MiB = 1024 * KiB;
 let server: TestServer | null = null;
 afterEach(async () => {
   sent.length = 0;
+  link.delay = null;
+  link.blackHole = false;
   await server?.close();
   server = null;
 });
@@ -73,5 +96,34 @@ describe('client: updraft.v1 parts', () => {
     await upload(data, { endpoint, fileName: 'default.bin', chunkSize: 5 * MiB, transport: 'websocket' }).done;
     expect(sent.filter((m) => m.t === 'part').map((m) => [m.o, m.length])).toEqual([[0, 2 * MiB], [2 * MiB, 2 * MiB], [4 * MiB, MiB]]);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'default.bin')), data)).toBe(0);
+  });
+
+  it('halves its parts when the server drops a chunk whose next part came too late, and sends it again', async () => {
+    server = await startServer({ wsPartTimeout: 300, batchSize: 64 * KiB });
+    const data = bytesOf(2 * MiB);
+    link.delay = { c: 0, o: 512 * KiB, ms: 700 };
+    const endpoint = `${server.base}${PREFIX}`;
+    const r = await upload(data, { endpoint, fileName: 'slow.bin', chunkSize: MiB, transport: 'websocket', partSize: 512 * KiB }).done;
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'slow.bin')), data)).toBe(0);
+    const chunk0 = sent.filter((m) => m.t === 'part' && m.c === 0).map((m) => [m.o, m.length]);
+    // 512 KiB parts (the second one late), then, after ERR_CHUNK_INCOMPLETE, the chunk again in 256 KiB parts.
+    expect(chunk0.slice(0, 2)).toEqual([[0, 512 * KiB], [512 * KiB, 512 * KiB]]);
+    expect(chunk0.slice(-4)).toEqual([0, 1, 2, 3].map((i) => [i * 256 * KiB, 256 * KiB]));
+  });
+
+  it('drops a connection that carries nothing while chunks are in flight (stallTimeoutMs) and finishes on a new one', async () => {
+    server = await startServer();
+    const data = bytesOf(3 * MiB);
+    link.blackHole = true; // the first connection says hello, then nothing the client sends gets through
+    const endpoint = `${server.base}${PREFIX}`;
+    const retries: string[] = [];
+    const handle = upload(data, { endpoint, fileName: 'stall.bin', chunkSize: MiB, transport: 'websocket', stallTimeoutMs: 400, retry: { attempts: 3, baseDelayMs: 10, maxDelayMs: 20 } });
+    handle.on('retry', (e) => retries.push(`${e.operation}: ${e.error.message}`));
+    const r = await handle.done;
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    expect(retries).toHaveLength(1);
+    expect(retries[0]).toMatch(/^websocket: No answer from the server for \d+ s$/);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stall.bin')), data)).toBe(0);
   });
 });
