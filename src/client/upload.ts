@@ -156,6 +156,8 @@ export class UploadHandle {
   #state: UploadState = 'starting';
   #transport: TransportName | null = null;
   #paused = false;
+  /** cancel() deleted the upload on the server already. */
+  #serverCancelled = false;
   #resumeWaiters: Array<() => void> = [];
   #ws: WsSession | undefined;
   #storeKey: string | undefined;
@@ -183,12 +185,21 @@ export class UploadHandle {
     if (options.onProgress) this.#listeners.progress.add(options.onProgress);
 
     const signal = options.signal;
+    let onAbort: (() => void) | undefined;
     if (signal !== undefined) {
-      const onAbort = (): void => this.#stop(new ClientError('ERR_ABORTED', undefined, { cause: signal.reason }));
+      onAbort = (): void => this.#stop(new ClientError('ERR_ABORTED', undefined, { cause: signal.reason }));
       if (signal.aborted) queueMicrotask(onAbort);
       else signal.addEventListener('abort', onAbort, { once: true });
     }
     this.done = this.#run();
+    // One signal may serve many uploads: a finished one must not stay reachable from it.
+    if (signal !== undefined && onAbort !== undefined) {
+      const listener = onAbort;
+      void this.done.then(
+        () => signal.removeEventListener('abort', listener),
+        () => signal.removeEventListener('abort', listener),
+      );
+    }
     // A caller that only listens to events must not get an unhandled rejection; awaiting `done` still throws.
     this.done.catch(() => {});
   }
@@ -228,11 +239,38 @@ export class UploadHandle {
     this.#ws?.kick();
   }
 
-  /** Stops the upload and deletes it on the server; `done` rejects with ERR_UPLOAD_CANCELLED. */
+  /**
+   * Stops the upload and deletes it on the server; `done` rejects with ERR_UPLOAD_CANCELLED. Once the upload exists
+   * on the server, the server is asked first (no new chunk is sent meanwhile): if every chunk had already arrived
+   * and the server is placing (or has placed) the file, it refuses, and `cancel()` rejects with
+   * ERR_UPLOAD_FINALIZING while the upload goes on to `done` like any other.
+   */
   async cancel(): Promise<void> {
-    if (TERMINAL.has(this.#state)) return;
+    if (TERMINAL.has(this.#state) || this.#stopReason !== undefined) return;
+    const guid = this.#guid;
+    if (guid !== undefined) {
+      const wasPaused = this.#paused;
+      this.#paused = true; // hold new chunks while the server decides (no 'paused' state: the caller did not pause)
+      try {
+        await this.#api.cancel(guid, new AbortController().signal);
+        this.#serverCancelled = true;
+      } catch (e) {
+        if (e instanceof ClientError && e.code === 'ERR_UPLOAD_FINALIZING') {
+          if (!wasPaused) this.#unpause();
+          throw e;
+        }
+        // Unreachable or gone (404, 410): stop here; the stop tries the delete once more, the TTL cleans up otherwise.
+      }
+    }
     this.#stop(new ClientError('ERR_UPLOAD_CANCELLED', 'Upload cancelled', { guid: this.#guid }));
     await this.done.catch(() => {});
+  }
+
+  /** Lets held chunks go again (resume() without its state change, for cancel's wait). */
+  #unpause(): void {
+    this.#paused = false;
+    for (const w of this.#resumeWaiters.splice(0)) w();
+    this.#ws?.kick();
   }
 
   #stop(reason: ClientError): void {
@@ -567,8 +605,10 @@ export class UploadHandle {
     try {
       await Promise.all(workers);
     } catch (e) {
-      // Stop the other workers now rather than let them send chunks of an upload that has failed.
+      // Stop the other workers now rather than let them send chunks of an upload that has failed; those waiting
+      // for resume() re-check the signal and throw.
       if (!this.#signal.aborted) this.#ac.abort(e);
+      for (const w of this.#resumeWaiters.splice(0)) w();
       await Promise.allSettled(workers);
       throw e;
     }
@@ -600,7 +640,7 @@ export class UploadHandle {
     err.guid ??= this.#guid;
     if (!this.#signal.aborted) this.#ac.abort(err); // stop whatever still runs
     const cancelled = err.code === 'ERR_UPLOAD_CANCELLED';
-    if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined) {
+    if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined && !this.#serverCancelled) {
       // The caller's cancel(): delete the upload on the server too (a few quick tries; the TTL cleans up otherwise).
       const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
       await api.cancel(this.#guid, new AbortController().signal).catch(() => {});

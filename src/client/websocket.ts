@@ -159,7 +159,15 @@ export class WsSession {
   }
 
   async run(): Promise<WsOutcome> {
-    const { ctor, isWsPackage } = await webSocketImpl();
+    let impl: { ctor: WebSocketCtor; isWsPackage: boolean };
+    try {
+      impl = await webSocketImpl();
+    } catch (e) {
+      // No WebSocket here at all: the same as a connection that cannot be made (`auto` goes on over PUT).
+      const error = e instanceof ClientError ? e : new ClientError('ERR_WEBSOCKET_FAILED', (e as Error).message, { cause: e });
+      return { kind: 'connect-failed', error };
+    }
+    const { ctor, isWsPackage } = impl;
     const o = this.#o;
     if (o.signal.aborted) throw o.signal.reason;
     return new Promise<WsOutcome>((resolve, reject) => {

@@ -4,6 +4,7 @@
  * guid, cancel, pause, retries through injected 503s, and the errors a caller sees. Every file is compared byte
  * for byte with its source.
  */
+import { getEventListeners } from 'node:events';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -274,6 +275,30 @@ describe('client: resume, cancel, pause', () => {
     await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED' });
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
     expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
+  });
+
+  it('cancel() once every chunk is in: the server is placing the file, so cancel() rejects ERR_UPLOAD_FINALIZING and the upload completes', async () => {
+    // The hook holds the completion, so the cancel arrives while the server is finalizing.
+    server = await startServer({ onUploadComplete: () => new Promise((r) => setTimeout(r, 300)) });
+    const data = bytesOf(256 * KiB);
+    for (const transport of ['http', 'websocket'] as const) {
+      const h = upload(data, { endpoint: endpoint(server.base), fileName: `late-${transport}.bin`, chunkSize: 64 * KiB, transport });
+      await whenLoaded(h, data.length);
+      await expect(h.cancel()).rejects.toMatchObject({ code: 'ERR_UPLOAD_FINALIZING' });
+      const r = await h.done;
+      expect(r.fileName).toBe(`late-${transport}.bin`);
+      expect(h.state).toBe('done');
+      await expectStored(server, `late-${transport}.bin`, data);
+    }
+  });
+
+  it('leaves no listener on a signal shared by uploads that have finished', async () => {
+    server = await startServer();
+    const ac = new AbortController();
+    for (const name of ['s1.bin', 's2.bin']) {
+      await upload(bytesOf(100 * KiB), { endpoint: endpoint(server.base), fileName: name, chunkSize: 64 * KiB, signal: ac.signal }).done;
+    }
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
   });
 
   it('pause() sends no new chunk until resume()', async () => {
