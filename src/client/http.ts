@@ -105,6 +105,8 @@ export class HttpApi {
         } else if (e instanceof RetryableReply) {
           error = e.error;
           retryAfterMs = e.retryAfterMs;
+          // A cancel refused because the file is being placed (or is) will be refused again: that is the answer.
+          if (operation === 'cancel' && error.code === 'ERR_UPLOAD_FINALIZING') throw error;
         } else {
           throw e; // a definitive 4xx
         }

@@ -524,13 +524,19 @@ export class UploadHandle {
           return { fileName: outcome.fileName, size: outcome.size };
         case 'all-stored':
           return 'stored';
-        case 'connect-failed':
+        case 'connect-failed': {
           // auto: no connection at all, or the reconnect after a drop failed -> PUT.
           if (auto) {
             this.#fallbackReason = outcome.error.message;
             return 'fallback';
           }
+          // An upgrade refused for good (the upload was cancelled or expired meanwhile, the token was revoked) looks
+          // like any failed connect from here: a browser shows no status. upload-status says why (it throws the
+          // server's code for 401, 404, 410), or that the upload completed.
+          const done = this.#adoptStatus(await this.#api.status(this.#guid!, this.#signal));
+          if (done !== undefined) return done;
           break;
+        }
         case 'dropped':
           if (outcome.progressed) failures = 0;
           break;

@@ -16,6 +16,7 @@ import {
   CLOSE_POLICY,
   CLOSE_PROTOCOL_ERROR,
   CLOSE_TOO_BIG,
+  CLOSE_TOO_MANY_CONNECTIONS,
   CLOSE_UPLOAD_CANCELLED,
   CLOSE_UPLOAD_EXPIRED,
   CLOSE_UPLOAD_FAILED,
@@ -327,6 +328,10 @@ export class WsSession {
       this.#fail(this.#lastError);
     } else if (fatalCode !== undefined && this.#hello) {
       this.#fail(this.#lastError ?? new ClientError(fatalCode, `WebSocket closed with ${code}${reason ? `: ${reason}` : ''}`, { guid: this.#o.guid }));
+    } else if (!this.#hello && code === CLOSE_TOO_MANY_CONNECTIONS) {
+      // The server has no room for another connection of this user now: try again later (backoff), not PUT at once.
+      const error = new ClientError('ERR_RATE_LIMITED', `WebSocket closed with ${code}${reason ? `: ${reason}` : ''}`, { retryable: true, guid: this.#o.guid });
+      this.#settle({ kind: 'dropped', error, progressed: false });
     } else if (!this.#hello) {
       const detail = `WebSocket closed with ${code} before hello${reason ? `: ${reason}` : ''}`;
       this.#settle({ kind: 'connect-failed', error: this.#lastError ?? new ClientError('ERR_WEBSOCKET_FAILED', detail) });

@@ -11,8 +11,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CLIENT_ERROR_CODES, ClientError, ERROR_CODES, upload } from '../../src/client/index.js';
 import { ERROR_CODES as SERVER_ERROR_CODES } from '../../src/protocol/errors.js';
 import type { RetryEvent, TransportEvent, UploadOptions } from '../../src/client/index.js';
-import { PREFIX, bytesOf, call, startServer, tempDir } from '../fixtures/server.js';
+import { PREFIX, bytesOf, call, initUpload, startServer, tempDir } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
+import { TestSocket } from '../fixtures/ws-client.js';
 import { startProxy } from './client-fixtures.js';
 import type { TestProxy } from './client-fixtures.js';
 
@@ -200,6 +201,35 @@ describe('client: WebSocket failures', () => {
     const h = upload(bytesOf(10 * KiB), { endpoint: endpoint(server.base), fileName: 'no.bin', transport: 'websocket', retry: { attempts: 1, baseDelayMs: 5 } });
     await expect(h.done).rejects.toMatchObject({ name: 'ClientError', code: 'ERR_WEBSOCKET_FAILED' });
     expect(h.state).toBe('failed');
+  });
+
+  it("transport 'websocket': an upgrade refused because the upload is gone reports the upload's end, not a connect failure", async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { allowWsConnections: 0 }); // every upgrade refused (503)
+    const h = upload(bytesOf(512 * KiB), { endpoint: endpoint(proxy.base), fileName: 'gone.bin', chunkSize: 64 * KiB, transport: 'websocket', retry: { attempts: 5, baseDelayMs: 50 } });
+    // Between two connects, another party cancels the upload: the next refusal is explained by upload-status.
+    h.on('retry', (e) => {
+      if (e.operation === 'websocket' && e.attempt === 1) void call(server!.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${h.guid}`);
+    });
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED' });
+  });
+
+  it('after a 4029 (too many WebSockets for this user) it reconnects with backoff instead of switching to PUT', async () => {
+    server = await startServer({ maxWsConnectionsPerUser: 1 });
+    const other = await initUpload(server.base, { fileName: 'x.bin', fileSize: 2 * MiB, chunkSize: MiB });
+    expect(other.status).toBe(200);
+    const busy = await TestSocket.open(server.base, other.json.data!.guid as string, { protocols: ['updraft.v1'] }); // the one slot
+    const data = bytesOf(512 * KiB);
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'limited.bin', chunkSize: 64 * KiB, retry: { attempts: 5, baseDelayMs: 50 } });
+    const retries: string[] = [];
+    h.on('retry', (e) => {
+      retries.push(`${e.operation} ${e.error.code}`);
+      if (retries.length === 1) busy.ws.terminate();
+    });
+    const r = await h.done;
+    expect(retries[0]).toBe('websocket ERR_RATE_LIMITED');
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    await expectStored(server, 'limited.bin', data);
   });
 
   it('authenticates the WebSocket and the PUTs with the token', async () => {
