@@ -311,12 +311,25 @@ abstract class Session {
   #close(code: number, reason: string, drop = false): void {
     const ws = this.#ws;
     if (this.ending || ws === null) return;
-    this.#ending = { code, reason: closeReason(reason) };
+    const ending = (this.#ending = { code, reason: closeReason(reason) });
     // No more messages are read (see the message handler), so a half-received chunk will never end: free its claim
     // and slabs now rather than when the close is done, which waits for the queued replies to drain.
     this.abandon();
     if (drop) this.#queue = [];
-    if (this.#queue.length === 0) ws.end(code, this.#ending.reason);
+    // ws.end() runs the close handler at once, which takes the connection out of the window scheduler; this may be
+    // called from inside the scheduler (a `window` frame that overflows the reply queue), so end in a microtask,
+    // once the scheduler's call is over.
+    if (this.#queue.length === 0) {
+      queueMicrotask(() => {
+        if (!this.closed && this.#ws === ws) ws.end(code, ending.reason);
+      });
+      return;
+    }
+    // The queue drains first (onDrain ends the connection); a client that never reads would keep it, its per-user
+    // slot and its window entry for good: cut it off after CLOSE_DRAIN_MS.
+    setTimeout(() => {
+      if (!this.closed && this.#ws === ws) ws.close();
+    }, CLOSE_DRAIN_MS).unref?.();
   }
 
   /** A fatal error: the error message, then the close code of `closeCodeForError`. */
@@ -402,6 +415,9 @@ abstract class Session {
  * PSWebHost protocol: a text `{"type":"chunk","chunkNumber":N}` names the chunk of the next binary message;
  * `{"type":"getProgress"}` asks for the counters. Every binary message gets exactly one reply, `progress` or `error`.
  */
+/** How long a connection being closed may take to drain its queued replies before it is cut off. */
+const CLOSE_DRAIN_MS = 5000;
+
 class PsSession extends Session {
   readonly protocol = 'pswebhost';
   /** The chunk announced by the last `chunk` message; one binary message consumes it. */
@@ -413,7 +429,10 @@ class PsSession extends Session {
   message(bytes: ArrayBuffer, isBinary: boolean): void {
     if (!isBinary) {
       // Refuse long text before decoding it (a control message is a few dozen ASCII bytes).
+      // A refused control message also cancels the chunk announced before it: the client meant the binary message
+      // that follows for another chunk, and storing it under the earlier number would corrupt the file.
       if (bytes.byteLength > 4 * MAX_PS_CONTROL_LENGTH) {
+        this.#announced = null;
         this.refuse(new UploadError('ERR_CHUNK_HEADER_INVALID', `Invalid control message: longer than ${MAX_PS_CONTROL_LENGTH} characters`));
         return;
       }
@@ -422,6 +441,7 @@ class PsSession extends Session {
         if (ctl.type === 'chunk') this.#announced = ctl.chunkNumber;
         else this.#progress(-1, this.completion !== null);
       } catch (e) {
+        this.#announced = null;
         this.refuse(e);
       }
       return;
@@ -839,6 +859,7 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
         const proto = chooseSubprotocol(info.headers['sec-websocket-protocol']);
         const queryToken = info.query.get('token') || undefined;
         const user = await authenticate(o, info, queryToken ?? proto.token);
+        if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN'); // the stop began while authenticating
         const upload = registry.find(info.query.get('guid'), user);
         if (st.aborted) return;
         st.done = true;

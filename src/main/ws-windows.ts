@@ -32,7 +32,11 @@ export interface WindowHolder {
   readonly cap: number;
   /** Chunks sent on this connection and not answered yet. */
   readonly inFlight: number;
-  /** The window changed (called with the new value; the holder tells its client). */
+  /**
+   * The window changed (called with the new value; the holder tells its client). It must not call `remove` for
+   * itself before returning (a connection that closes over it ends in a later microtask); the scheduler skips a
+   * holder removed meanwhile all the same.
+   */
   windowChanged(window: number): void;
 }
 
@@ -128,7 +132,7 @@ export class WindowScheduler {
     }
     if (e.window === 0) return;
     this.#set(h, e, e.window - 1);
-    if (e.window === 0) this.#waiting.push(h);
+    if (e.window === 0 && this.#entries.has(h)) this.#waiting.push(h);
     this.#grant();
   }
 
@@ -150,9 +154,10 @@ export class WindowScheduler {
     if (roomForAll) {
       this.#waiting.length = 0;
       // Lower first, then raise: the sum never passes the budget in between.
+      // A holder's windowChanged must not remove it synchronously; skipping removed ones keeps the sum right anyway.
       const entries = [...this.#entries];
-      for (const [h, e] of entries) if (this.#target(e) < e.window) this.#set(h, e, this.#target(e));
-      for (const [h, e] of entries) if (this.#target(e) > e.window) this.#set(h, e, this.#target(e));
+      for (const [h, e] of entries) if (this.#entries.has(h) && this.#target(e) < e.window) this.#set(h, e, this.#target(e));
+      for (const [h, e] of entries) if (this.#entries.has(h) && this.#target(e) > e.window) this.#set(h, e, this.#target(e));
       this.#stopSweep();
       return;
     }
@@ -176,7 +181,11 @@ export class WindowScheduler {
   #grant(): void {
     while (this.#waiting.length > 0) {
       const h = this.#waiting[0]!;
-      const e = this.#entries.get(h)!;
+      const e = this.#entries.get(h);
+      if (e === undefined) {
+        this.#waiting.shift(); // removed while waiting (see remove): nothing to grant
+        continue;
+      }
       if (this.#used > 0 && this.#used + e.slot > this.#budget) break;
       this.#waiting.shift();
       e.lastActive = performance.now();
@@ -212,7 +221,7 @@ export class WindowScheduler {
       if (this.#waiting.length === 0) break;
       if (e.window === 0 || h.inFlight > 0 || now - e.lastActive < this.#idleMs) continue;
       this.#set(h, e, 0);
-      this.#waiting.push(h);
+      if (this.#entries.has(h)) this.#waiting.push(h);
       this.#grant();
     }
   }

@@ -189,6 +189,12 @@ describe('WebSocket, PSWebHost protocol', () => {
     expect(await s.nextJson()).toMatchObject({ type: 'error', code: 'ERR_CHUNK_HEADER_INVALID' });
     s.sendText('{"type":"chunk","chunkNumber":-1}');
     expect(await s.nextJson()).toMatchObject({ type: 'error', code: 'ERR_CHUNK_HEADER_INVALID' });
+    // A refused header cancels the one before it: chunk 1's bytes must not be stored as chunk 0.
+    s.sendText('{"type":"chunk","chunkNumber":0}');
+    s.sendText('{"type":"chunk","chunkNumber":1,"bytesRemaining":-1}');
+    s.sendBinary(slice(data, CS, 1));
+    expect(await s.nextJson()).toMatchObject({ type: 'error', code: 'ERR_CHUNK_HEADER_INVALID' });
+    expect(await s.nextJson()).toMatchObject({ type: 'error', code: 'ERR_CHUNK_HEADER_INVALID' });
     expect(await status(guid)).toMatchObject({ receivedChunks: 0, receivedBytes: 0, uploadStatus: 'active' });
     // The same connection then completes the upload.
     await serial(s, data, [0, 1, 2, 3]);

@@ -188,4 +188,30 @@ describe('WindowScheduler', () => {
       { seed: 42, numRuns: 300 },
     );
   });
+
+  it('survives a holder that is removed from inside windowChanged: no throw, no budget kept by it', () => {
+    // A connection whose `window` frame overflows its reply queue closes; were the close synchronous, it would leave
+    // the scheduler in the middle of a call (found by review: a crash in #grant, and budget lost for good).
+    const s = new WindowScheduler(16 * MiB); // 2 chunks of 8 MiB
+    let dying: Holder | null = null;
+    const die = (h: () => Holder) => (): void => {
+      if (dying === h()) s.remove(dying);
+    };
+    const a: Holder = new Holder('a', 8 * MiB, 8, die(() => a));
+    const b = new Holder('b');
+    s.add(a);
+    s.answering(a); // a: 2, the whole budget
+    s.add(b); // a drops to 1; b gets the other slot
+    const c = new Holder('c');
+    s.add(c); // c waits
+    expect(s.waiting).toBe(1);
+    dying = a;
+    expect(() => s.answering(a)).not.toThrow(); // a's window goes 1 -> 0, and a removes itself on hearing it
+    expect(s.windowOf(c)).toBe(1); // the slot a gave up went to c
+    expect(s.usedBytes).toBe(2 * 8 * MiB);
+    s.remove(b);
+    s.remove(c);
+    expect(s.usedBytes).toBe(0);
+    expect(s.waiting).toBe(0);
+  });
 });
