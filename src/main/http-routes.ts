@@ -174,8 +174,10 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
       maxFileSize: o.maxFileSize,
       maxChunks: o.maxChunks,
     });
-    let open = 0;
-    let mine = 0;
+    // Inits still being created count too: they take a place before their first await, so a burst of them cannot
+    // all pass the check before any is in the registry.
+    let open = registry.creating.total;
+    let mine = registry.creating.of(user);
     for (const u of registry.uploads()) {
       if (u.status !== 'active' && u.status !== 'finalizing') continue;
       open++;
@@ -183,36 +185,43 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     }
     if (open >= o.maxUploads) throw new UploadError('ERR_SERVER_BUSY', 'The server has too many open uploads; retry later');
     if (mine >= o.maxUploadsPerUser) throw new UploadError('ERR_RATE_LIMITED', 'Too many open uploads for this user; finish or cancel some first');
-    if (o.onUploadCreate) {
-      let placement: void | UploadPlacement;
-      try {
-        placement = await o.onUploadCreate(
-          {
-            user,
-            fileName: req.fileName,
-            fileSize: req.fileSize,
-            chunkSize: req.chunkSize,
-            totalChunks: req.totalChunks,
-            targetPath: req.targetPath.join('/'),
-            ...(req.uploadMethod !== undefined ? { uploadMethod: req.uploadMethod } : {}),
-            clientIp: info.client.ip,
-          },
-          info,
-        );
-      } catch (e) {
-        if (e instanceof UploadError) throw e;
-        log.warn({ err: e, reqId: info.requestId }, 'onUploadCreate refused an upload');
-        throw new UploadError('ERR_UPLOAD_REFUSED');
+    // The place among pending inits is held through the hook and the files (see PendingCreations).
+    const place = registry.creating.take(user, req.fileSize);
+    let u: Upload;
+    try {
+      if (o.onUploadCreate) {
+        let placement: void | UploadPlacement;
+        try {
+          placement = await o.onUploadCreate(
+            {
+              user,
+              fileName: req.fileName,
+              fileSize: req.fileSize,
+              chunkSize: req.chunkSize,
+              totalChunks: req.totalChunks,
+              targetPath: req.targetPath.join('/'),
+              ...(req.uploadMethod !== undefined ? { uploadMethod: req.uploadMethod } : {}),
+              clientIp: info.client.ip,
+            },
+            info,
+          );
+        } catch (e) {
+          if (e instanceof UploadError) throw e;
+          log.warn({ err: e, reqId: info.requestId }, 'onUploadCreate refused an upload');
+          throw new UploadError('ERR_UPLOAD_REFUSED');
+        }
+        if (placement) {
+          req = {
+            ...req,
+            ...(placement.fileName !== undefined ? { fileName: validateFileName(placement.fileName) } : {}),
+            ...(placement.targetPath !== undefined ? { targetPath: validateTargetPath(placement.targetPath) } : {}),
+          };
+        }
       }
-      if (placement) {
-        req = {
-          ...req,
-          ...(placement.fileName !== undefined ? { fileName: validateFileName(placement.fileName) } : {}),
-          ...(placement.targetPath !== undefined ? { targetPath: validateTargetPath(placement.targetPath) } : {}),
-        };
-      }
+      u = await registry.create(user, req, info.requestId, place);
+    } finally {
+      place.release();
     }
-    const u = await registry.create(user, req, info.requestId);
     const uploadUrl = `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`;
     const data: Record<string, unknown> = {
       guid: u.guid,
@@ -234,7 +243,10 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   }
 
   async function handleCancel(res: HttpResponse, st: ResponseState, user: string, guid: unknown): Promise<void> {
-    const u = registry.find(typeof guid === 'string' ? guid : guid === undefined ? undefined : String(guid), user);
+    if (guid !== undefined && guid !== null && typeof guid !== 'string') {
+      throw new UploadError('ERR_INVALID_FIELD', 'guid must be a string');
+    }
+    const u = registry.find(guid ?? undefined, user);
     await registry.cancel(u);
     sendSuccess(res, st, 'Upload cancelled', { guid: u.guid });
   }
@@ -414,8 +426,22 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   const resume = (): void => {
     if (busy || budgetPaused || st.aborted || st.done || !st.paused) return;
     st.paused = false;
+    lastLife = performance.now();
     res.resume();
   };
+
+  // The body idle watchdog (bodyIdleTimeout): only time spent reading counts, not time we hold the request paused.
+  let lastLife = performance.now();
+  const watchIdle = (): void => {
+    const idle = performance.now() - lastLife;
+    if (phase === 'over' || st.aborted || st.done) return;
+    if (st.paused || idle < o.bodyIdleTimeout) {
+      setTimeout(watchIdle, st.paused ? o.bodyIdleTimeout : o.bodyIdleTimeout - idle).unref?.();
+      return;
+    }
+    fail(new UploadError('ERR_CHUNK_INCOMPLETE', `No body bytes for ${Math.round(idle / 1000)} s`));
+  };
+  setTimeout(watchIdle, o.bodyIdleTimeout).unref?.();
 
   /** Runs an async step with the request paused; queued pieces are handled afterwards, in order. */
   const step = (fn: () => Promise<void>): void => {
@@ -544,6 +570,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
 
   res.onData((ab, isLast) => {
     if (phase === 'over') return;
+    lastLife = performance.now();
     const piece = new Uint8Array(ab);
     if (busy) {
       queue.push({ bytes: piece.slice(), isLast }); // copy: `ab` is only valid during this callback

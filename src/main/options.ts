@@ -119,6 +119,13 @@ export interface UploadEngineOptions {
   directIo?: boolean;
   /** How long a second writer of the same chunk waits for the first before ERR_CHUNK_BUSY (ms). Default 30 s. */
   chunkBusyTimeout?: number;
+  /**
+   * A PUT body that sends nothing for this long (ms), while the server is reading it, is answered ERR_CHUNK_INCOMPLETE
+   * and its connection closed, freeing its claim, memory and reading place. Time the server itself holds the request
+   * paused (waiting for memory or for another writer) does not count. uWS's own 10 s idle timeout would do this, but
+   * every resume restarts it. Default 10 s.
+   */
+  bodyIdleTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
   checkpointInterval?: number;
   /** How often the reaper looks for expired uploads and records (ms). Default 60 s. */
@@ -228,6 +235,7 @@ export interface ResolvedOptions {
   readonly maxReadingBodies: number;
   readonly directIo: boolean;
   readonly chunkBusyTimeout: number;
+  readonly bodyIdleTimeout: number;
   readonly checkpointInterval: number;
   readonly reapInterval: number;
   readonly instanceId: string;
@@ -334,6 +342,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 4, 1, 1_000_000),
     directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
+    bodyIdleTimeout: int('bodyIdleTimeout', o.bodyIdleTimeout, 10_000, 1, 3_600_000),
     checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),
     reapInterval: int('reapInterval', o.reapInterval, 60_000, 10),
     instanceId,

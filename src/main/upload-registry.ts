@@ -81,8 +81,49 @@ export function uploadInfo(u: Upload): UploadInfo {
   };
 }
 
+/**
+ * Inits between their limit check and their arrival in the registry (the onUploadCreate hook and the files take
+ * several awaits): they count against maxUploads, maxUploadsPerUser and the free space like the uploads they are
+ * about to be, so a burst of inits cannot all pass the checks at once.
+ */
+export class PendingCreations {
+  readonly #byUser = new Map<string, number>();
+  total = 0;
+  bytes = 0;
+
+  of(user: string): number {
+    return this.#byUser.get(user) ?? 0;
+  }
+
+  /** Takes a place; the returned function gives it back (once). */
+  take(user: string, bytes: number): CreationPlace {
+    this.total++;
+    this.bytes += bytes;
+    this.#byUser.set(user, this.of(user) + 1);
+    let held = true;
+    return {
+      bytes,
+      release: () => {
+        if (!held) return;
+        held = false;
+        this.total--;
+        this.bytes -= bytes;
+        const n = this.of(user) - 1;
+        if (n > 0) this.#byUser.set(user, n);
+        else this.#byUser.delete(user);
+      },
+    };
+  }
+}
+
+export interface CreationPlace {
+  readonly bytes: number;
+  release(): void;
+}
+
 export class UploadRegistry extends EventEmitter<UploadEvents> {
   readonly #uploads = new Map<string, Upload>();
+  readonly creating = new PendingCreations();
   readonly store: StateStore;
   #rootReal = '';
   #reaper: NodeJS.Timeout | undefined;
@@ -134,16 +175,22 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 
   // --- create ---------------------------------------------------------------------------------------------------------
 
-  async create(user: string, req: InitRequest, requestId?: string): Promise<Upload> {
+  /** `place`: the caller counted this init in `creating` (http-routes), so the free-space check leaves it out. */
+  async create(user: string, req: InitRequest, requestId?: string, place?: CreationPlace): Promise<Upload> {
     if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     if (req.targetPath.length === 0 && req.fileName.toLowerCase().startsWith('.updraft')) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
     }
+    // The final path, with room for a conflict suffix, must fit the system's limit, or the move would fail after
+    // every byte was sent (ENAMETOOLONG, a 500 at the end). Checked before the folders are made, and again on the
+    // real folder (a symlink may lengthen it).
+    this.#checkPathLength(path.join(this.#rootReal, ...req.targetPath, req.fileName));
     const dir = await this.resolveTargetDir(req.targetPath);
+    this.#checkPathLength(path.join(dir, req.fileName));
     if (this.options.onConflict === 'reject' && (await exists(path.join(dir, req.fileName)))) {
       throw new UploadError('ERR_FILE_EXISTS');
     }
-    await this.#checkFreeSpace(req.fileSize);
+    await this.#checkFreeSpace(req.fileSize, this.creating.bytes - (place?.bytes ?? 0));
 
     const guid = (this.options.instanceId ? `${this.options.instanceId}.` : '') + randomUUID();
     const now = Date.now();
@@ -221,13 +268,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     return cur;
   }
 
+  #checkPathLength(file: string): void {
+    if (Buffer.byteLength(file) + CONFLICT_SUFFIX_BYTES >= PATH_MAX) {
+      throw new UploadError('ERR_INVALID_TARGET_PATH', 'Target path and file name are too long together for this server');
+    }
+  }
+
   #insideRoot(p: string): boolean {
     return p !== '' && (p === this.#rootReal || p.startsWith(this.#rootReal + path.sep));
   }
 
-  async #checkFreeSpace(fileSize: number): Promise<void> {
+  /** `pending`: bytes of other inits still being created. */
+  async #checkFreeSpace(fileSize: number, pending: number): Promise<void> {
     if (fileSize === 0) return;
-    let reserved = 0;
+    let reserved = pending;
     for (const u of this.#uploads.values()) if (u.status === 'active') reserved += u.fileSize - u.receivedBytes;
     const st = await fsp.statfs(this.options.stagingDir);
     const free = st.bavail * st.bsize;
@@ -624,6 +678,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     return u;
   }
 }
+
+/** Linux PATH_MAX (bytes, with the terminating NUL), and the longest suffix withCounter adds (" (9999)"). */
+const PATH_MAX = 4096;
+const CONFLICT_SUFFIX_BYTES = 7;
 
 /** "name.ext" -> "name (n).ext"; a leading dot is part of the name (".bashrc" -> ".bashrc (1)"). */
 export function withCounter(name: string, n: number): string {

@@ -60,7 +60,7 @@ export const ERRORS = {
   ERR_CHUNK_HEADER_INVALID: { status: 400, message: 'Chunk header is missing or malformed', retryable: false },
   ERR_CHUNK_BUSY: { status: 409, message: 'Another request is writing this chunk; retry later', retryable: true },
   ERR_CHECKSUM_MISMATCH: { status: 422, message: 'Chunk checksum does not match its bytes', retryable: true },
-  ERR_CHUNK_INCOMPLETE: { status: 400, message: 'Connection ended before the whole chunk arrived', retryable: true },
+  ERR_CHUNK_INCOMPLETE: { status: 400, message: 'The chunk did not arrive whole: its connection ended or its bytes stopped coming', retryable: true },
   ERR_WINDOW_EXCEEDED: { status: 400, message: 'More chunks in flight on this connection than its window allows', retryable: false },
 
   // --- limits ----------------------------------------------------------------------------------------------------

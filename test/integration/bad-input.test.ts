@@ -81,6 +81,17 @@ describe('target paths', () => {
     noPath(JSON.stringify(r.json));
   });
 
+  it('refuses at init a target path and file name too long together for the system (not a 500 at the end)', async () => {
+    const targetPath = Array.from({ length: 16 }, (_, i) => `${i}`.padEnd(250, 'd')).join('/');
+    const fileName = 'f'.repeat(250);
+    for (const fileSize of [10, 0]) {
+      const r = await initUpload(server.base, { fileName, fileSize, targetPath });
+      expect([r.status, r.json.code]).toEqual([400, 'ERR_INVALID_TARGET_PATH']);
+      noPath(JSON.stringify(r.json));
+    }
+    expect(await fsp.readdir(server.dir)).not.toContain('0'.padEnd(250, 'd'));
+  });
+
   it('refuses a symlink that leaves the root and creates nothing outside', async () => {
     for (const targetPath of ['escape', 'escape/new/deeper']) {
       const r = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath });
@@ -143,6 +154,11 @@ describe('guids, routes and methods', () => {
     expect([unk.status, unk.json.code]).toEqual([404, 'ERR_UPLOAD_NOT_FOUND']);
     const cancel = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'cancel' });
     expect([cancel.status, cancel.json.code]).toEqual([400, 'ERR_MISSING_GUID']);
+    // A guid that is not a string (String() of this object throws): a 400, not a 500.
+    for (const bad of [{ toString: 1 }, [guid], 12]) {
+      const r = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'cancel', guid: bad });
+      expect([r.status, r.json.code]).toEqual([400, 'ERR_INVALID_FIELD']);
+    }
   });
 
   it('wrong method -> 405 with Allow; unknown route -> 404', async () => {

@@ -68,6 +68,15 @@ describe('limits', () => {
     expect(full.headers.get('retry-after')).toBe('1');
   });
 
+  it('holds the upload limits against a burst of concurrent inits (they count while being created)', async () => {
+    server = await startServer({ maxUploadsPerUser: 3, maxUploads: 5 });
+    const replies = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => call(server!.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'init', fileName: `burst${i}`, fileSize: 10 })),
+    );
+    expect(replies.filter((r) => r.status === 200)).toHaveLength(3);
+    expect(replies.filter((r) => r.status === 429 && r.json.code === 'ERR_RATE_LIMITED')).toHaveLength(27);
+  });
+
   it('answers 429 when one user has too many chunk bytes in flight, and serves them once those finish', async () => {
     server = await startServer({ maxInFlightBytesPerUser: CS });
     const data = bytesOf(2 * CS);

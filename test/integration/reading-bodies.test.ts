@@ -77,6 +77,33 @@ describe('bodies read at once (maxReadingBodies)', () => {
     }
   });
 
+  it('a body silent for bodyIdleTimeout while being read is answered ERR_CHUNK_INCOMPLETE and frees everything it held', async () => {
+    // Without it, the yield-and-resume cycle of a stalled body restarted uWS's idle timer for good: a few stalled
+    // bodies kept their claims, reading places and the user's in-flight budget forever (found by review).
+    server = await startServer({ bodyIdleTimeout: 300, batchSize: 64 * KIB, chunkSize: CS });
+    const data = bytesOf(2 * CS);
+    const a = await initUpload(server.base, { fileName: 'silent.bin', fileSize: data.length, chunkSize: CS });
+    const guid = a.json.data!.guid as string;
+    const stalled = rawPut(server.base, guid, 0, CS);
+    try {
+      stalled.send(slice(data, CS, 0).subarray(0, 10));
+      const started = Date.now();
+      const r = await stalled.reply;
+      expect(r.status).toBe(400);
+      expect(r.body).toMatchObject({ status: 'fail', code: 'ERR_CHUNK_INCOMPLETE' });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+      await new Promise<void>((resolve) => (stalled.socket.closed ? resolve() : stalled.socket.once('close', () => resolve())));
+      const health = await fetch(`${server.base}/healthz`).then((x) => x.json() as Promise<{ data: { inFlightBytes: number } }>);
+      expect(health.data.inFlightBytes).toBe(0);
+      // Its claim is gone: the chunk is written at once, and the upload completes.
+      const replies = await putChunks(server.base, guid, data, CS, [0, 1], 1);
+      expect(replies.map((x) => x.status)).toEqual([200, 200]);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'silent.bin')), data)).toBe(0);
+    } finally {
+      stalled.socket.destroy();
+    }
+  });
+
   it('many uploads at once through one reading place: every byte lands', async () => {
     server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, maxInFlightBytes: 512 * KIB, chunkSize: CS });
     const files = Array.from({ length: 6 }, (_, i) => ({ name: `f${i}.bin`, data: bytesOf(3 * CS + 1 + i * 1000) }));
