@@ -20,6 +20,14 @@ function bearer(header: string | undefined): string | undefined {
   return m?.[1];
 }
 
+/** `given` equals `want`, compared in constant time for strings of the same length (a token's bytes do not leak). */
+export function sameSecret(want: string, given: string | undefined): boolean {
+  if (given === undefined) return false;
+  const a = Buffer.from(want);
+  const b = Buffer.from(given);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
 /** Compares in constant time with every configured token (a Map lookup would leak timing on the token bytes). */
 function userForToken(o: ResolvedOptions, token: string): string | null {
   const given = Buffer.from(token);

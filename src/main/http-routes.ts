@@ -12,7 +12,7 @@ import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
 import { checkChunkInRange, parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
-import { authenticate } from './auth.js';
+import { authenticate, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
 import type { ClientView } from './forwarded.js';
 import { corsHeaders, logValue, preflightHeaders, requestId } from './http-policy.js';
@@ -314,7 +314,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     app.get('/metrics', (res, req) => {
       const info = readRequest(res, req, o);
       const st = begin(res, info);
-      if (o.metricsToken !== undefined && info.headers['authorization'] !== `Bearer ${o.metricsToken}`) {
+      if (o.metricsToken !== undefined && !sameSecret(`Bearer ${o.metricsToken}`, info.headers['authorization'])) {
         sendError(res, st, new UploadError('ERR_UNAUTHORIZED'), log);
         return;
       }
@@ -551,6 +551,12 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
         return;
       case 'drain':
         drained += bytes.length;
+        // A body without Content-Length (chunked) is read to its end only while it fits the chunk; past that it is
+        // refused at once (a duplicate must not let a client stream bytes for as long as it likes).
+        if (drained > expected && deferredError === null) {
+          fail(new UploadError('ERR_CHUNK_TOO_LARGE', `Chunk is ${expected} bytes; the body is longer`));
+          return;
+        }
         if (!isLast) return;
         if (deferredError !== null) {
           phase = 'over';

@@ -125,7 +125,7 @@ export class WindowScheduler {
     if (this.#waiting.length === 0) {
       if (e.ramp < e.cap) {
         e.ramp = Math.min(e.cap, e.ramp * 2);
-        const target = this.#target(e);
+        const target = this.#fitting(e, this.#target(e));
         if (target > e.window) this.#set(h, e, target);
       }
       return;
@@ -157,7 +157,11 @@ export class WindowScheduler {
       // A holder's windowChanged must not remove it synchronously; skipping removed ones keeps the sum right anyway.
       const entries = [...this.#entries];
       for (const [h, e] of entries) if (this.#entries.has(h) && this.#target(e) < e.window) this.#set(h, e, this.#target(e));
-      for (const [h, e] of entries) if (this.#entries.has(h) && this.#target(e) > e.window) this.#set(h, e, this.#target(e));
+      for (const [h, e] of entries) {
+        if (!this.#entries.has(h)) continue;
+        const target = this.#fitting(e, this.#target(e));
+        if (target > e.window) this.#set(h, e, target);
+      }
       this.#stopSweep();
       return;
     }
@@ -175,6 +179,15 @@ export class WindowScheduler {
   /** The window a connection should have while there is room for all: its share, within its slow start. */
   #target(e: Entry): number {
     return Math.min(this.#share(e), e.ramp);
+  }
+
+  /**
+   * `target`, lowered to what the budget has room for. Even shares fit when every connection has the same chunk
+   * size; with different sizes, a connection's share can count on room that a larger-chunk one already holds.
+   */
+  #fitting(e: Entry, target: number): number {
+    if (target <= e.window) return target;
+    return Math.min(target, e.window + Math.max(0, Math.floor((this.#budget - this.#used) / e.slot)));
   }
 
   /** Hands free slots (window 0 -> 1) to waiting connections, oldest first. One chunk always fits an idle budget. */

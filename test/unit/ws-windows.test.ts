@@ -214,4 +214,26 @@ describe('WindowScheduler', () => {
     expect(s.usedBytes).toBe(0);
     expect(s.waiting).toBe(0);
   });
+
+  it('keeps the sum within the budget when connections have different chunk sizes', () => {
+    const s = new WindowScheduler(64 * MiB);
+    const seen: number[] = [];
+    const check = (): void => {
+      seen.push(s.usedBytes);
+    };
+    const a = new Holder('a', 8 * MiB, 8, check);
+    const b = new Holder('b', 48 * MiB, 8, check);
+    s.add(a);
+    s.add(b);
+    for (let i = 0; i < 4; i++) {
+      s.answering(a);
+      s.answering(b);
+    }
+    expect(s.windowOf(b)).toBe(1);
+    expect(s.windowOf(a)).toBe(2); // its even share would be 4, but b's 48 MiB leave room for 2 of 8 MiB
+    expect(Math.max(...seen)).toBeLessThanOrEqual(64 * MiB);
+    s.remove(b);
+    s.answering(a);
+    expect(s.windowOf(a)).toBe(8);
+  });
 });
