@@ -438,8 +438,9 @@ export class UploadHandle {
       try {
         st = await this.#api.status(guid, this.#signal);
       } catch (e) {
-        // A remembered guid the server no longer knows (expired, cleaned up): start over. An explicit one: report.
-        if (remembered !== undefined && e instanceof ClientError && e.status !== undefined && e.status >= 400 && e.status < 500) st = forget();
+        // A remembered guid the server no longer knows (404; 410 expired or cancelled): start over. An explicit one,
+        // or any other refusal (401 a bad token, 429 busy): report it and keep the guid, which may work next time.
+        if (remembered !== undefined && e instanceof ClientError && (e.status === 404 || e.status === 410)) st = forget();
         else throw e;
       }
       if (st !== undefined) {
