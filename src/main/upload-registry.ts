@@ -95,7 +95,7 @@ export class PendingCreations {
     return this.#byUser.get(user) ?? 0;
   }
 
-  /** Takes a place; the returned function gives it back (once). */
+  /** Takes a place; its `release` gives it back (once). */
   take(user: string, bytes: number): CreationPlace {
     this.total++;
     this.bytes += bytes;
