@@ -312,6 +312,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     // `chunk` durability; the rest is asked for again). Refused before anything changes, so nothing fails.
     if (u.stop !== 'none') throw new UploadError('ERR_SHUTTING_DOWN');
     u.status = 'finalizing';
+    let placed: string | null = null; // the final file, once linked, until the completion is recorded
     try {
       await u.commitsIdle();
       if (u.failure) throw new UploadError('ERR_UPLOAD_FAILED');
@@ -324,14 +325,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await this.#closeFiles(u);
       const dir = await this.resolveTargetDir(u.targetPath);
       const name = await this.#place(u, dir);
+      placed = path.join(dir, name);
       await this.store.syncDir(dir);
       await this.store.syncDir();
       u.finalName = name;
       if (this.options.onUploadComplete) await this.#completeHook(u, dir, name);
+      placed = null; // from here the file stays: it is durable in place and the hook (if any) accepted it
       u.endTime = Date.now();
       u.status = 'completed';
-      await this.store.writeMeta(u.toMeta());
-      await fsp.rm(this.store.journalPath(u.guid), { force: true });
+      // The record on disk says `finalizing` with this name, which a restart already completes (see #reopen): a
+      // `completed` record that cannot be written (ENOSPC) does not undo a durable completion.
+      await this.store.writeMeta(u.toMeta()).catch((e: unknown) => {
+        this.log.error({ err: e, guid: u.guid }, 'could not record the completion; a restart completes it again');
+      });
+      await fsp.rm(this.store.journalPath(u.guid), { force: true }).catch(() => {});
       const durationMs = u.endTime - u.startTime;
       this.log.info(
         {
@@ -349,6 +356,13 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       return { guid: u.guid, fileName: name, size: u.fileSize, targetPath: u.targetPath.join('/') };
     } catch (e) {
       const err = e instanceof UploadError ? e : storageFailure(e);
+      // A file already placed (its folder could not be synced, the staging name not unlinked) goes again: a failed
+      // upload leaves nothing under its final name, as when the hook refuses it.
+      if (placed !== null) {
+        await fsp.rm(placed, { force: true }).catch(() => {});
+        await this.store.syncDir(path.dirname(placed)).catch(() => {});
+        u.finalName = undefined;
+      }
       await this.fail(u, err);
       throw err;
     }
@@ -576,6 +590,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         await workersLeft(u);
         await u.commitsIdle();
         if (u.status !== 'active') return; // a commit failed: that end recorded itself and closed the files
+        if (u.failure) {
+          // A sync failed in the stop's own checkpoint (upload durability): the upload cannot be resumed truthfully.
+          await this.fail(u, new UploadError(u.failure.code, u.failure.message));
+          return;
+        }
         await this.store.writeMeta(u.toMeta()).catch(() => {});
         await this.#closeFiles(u);
       }),
@@ -670,7 +689,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         Atomics.add(shared.counters, B_RECEIVED_BYTES, BigInt(chunkLength(meta.fileSize, meta.chunkSize, c)));
       }
     }
-    const u = new Upload({ ...meta, status: 'active' }, shared);
+    // The idle clock starts again at the restart: lastActivityTime is recorded only at init and at a graceful stop,
+    // so after a crash the meta's value may be hours old for an upload that was busy until the crash.
+    const u = new Upload({ ...meta, status: 'active', lastActivityTime: Math.max(meta.lastActivityTime, Date.now()) }, shared);
     u.fd = fd;
     u.directFd = await this.#openDirect(staging);
     u.observeSync = (sec) => this.onSync?.(sec);

@@ -152,4 +152,41 @@ describe('upload lifecycle races', () => {
       await next.close();
     }
   });
+
+  it('restarts the idle clock of a reloaded upload: a crash does not expire an upload that was busy until then', async () => {
+    const { options, registry, ctx, data, u } = await setUp({ uploadTtl: 60_000, reapInterval: 3_600_000 });
+    await writeWholeChunk(ctx, u, 0, chunkOf(data, 0));
+    // lastActivityTime is recorded at init and at a graceful stop only: after a crash it can be a day old.
+    await registry.store.writeMeta({ ...u.toMeta(), lastActivityTime: Date.now() - 86_400_000 });
+    const again = new UploadRegistry(options, log); // the first one is abandoned, as a SIGKILL leaves it
+    await again.start();
+    await again.reap();
+    const v = [...again.uploads()][0]!;
+    expect(v.status).toBe('active');
+    expect(v.statusData().missingChunks).toEqual([1, 2]);
+    await again.close();
+  });
+
+  it('a sync that fails in the stop\'s own checkpoint (upload durability) records the upload failed, not active', async () => {
+    const { options, registry, ctx, data, u } = await setUp({ durability: 'upload', checkpointInterval: 3_600_000 });
+    await writeWholeChunk(ctx, u, 0, chunkOf(data, 0)); // acknowledged, waiting for a checkpoint
+    u.journal!.append = () => Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
+    await registry.close();
+    expect(u.status).toBe('failed');
+    const again = new UploadRegistry(options, log);
+    await again.start();
+    expect([...again.uploads()][0]!.status).toBe('failed');
+    await again.close();
+  });
+
+  it('a completion that fails after the file was placed removes it again: a failed upload leaves no file', async () => {
+    const { options, registry, ctx, data, u } = await setUp();
+    const syncDir = registry.store.syncDir.bind(registry.store);
+    registry.store.syncDir = (dir?: string) => (dir === options.dir ? Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' })) : syncDir(dir));
+    for (const c of [0, 1]) await writeWholeChunk(ctx, u, c, chunkOf(data, c));
+    await expect(writeWholeChunk(ctx, u, 2, chunkOf(data, 2))).rejects.toMatchObject({ code: 'ERR_STORAGE_FAILED' });
+    expect(u.status).toBe('failed');
+    await expect(fsp.stat(path.join(options.dir, 'f.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await registry.close();
+  });
 });
