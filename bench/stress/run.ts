@@ -6,6 +6,8 @@
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { parseJournal } from '../../src/main/state-store.js';
 import { UploadContent } from './content.js';
 import { cancelUpload, uploadStatus } from './control.js';
 import type { ClientContext } from './control.js';
@@ -109,16 +111,10 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   const ctx: ClientContext = { config, proxy, deadline };
   if (selfStarted && dir) {
     const stagingDir = path.join(dir, STAGING);
+    // Read in one go (a completion may remove it any time), and parsed as the engine parses it at a restart.
     ctx.journal = async (guid) => {
-      let buf: Buffer;
-      try {
-        buf = await fsp.readFile(path.join(stagingDir, `${guid}.journal`));
-      } catch {
-        return null;
-      }
-      const out = new Set<number>();
-      for (let i = 0; i + 4 <= buf.length; i += 4) out.add(buf.readUInt32LE(i));
-      return out;
+      const buf = await fsp.readFile(path.join(stagingDir, `${guid}.journal`)).catch(() => null);
+      return buf === null ? null : new Set(parseJournal(buf, crc32(guid)).chunks);
     };
   }
   const records = plans.map((p) => {

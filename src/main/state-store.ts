@@ -3,10 +3,11 @@
  *
  *   <guid>.part     the staging file: chunk c at byte c * chunkSize
  *   <guid>.meta     msgpack UploadMeta, replaced atomically (write tmp -> fdatasync -> rename -> fsync folder)
- *   <guid>.journal  append-only uint32 LE chunk numbers. A number is appended only after an fdatasync of the .part
+ *   <guid>.journal  append-only chunk numbers (after a 4-byte header, 8-byte records: the number and a check, see
+ *                   JOURNAL_MAGIC). A number is appended only after an fdatasync of the .part
  *                   file that began after that chunk's bytes were written, and the append is itself fdatasync'ed
  *                   before anyone is told the chunk is safe. So the journal never claims bytes a crash could lose.
- *                   A torn tail (length not a multiple of 4) is ignored on load.
+ *                   A torn, zero-filled or stale tail fails the check and is ignored on load (and overwritten).
  *
  * The meta file changes rarely (init, finalizing, completed, cancelled, failed, expired), so its three syncs are
  * off the per-chunk path; the per-chunk cost is one group-committed fdatasync of .part plus one of .journal.
@@ -15,6 +16,7 @@
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { crc32 } from 'node:zlib';
 import { Packr } from 'msgpackr';
 
 export type UploadStatus = 'active' | 'finalizing' | 'completed' | 'cancelled' | 'failed' | 'expired';
@@ -153,14 +155,52 @@ export class StateStore {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
-    const out: number[] = [];
-    const whole = buf.length - (buf.length % 4); // a torn last record is ignored
-    for (let i = 0; i < whole; i += 4) {
-      const c = buf.readUInt32LE(i);
-      if (c < totalChunks) out.push(c);
-    }
-    return out;
+    return parseJournal(buf, journalSalt(this.journalPath(guid))).chunks.filter((c) => c < totalChunks);
   }
+}
+
+/**
+ * The journal's first 4 bytes: records after it are 8 bytes, the chunk number and a check (uint32 LE each): the
+ * number's complement XOR a salt made from the upload's guid. A tail that a crash left zero-filled or stale (some
+ * filesystems expose such blocks after a power loss, and a stale block may hold another journal's records) fails
+ * the check, so it can never claim a chunk, not even chunk 0. A journal without the header was written by an
+ * earlier version: bare uint32 records, read (and appended to) as they are.
+ */
+const JOURNAL_MAGIC = Buffer.from('UPJ\x02', 'latin1');
+const RECORD = 8;
+
+/** The chunk numbers a journal records, and how many of its bytes hold whole, valid records. */
+export function parseJournal(buf: Buffer, salt: number): { chunks: number[]; validBytes: number; checked: boolean } {
+  const chunks: number[] = [];
+  if (buf.length >= JOURNAL_MAGIC.length && buf.subarray(0, JOURNAL_MAGIC.length).equals(JOURNAL_MAGIC)) {
+    let at = JOURNAL_MAGIC.length;
+    for (; at + RECORD <= buf.length; at += RECORD) {
+      const c = buf.readUInt32LE(at);
+      if (buf.readUInt32LE(at + 4) !== recordCheck(c, salt)) break; // torn, zeroed or stale: the records end here
+      chunks.push(c);
+    }
+    return { chunks, validBytes: at, checked: true };
+  }
+  const whole = buf.length - (buf.length % 4); // a torn last record is ignored
+  for (let i = 0; i < whole; i += 4) chunks.push(buf.readUInt32LE(i));
+  return { chunks, validBytes: whole, checked: false };
+}
+
+/** One record for `chunk` in the journal of upload `guid`, as Journal.append writes it (for tests and tools). */
+export function journalRecord(guid: string, chunk: number): Buffer {
+  const b = Buffer.allocUnsafe(RECORD);
+  b.writeUInt32LE(chunk, 0);
+  b.writeUInt32LE(recordCheck(chunk, crc32(guid)), 4);
+  return b;
+}
+
+function recordCheck(chunk: number, salt: number): number {
+  return (~chunk ^ salt) >>> 0;
+}
+
+/** The salt of an upload's journal records: the CRC-32 of its guid (the journal file's name). */
+function journalSalt(file: string): number {
+  return crc32(path.basename(file, '.journal'));
 }
 
 /** An open journal: appends chunk numbers at explicit positions and syncs them. */
@@ -169,25 +209,47 @@ export class Journal {
   private constructor(
     private readonly fh: fsp.FileHandle,
     offset: number,
+    private readonly checked: boolean,
+    private readonly salt: number,
   ) {
     this.#offset = offset;
   }
 
+  /**
+   * Opens (or creates) a journal. A new one gets JOURNAL_MAGIC, synced before the caller records the upload's meta,
+   * so a journal that a meta refers to never has its header lost. Appends go after the last valid record.
+   */
   static async open(file: string): Promise<Journal> {
     // Never O_APPEND: every record goes to an explicit position, so a torn tail is overwritten by the next append.
     const fh = await fsp.open(file, 'r+').catch(async (e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT') throw e;
       return fsp.open(file, 'w+', 0o600);
     });
-    const { size } = await fh.stat();
-    return new Journal(fh, size - (size % 4));
+    const salt = journalSalt(file);
+    try {
+      const buf = await fh.readFile();
+      if (buf.length === 0) {
+        await fh.write(JOURNAL_MAGIC, 0, JOURNAL_MAGIC.length, 0);
+        await fh.datasync();
+        return new Journal(fh, JOURNAL_MAGIC.length, true, salt);
+      }
+      const { validBytes, checked } = parseJournal(buf, salt);
+      return new Journal(fh, validBytes, checked, salt);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      throw e;
+    }
   }
 
   /** Appends the chunk numbers and fdatasyncs them; resolves only when they are durable. */
   async append(chunks: readonly number[]): Promise<void> {
     if (chunks.length === 0) return;
-    const buf = Buffer.allocUnsafe(4 * chunks.length);
-    for (let i = 0; i < chunks.length; i++) buf.writeUInt32LE(chunks[i]!, 4 * i);
+    const size = this.checked ? RECORD : 4;
+    const buf = Buffer.allocUnsafe(size * chunks.length);
+    for (let i = 0; i < chunks.length; i++) {
+      buf.writeUInt32LE(chunks[i]!, size * i);
+      if (this.checked) buf.writeUInt32LE(recordCheck(chunks[i]!, this.salt), size * i + 4);
+    }
     const at = this.#offset;
     this.#offset += buf.length;
     let done = 0;

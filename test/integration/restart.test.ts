@@ -19,6 +19,7 @@ import {
   waitExit,
 } from '../fixtures/server.js';
 import type { CliServer, TestServer } from '../fixtures/server.js';
+import { journalRecord } from '../../src/main/state-store.js';
 
 const CS = 256 * 1024;
 let server: TestServer | null = null;
@@ -73,7 +74,7 @@ describe('restart', () => {
     const fh = await fsp.open(path.join(staging, `${guid}.part`), 'r+');
     await fh.write(data, CS, CS, CS); // chunk 1's bytes at its place
     await fh.close();
-    await fsp.appendFile(path.join(staging, `${guid}.journal`), Buffer.from([1, 0, 0, 0]));
+    await fsp.appendFile(path.join(staging, `${guid}.journal`), journalRecord(guid, 1));
     return guid;
   }
 
