@@ -675,7 +675,13 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     let fd: number;
     try {
       fd = await openFd(staging, 'r+');
-    } catch {
+    } catch (e) {
+      // Only a staging file that is gone is lost. Any other error (EMFILE, EACCES, EIO) may pass: the upload is left
+      // as it is on disk, unserved until a restart that can open it, rather than destroyed.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.log.error({ err: e, guid: meta.guid }, 'could not open a staging file; the upload is left on disk for the next start');
+        return null;
+      }
       const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);
       await this.store.writeMeta(u.toMeta());
       await this.store.removeAll(meta.guid, true);
@@ -695,7 +701,13 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     u.fd = fd;
     u.directFd = await this.#openDirect(staging);
     u.observeSync = (sec) => this.onSync?.(sec);
-    u.journal = await Journal.open(this.store.journalPath(meta.guid));
+    try {
+      u.journal = await Journal.open(this.store.journalPath(meta.guid));
+    } catch (e) {
+      this.log.error({ err: e, guid: meta.guid }, 'could not open a journal; the upload is left on disk for the next start');
+      await this.#closeFiles(u);
+      return null;
+    }
     return u;
   }
 }
