@@ -36,6 +36,13 @@ export interface UploadMeta {
   status: UploadStatus;
   /** Name chosen in the target folder; recorded before the move so recovery after a crash picks the same one. */
   finalName?: string;
+  /**
+   * onUploadComplete was called for the file under `finalName` (recorded just before): after a crash, a file gone
+   * from there is one the hook moved, not a lost one.
+   */
+  hookStarted?: boolean;
+  /** onUploadComplete refused the file (recorded before the file is removed): a crash then still ends it failed. */
+  hookRefused?: boolean;
   endTime?: number;
   failure?: { code: string; message: string };
 }

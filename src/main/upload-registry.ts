@@ -329,7 +329,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await this.store.syncDir(dir);
       await this.store.syncDir();
       u.finalName = name;
-      if (this.options.onUploadComplete) await this.#completeHook(u, dir, name);
+      if (this.options.onUploadComplete) {
+        // Recorded first: a hook may move the file, and a crash after that must not read as a lost staging file.
+        await this.store.writeMeta({ ...u.toMeta(), hookStarted: true });
+        await this.#completeHook(u, dir, name);
+      }
       placed = null; // from here the file stays: it is durable in place and the hook (if any) accepted it
       u.endTime = Date.now();
       u.status = 'completed';
@@ -386,6 +390,8 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       });
     } catch (e) {
       this.log.warn({ err: e, guid: u.guid }, 'onUploadComplete failed; removing the file');
+      // Recorded first, so a crash before the `failed` record cannot read the removed file as one the hook moved.
+      await this.store.writeMeta({ ...u.toMeta(), hookStarted: true, hookRefused: true }).catch(() => {});
       await fsp.rm(file, { force: true });
       await this.store.syncDir(dir).catch(() => {});
       u.finalName = undefined;
@@ -640,6 +646,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (meta.status === 'finalizing' && meta.finalName !== undefined) {
       // Crashed mid-move: decide from what is on disk whether the move happened.
       const dir = await this.resolveTargetDir(meta.targetPath).catch(() => null);
+      if (meta.hookRefused === true) {
+        // The hook had refused the file; its removal may not have happened yet.
+        if (dir) await fsp.rm(path.join(dir, meta.finalName), { force: true });
+        const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_HOOK_FAILED', message: 'The server refused to complete the upload' } }, null);
+        await this.store.writeMeta(u.toMeta());
+        await this.store.removeAll(meta.guid, true);
+        return u;
+      }
       const target = dir ? await fsp.stat(path.join(dir, meta.finalName)).catch(() => null) : null;
       const part = await fsp.stat(staging).catch(() => null);
       if (target && (!part || part.ino === target.ino)) {
@@ -658,6 +672,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
             return u;
           }
         }
+        const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
+        await this.store.writeMeta(u.toMeta());
+        await fsp.rm(this.store.journalPath(meta.guid), { force: true });
+        return u;
+      }
+      if (!part && meta.hookStarted === true) {
+        // The hook had the file and moved it before the crash: that completion stands (the hook is not run again,
+        // there is no file for it).
         const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
         await this.store.writeMeta(u.toMeta());
         await fsp.rm(this.store.journalPath(meta.guid), { force: true });

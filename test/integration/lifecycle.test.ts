@@ -189,4 +189,51 @@ describe('upload lifecycle races', () => {
     await expect(fsp.stat(path.join(options.dir, 'f.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
     await registry.close();
   });
+
+  it('after a crash, a file the hook had moved away completes, and one it had refused ends failed and removed', async () => {
+    for (const hook of ['moves', 'refuses'] as const) {
+      let stopped!: () => void;
+      const crashed = new Promise<void>((resolve) => (stopped = resolve));
+      const { options, registry, ctx, data, u } = await setUp({
+        onUploadComplete: async (info) => {
+          if (hook === 'moves') {
+            await fsp.mkdir(path.join(options.dir, 'delivered'), { recursive: true });
+            await fsp.rename(info.path, path.join(options.dir, 'delivered', info.fileName));
+            stopped();
+            return new Promise<void>(() => {}); // the process dies here
+          }
+          throw new UploadError('ERR_UPLOAD_REFUSED', 'No');
+        },
+      });
+      if (hook === 'refuses') {
+        // The process dies once the refusal is recorded, before the file is removed.
+        const writeMeta = registry.store.writeMeta.bind(registry.store);
+        registry.store.writeMeta = async (meta) => {
+          await writeMeta(meta);
+          if (meta.hookRefused === true) {
+            stopped();
+            await new Promise<void>(() => {});
+          }
+        };
+      }
+      for (const c of [0, 1]) await writeWholeChunk(ctx, u, c, chunkOf(data, c));
+      void writeWholeChunk(ctx, u, 2, chunkOf(data, 2)).catch(() => {});
+      await crashed;
+
+      const calls: string[] = [];
+      const next = new UploadRegistry({ ...options, onUploadComplete: (info) => void calls.push(info.fileName) }, log);
+      await next.start();
+      const v = [...next.uploads()][0]!;
+      expect(calls).toEqual([]); // no file for the hook either way
+      if (hook === 'moves') {
+        expect(v.status).toBe('completed');
+        expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'delivered', 'f.bin')), data)).toBe(0);
+      } else {
+        expect(v.status).toBe('failed');
+        expect(v.failure).toMatchObject({ code: 'ERR_HOOK_FAILED' });
+        await expect(fsp.stat(path.join(options.dir, 'f.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+      }
+      await next.close();
+    }
+  });
 });
