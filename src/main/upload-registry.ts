@@ -641,6 +641,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
   }
 
+  /** A finalizing upload that a reload ends (completed, or refused by the hook): its record, and no journal. */
+  async #endedOnReload(meta: UploadMeta): Promise<Upload> {
+    const u = new Upload(meta, null);
+    await this.store.writeMeta(u.toMeta());
+    await fsp.rm(this.store.journalPath(meta.guid), { force: true });
+    return u;
+  }
+
   async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
     const staging = this.store.partPath(meta.guid);
     if (meta.status === 'finalizing' && meta.finalName !== undefined) {
@@ -666,24 +674,15 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
             await this.#completeHook(pending, dir!, meta.finalName);
           } catch (e) {
             const err = e instanceof UploadError ? e : new UploadError('ERR_HOOK_FAILED');
-            const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: err.code, message: err.message } }, null);
-            await this.store.writeMeta(u.toMeta());
-            await fsp.rm(this.store.journalPath(meta.guid), { force: true });
-            return u;
+            return this.#endedOnReload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: err.code, message: err.message } });
           }
         }
-        const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
-        await this.store.writeMeta(u.toMeta());
-        await fsp.rm(this.store.journalPath(meta.guid), { force: true });
-        return u;
+        return this.#endedOnReload({ ...meta, status: 'completed', endTime: Date.now() });
       }
       if (!part && meta.hookStarted === true) {
         // The hook had the file and moved it before the crash: that completion stands (the hook is not run again,
         // there is no file for it).
-        const u = new Upload({ ...meta, status: 'completed', endTime: Date.now() }, null);
-        await this.store.writeMeta(u.toMeta());
-        await fsp.rm(this.store.journalPath(meta.guid), { force: true });
-        return u;
+        return this.#endedOnReload({ ...meta, status: 'completed', endTime: Date.now() });
       }
       if (!part) {
         const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);

@@ -708,9 +708,10 @@ class NativeSession extends Session {
     const stream: PartStream = { c, next: 0, expected, receiver, abort, lastPartAt: 0, timer: null };
     this.#streaming = stream;
     this.#push(stream, payload);
-    if (this.#wholeFrame(c, payload.length)) this.#sendsParts(false);
+    const whole = this.#wholeFrame(c, payload.length);
+    if (whole) this.#sendsParts(false);
     if (this.#streaming !== stream) return; // the chunk came whole in one part
-    if (!this.#wholeFrame(c, payload.length)) this.#sendsParts(true); // a chunk really in parts
+    if (!whole) this.#sendsParts(true); // a chunk really in parts
     this.#watchStall(stream);
   }
 

@@ -117,6 +117,19 @@ async function sendWindowed(
   return out;
 }
 
+/**
+ * The server's in-flight bytes once they stop changing to 0 (slabs come back when the writes queued before a drop
+ * have run, and the pool may still be starting): polled for up to 5 s.
+ */
+async function inFlightBytesSettled(): Promise<number> {
+  let inFlight = -1;
+  for (let i = 0; i < 100 && inFlight !== 0; i++) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 50));
+    inFlight = (await call(server!.base, 'GET', '/healthz')).json.data!.inFlightBytes as number;
+  }
+  return inFlight;
+}
+
 function expectCompleteTail(tail: ServerMessage[], fileName: string, size: number, totalChunks: number): void {
   expect(tail).toEqual([
     { t: 'progress', rc: totalChunks, tc: totalChunks, rb: size, complete: true },
@@ -522,12 +535,7 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(performance.now() - t0).toBeGreaterThanOrEqual(250);
     // Nothing of it is stored, its slabs are back, and its claim is gone: a PUT of it is written at once.
     expect(await status(guid)).toMatchObject({ uploadStatus: 'active', receivedChunks: 0, missingChunks: [0, 1] });
-    let inFlight = -1;
-    for (let i = 0; i < 100 && inFlight !== 0; i++) {
-      inFlight = (await call(server.base, 'GET', '/healthz')).json.data!.inFlightBytes as number;
-      if (inFlight !== 0) await new Promise((r) => setTimeout(r, 50));
-    }
-    expect(inFlight).toBe(0);
+    expect(await inFlightBytesSettled()).toBe(0);
     expect((await putChunk(server.base, guid, 1, slice(data, cs, 1))).status).toBe(200);
     // The rest of the dropped chunk, arriving late, is dropped without a reply; then it is sent again from 0 on the
     // same connection, which stayed open.
@@ -551,12 +559,7 @@ describe('WebSocket, updraft.v1 parts', () => {
     s.ws.terminate();
     await s.closed;
     // Its slabs come back once the writes queued before the close have run (the pool may still be starting).
-    let inFlight = -1;
-    for (let i = 0; i < 100 && inFlight !== 0; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      inFlight = (await call(server.base, 'GET', '/healthz')).json.data!.inFlightBytes as number;
-    }
-    expect(inFlight).toBe(0);
+    expect(await inFlightBytesSettled()).toBe(0);
     expect(await status(guid)).toMatchObject({ receivedChunks: 0, missingChunks: [0, 1] });
     expect((await putChunk(server.base, guid, 1, slice(data, cs, 1))).status).toBe(200);
     expect((await putChunk(server.base, guid, 0, slice(data, cs, 0))).status).toBe(200);
