@@ -70,8 +70,12 @@ export class HttpApi {
     this.#statusUrl = `${base}/upload-status`;
   }
 
-  init(fields: InitFields, signal: AbortSignal): Promise<InitResult> {
-    return this.#request<InitResult>('init', 'POST', this.#chunkUrl, { action: 'init', ...fields }, signal);
+  /**
+   * `signal` aborts the request itself; `retriesUntil`, when given, only stops further attempts (and the wait
+   * before one), so a request already sent can still bring its reply back.
+   */
+  init(fields: InitFields, signal: AbortSignal, retriesUntil?: AbortSignal): Promise<InitResult> {
+    return this.#request<InitResult>('init', 'POST', this.#chunkUrl, { action: 'init', ...fields }, signal, retriesUntil);
   }
 
   status(guid: string, signal: AbortSignal): Promise<StatusData> {
@@ -90,7 +94,7 @@ export class HttpApi {
     return this.#request('cancel', 'DELETE', `${this.#chunkUrl}?guid=${encodeURIComponent(guid)}`, undefined, signal);
   }
 
-  async #request<T>(operation: string, method: string, url: string, body: unknown, signal: AbortSignal): Promise<T> {
+  async #request<T>(operation: string, method: string, url: string, body: unknown, signal: AbortSignal, retriesUntil?: AbortSignal): Promise<T> {
     const { retry } = this.#o;
     for (let attempt = 0; ; attempt++) {
       let error: ClientError;
@@ -112,9 +116,10 @@ export class HttpApi {
         }
       }
       if (attempt >= retry.attempts) throw error;
+      if (retriesUntil?.aborted) throw retriesUntil.reason ?? error;
       const delayMs = backoffDelay(retry, attempt + 1, retryAfterMs);
       this.#o.onRetry({ operation, attempt: attempt + 1, delayMs, error });
-      await sleep(delayMs, signal);
+      await sleep(delayMs, retriesUntil ?? signal);
     }
   }
 

@@ -15,7 +15,7 @@
  */
 import { ClientError } from './errors.js';
 import { HttpApi } from './http.js';
-import type { RetryEvent } from './http.js';
+import type { InitResult, RetryEvent } from './http.js';
 import { ChunkPlan } from './plan.js';
 import type { BytesByTransport, TransportName } from './plan.js';
 import { SpeedMeter, etaSeconds } from './progress.js';
@@ -105,6 +105,9 @@ interface Completion {
 /** WebSocket part size (UploadOptions.partSize): the server's slab size, so each part fills one slab. */
 const DEFAULT_PART_SIZE = 2 * 1024 * 1024;
 const TERMINAL: ReadonlySet<UploadState> = new Set(['done', 'failed', 'cancelled']);
+
+/** How long an init already sent may still answer after a stop, so the stop can delete what it created (ms). */
+const INIT_STOP_GRACE_MS = 5_000;
 
 function positiveInt(name: string, v: unknown, min = 1): number | undefined {
   if (v === undefined) return undefined;
@@ -240,7 +243,8 @@ export class UploadHandle {
   }
 
   /**
-   * Stops the upload and deletes it on the server; `done` rejects with ERR_UPLOAD_CANCELLED. Once the upload exists
+   * Stops the upload and deletes it on the server; `done` rejects with ERR_UPLOAD_CANCELLED. An init already sent
+   * is given a few seconds to answer, so the upload it created is deleted too. Once the upload exists
    * on the server, the server is asked first (no new chunk is sent meanwhile): if every chunk had already arrived
    * and the server is placing (or has placed) the file, it refuses, and `cancel()` rejects with
    * ERR_UPLOAD_FINALIZING while the upload goes on to `done` like any other.
@@ -473,8 +477,26 @@ export class UploadHandle {
     };
     if (this.#chunkSize !== undefined) fields.chunkSize = this.#chunkSize;
     if (o.targetPath !== undefined) fields.targetPath = o.targetPath;
-    const init = await this.#api.init(fields, this.#signal);
+    // A stop (cancel(), the caller's signal) while the init is on its way: no further attempt, but the one sent is
+    // given INIT_STOP_GRACE_MS to answer. Its guid lets the stop delete the upload the server may just have created,
+    // which would otherwise count against the user's uploads until it expires.
+    const stop = this.#signal;
+    const request = new AbortController();
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    const onStop = (): void => {
+      grace = setTimeout(() => request.abort(stop.reason), INIT_STOP_GRACE_MS);
+    };
+    if (stop.aborted) throw stop.reason;
+    stop.addEventListener('abort', onStop, { once: true });
+    let init: InitResult;
+    try {
+      init = await this.#api.init(fields, request.signal, stop);
+    } finally {
+      clearTimeout(grace);
+      stop.removeEventListener('abort', onStop);
+    }
     this.#guid = init.guid;
+    if (stop.aborted) throw stop.reason;
     this.#uploadUrl = init.uploadUrl;
     this.#plan = new ChunkPlan(init.fileSize, init.chunkSize, init.totalChunks);
     if (init.complete === true) return { fileName: init.finalName ?? init.fileName, size: init.fileSize };

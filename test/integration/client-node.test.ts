@@ -296,6 +296,32 @@ describe('client: resume, cancel, pause', () => {
     await expect(fsp.access(path.join(server.dir, 'cancel.bin'))).rejects.toThrow();
   });
 
+  it('cancel() while the init is on its way deletes the upload the server creates: no orphan left counting against the user', async () => {
+    // The auth hook holds the init 300 ms, so cancel() lands before the reply.
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'POST') await new Promise((r) => setTimeout(r, 300));
+        return 'anonymous';
+      },
+    });
+    const created: string[] = [];
+    const cancelled: string[] = [];
+    server.engine.on('created', (u) => created.push(u.guid));
+    server.engine.on('cancelled', (u) => cancelled.push(u.guid));
+    const h = upload(bytesOf(256 * KiB), { endpoint: endpoint(server.base), fileName: 'early.bin', chunkSize: 64 * KiB, transport: 'http' });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(h.state).toBe('starting');
+    await h.cancel();
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED' });
+    await new Promise((r) => setTimeout(r, 400)); // past the hook: an init the server still ran has been created
+    expect(created).toHaveLength(1);
+    expect(h.guid).toBe(created[0]);
+    expect(cancelled).toEqual(created);
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${created[0]}`);
+    expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
+    await expect(fsp.access(path.join(server.dir, 'early.bin'))).rejects.toThrow();
+  });
+
   it('cancel() during a WebSocket upload also deletes it', async () => {
     server = await startServer();
     proxy = await startProxy(server.base, {});
