@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { createUploadEngine } from '../index.js';
+import { RootInUseError, createUploadEngine } from '../index.js';
 import type { UploadEngineOptions } from '../index.js';
 import { UsageError, parseDuration, parseInteger, parseSize, parseTokenSpec } from './args.js';
 import { uploadMain } from './upload.js';
@@ -15,7 +15,7 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
 
   --host HOST             address to bind (UPDRAFT_HOST, default 127.0.0.1)
   --port N                port; 0 = any free port (UPDRAFT_PORT, default 8080)
-  --dir PATH              upload root (UPDRAFT_DIR, default ./uploads)
+  --dir PATH              upload root, one engine each (UPDRAFT_DIR, default ./uploads)
   --prefix PATH           route prefix (UPDRAFT_PREFIX, default /api/v1/files)
   --chunk-size SIZE       chunk size when a client sends none (UPDRAFT_CHUNK_SIZE, default 8MiB)
   --max-chunk-size SIZE   largest chunk accepted (UPDRAFT_MAX_CHUNK_SIZE, default 64MiB)
@@ -149,7 +149,15 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
     return 2;
   }
-  const info = await engine.listen();
+  let info;
+  try {
+    info = await engine.listen();
+  } catch (e) {
+    await engine.close().catch(() => {});
+    if (!(e instanceof RootInUseError)) throw e;
+    process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
+    return 1;
+  }
   process.stdout.write(`listening on ${info.url}\n`);
   return await new Promise<number>((resolve) => {
     let stopping = false;

@@ -8,6 +8,7 @@ import uWS from 'uWebSockets.js';
 import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
+import fsp from 'node:fs/promises';
 import { authMode } from './auth.js';
 import { registerHttpRoutes } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
@@ -21,6 +22,8 @@ import { Metrics } from './metrics.js';
 import { UserLimits } from './user-limits.js';
 import { registerWsRoutes } from './ws-routes.js';
 import { registerStaticRoutes } from './static-routes.js';
+import { holdRoot } from './root-guard.js';
+import type { RootGuard } from './root-guard.js';
 import type { WsRoutes } from './ws-routes.js';
 
 if (typeof uWS.App !== 'function' || typeof uWS.SSLApp !== 'function') {
@@ -55,6 +58,8 @@ export class UploadEngine {
   #ownsApp = false;
   #listenSocket: us_listen_socket | null = null;
   #started: Promise<void> | null = null;
+  /** This engine's hold on its upload root (root-guard.ts): null before start, after close, or where unguarded. */
+  #guard: RootGuard | null = null;
   #closing: Promise<void> | null = null;
   #port = 0;
 
@@ -109,7 +114,14 @@ export class UploadEngine {
 
   #start(): Promise<void> {
     this.#started ??= (async () => {
-      await this.#registry.start();
+      // Held before the reload, which takes over every upload in the staging folder.
+      await fsp.mkdir(this.options.stagingDir, { recursive: true, mode: 0o700 });
+      this.#guard = await holdRoot(this.options.stagingDir, this.options.dir, this.log);
+      await this.#registry.start().catch(async (e: unknown) => {
+        await this.#guard?.release();
+        this.#guard = null;
+        throw e;
+      });
       this.#eld.enable();
       const mode = authMode(this.options);
       if (mode === 'anonymous') {
@@ -181,7 +193,12 @@ export class UploadEngine {
         await new Promise((r) => setTimeout(r, 20));
       }
       if (this.#started) await this.#started.catch(() => {});
-      await this.#registry.close();
+      try {
+        await this.#registry.close();
+      } finally {
+        await this.#guard?.release();
+        this.#guard = null;
+      }
       if (this.#ownsApp && this.#app) (this.#app as unknown as { close?: () => void }).close?.(); // runtime-only in uWS 20.30
       await this.#pool.close();
       this.#eld.disable();

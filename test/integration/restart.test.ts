@@ -144,6 +144,36 @@ describe('restart', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(dir, 'term.bin')), data)).toBe(0);
   });
 
+  it('refuses a second engine on the same upload root (another process, this process, a symlinked path); the first keeps its uploads', async () => {
+    const dir = await tempDir();
+    cli = await startCli(['--dir', dir]);
+    const data = bytesOf(4 * CS + 7);
+    const init = await initUpload(cli.base, { fileName: 'owned.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await putChunks(cli.base, guid, data, CS, [1, 3]);
+
+    // A second process: one line on stderr, exit 1, before it reloads (and so takes over) anything.
+    await expect(startCli(['--dir', dir])).rejects.toThrow(/CLI exited with 1: updraft serve: another Updraft engine on this host uses the upload root/);
+    // An engine in this process, by the same path and through a symlink.
+    await expect(startServer({ dir })).rejects.toMatchObject({ code: 'ERR_ROOT_IN_USE', name: 'RootInUseError' });
+    const alias = path.join(await tempDir(), 'alias');
+    await fsp.symlink(dir, alias);
+    await expect(startServer({ dir: alias })).rejects.toMatchObject({ code: 'ERR_ROOT_IN_USE' });
+
+    // The owner was not disturbed: its upload lists what it lists, and completes byte-exact.
+    const { missing } = await finishFromStatus(cli.base, guid, data);
+    expect(missing).toEqual([0, 2, 4]);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'owned.bin')), data)).toBe(0);
+
+    // Once the owner has stopped, the root is free (a SIGKILL frees it too: the test above restarts after one).
+    cli.child.kill('SIGTERM');
+    expect(await waitExit(cli.child)).toEqual({ code: 0, signal: null });
+    cli = null;
+    server = await startServer({ dir });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data?.uploadStatus).toBe('completed');
+  });
+
   it('removes staging files that have no state at start', async () => {
     const dir = await tempDir();
     await fsp.mkdir(path.join(dir, '.updraft-staging'), { recursive: true });
