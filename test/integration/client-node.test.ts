@@ -378,6 +378,32 @@ describe('client: resume, cancel, pause', () => {
     expect(r.bytesByTransport.http).toBe(data.length);
     await expectStored(server, 'pause.bin', data);
   });
+
+  it('a chunk refused for good while paused ends the upload at once: done does not wait for a resume() that may never come', async () => {
+    // Chunk 1 takes 1.5 s to be answered, the others 30 ms: when pause() comes, chunk 1 is still in flight and the
+    // other workers, done with theirs, wait for resume().
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'PUT') await new Promise((r) => setTimeout(r, req.query.get('chunk') === '1' ? 1500 : 30));
+        return 'anonymous';
+      },
+    });
+    const h = upload(bytesOf(1 * MiB), { endpoint: endpoint(server.base), fileName: 'paused-gone.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 3 });
+    await whenLoaded(h, 128 * KiB);
+    h.pause();
+    await new Promise((r) => setTimeout(r, 200));
+    // Another party cancels it: chunk 1's PUT is answered 410, while the other workers wait for resume().
+    expect((await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${h.guid}`)).status).toBe(200);
+    const outcome = await Promise.race([
+      h.done.then(
+        () => 'resolved',
+        (e: unknown) => (e as ClientError).code,
+      ),
+      new Promise((r) => setTimeout(() => r('still waiting'), 5000)),
+    ]);
+    expect(outcome).toBe('ERR_UPLOAD_CANCELLED');
+    expect(h.state).toBe('cancelled');
+  });
 });
 
 describe('client: retries and errors', () => {
