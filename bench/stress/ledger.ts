@@ -42,7 +42,7 @@ export class ChunkRecord {
   readonly forbidden = new Set<number>();
 }
 
-export type UploadOutcome = 'completed' | 'cancelled' | 'failed' | 'vanished' | 'unfinished' | 'gaveup' | 'pending';
+export type UploadOutcome = 'completed' | 'cancelled' | 'failed' | 'vanished' | 'unfinished' | 'gaveup' | 'stuck' | 'pending';
 
 export interface FaultCounts {
   cut: number;
@@ -82,6 +82,8 @@ export class UploadRecord {
   /** Acknowledgements that came before the chunk was durable (journal oracle, see control.ts). */
   acksNotDurable = 0;
   lostCompletion = false;
+  /** The deadline stopped it halfway and the fault-free drain took it over (run.ts). */
+  drained = false;
   readonly violations: string[] = [];
   readonly unexpected: string[] = [];
   /** Requests sent, replies by kind. */
@@ -139,6 +141,25 @@ export class UploadRecord {
       this.violation(`acknowledged chunk(s) ${lost.join(', ')} reported missing later (lost)`);
     }
     return lost;
+  }
+
+  /**
+   * The server ended the upload with `code` before it completed. Nothing the harness does gives a server reason to
+   * fail, expire, forget or cancel an upload on its own, so each of those is a violation, and the chunks it had
+   * acknowledged are lost. Only the client's own choices (its cancel, its vanishing) end an upload legitimately.
+   */
+  endedByServer(code: string): void {
+    this.outcome = 'failed';
+    this.errorCode = code;
+    const acked = this.chunks.filter((ch) => ch.acked).length;
+    this.lostChunks += acked;
+    const what =
+      code === 'ERR_UPLOAD_NOT_FOUND'
+        ? 'the server no longer knows an upload whose init it acknowledged'
+        : code === 'ERR_UPLOAD_CANCELLED'
+          ? 'upload cancelled without the client asking'
+          : `the server ended the upload with ${code}, which nothing in the run calls for`;
+    this.violation(`${what}${acked > 0 ? `: its ${acked} acknowledged chunk(s) are lost` : ''}`);
   }
 
   completed(fileName: string | undefined): void {

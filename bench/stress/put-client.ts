@@ -46,9 +46,27 @@ export class PutClient {
     this.#jitter = rng.split('jitter');
   }
 
-  async run(): Promise<void> {
+  /** Sends every chunk, then what upload-status lists; with `resume`, starts from upload-status (the drain). */
+  async run(resume = false): Promise<void> {
     const { rec } = this;
     let pending = this.rng.split('order 0').shuffle([...Array(rec.totalChunks).keys()]);
+    if (resume) {
+      const st = await uploadStatus(this.ctx, this.#jitter, rec);
+      if (st.kind === 'deadline') {
+        rec.outcome = 'unfinished';
+        return;
+      }
+      if (st.kind === 'completed') {
+        rec.completed(st.finalName);
+        return;
+      }
+      if (st.kind === 'ended') {
+        this.#end(st.code);
+        return;
+      }
+      rec.checkMissing(st.missing);
+      pending = this.rng.split('order 0').shuffle(st.missing);
+    }
     for (let round = 0; ; round++) {
       rec.rounds = round + 1;
       if (round >= MAX_ROUNDS) {
@@ -115,11 +133,7 @@ export class PutClient {
   }
 
   #end(code: string): void {
-    const { rec } = this;
-    if (code === 'ERR_UPLOAD_NOT_FOUND') rec.violation('the server no longer knows an upload whose init it acknowledged');
-    if (code === 'ERR_UPLOAD_CANCELLED') rec.violation('upload cancelled without the client asking');
-    rec.outcome = 'failed';
-    rec.errorCode = code;
+    this.rec.endedByServer(code);
   }
 
   /** After a cancel: the upload is gone, or it completed first; a later chunk must be refused with 410. */
@@ -180,7 +194,7 @@ export class PutClient {
       this.#cancel = cancelUpload(this.ctx, this.#jitter, rec, how).then((res) => {
         if (res === 'cancelled') this.#cancelled = true;
         else if (res === 'completed') this.#completedDuringCancel = true;
-        else if (res === 'ended') rec.outcome = 'failed';
+        else if (res === 'ended') rec.endedByServer(rec.errorCode!);
         else this.#cancelTimedOut = true;
       });
     }

@@ -32,16 +32,18 @@ export function formatReport(r: StressResult, replay: string): string {
   row('failed with an explicit error', c.failedExplicit, Object.entries(r.failedCodes).map(([k, v]) => `${k}: ${v}`).join(', '));
   row('vanished (cancelled at the end)', c.vanished);
   row('unfinished or not started (--duration)', c.unfinished);
+  row('drained', c.drained, 'stopped halfway by --duration, then sent again with faults off');
   row('gave up (no progress)', c.gaveUp);
+  row('STUCK', c.stuck, 'still incomplete after the fault-free drain');
   row('orphaned inits (reply lost)', c.orphanedInits);
   lines.push('');
-  row('CORRUPTED', c.corrupted);
+  row('CORRUPTED', c.corrupted, r.config.dir === undefined ? 'files not checked: --url without --dir' : '');
   row('stray files under a final name', c.strayFiles);
   row('ACKNOWLEDGED CHUNKS LOST', c.ackedChunksLost);
   row('acknowledged before durable', c.acksNotDurable, 'ack whose chunk was not yet in the journal');
   row('completions lost', c.completionsLost);
   row('cancels lost', c.cancelsLost, 'told "cancelled", later active again');
-  row('staging files left over', c.leftoverStaging);
+  row('staging files left over', c.leftoverStaging, r.config.dir === undefined ? 'not checked: --url without --dir' : '');
   row('protocol violations', c.violations);
   lines.push('');
   lines.push(`  faults: proxy cut ${p.cuts}, reset ${p.resets}, stall ${p.stalls}, refused while down ${p.upstreamRefused} (of ${p.connections} connections); ` +

@@ -39,6 +39,10 @@ export interface StressResult {
     failedExplicit: number;
     vanished: number;
     unfinished: number;
+    /** Stopped by the deadline halfway, then finished (or found stuck) by the fault-free drain. */
+    drained: number;
+    /** Still incomplete after the drain: a liveness failure. */
+    stuck: number;
     gaveUp: number;
     corrupted: number;
     strayFiles: number;
@@ -69,6 +73,9 @@ export interface StressResult {
 }
 
 type Log = (line: string) => void;
+
+/** How long the drain gives the uploads the deadline stopped to complete without faults. */
+const DRAIN_MS = 60_000;
 
 export async function runStress(config: StressConfig, log: Log = (l) => process.stderr.write(`${l}\n`)): Promise<StressResult> {
   const started = Date.now();
@@ -104,6 +111,8 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   }
   if (used.length === 0) used.push('put');
   for (const s of skipped) log(`transport ${s.transport}: skipped (${s.why})`);
+  // The server started here serves every transport: one it cannot serve is a failure, not a skip.
+  const setupViolations = selfStarted ? skipped.map((s) => `transport ${s.transport} is not served by the self-started server: ${s.why}`) : [];
 
   const plans = planUploads(config, used);
   const runFolder = `stress-${config.seed}-${Date.now().toString(36)}`;
@@ -194,11 +203,45 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   if (progress) clearInterval(progress);
   if (server && !server.running) await server.start();
 
+  // --- drain: liveness ------------------------------------------------------------------------------------------------
+  // Uploads the deadline stopped halfway are finished over PUT with every fault off. One that still does not complete
+  // within DRAIN_MS is stuck: a liveness failure (a claim never released, a chunk busy for good), which the deadline
+  // alone would pass off as "unfinished".
+  const drainStarted = Date.now();
+  const drainCtx: ClientContext = { ...ctx, config: { ...config, faultScale: 0 }, deadline: drainStarted + DRAIN_MS };
+  const toDrain = records.filter((r) => r.outcome === 'unfinished' && r.guid !== null);
+  let drainNext = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(config.concurrency, toDrain.length) }, async () => {
+      while (drainNext < toDrain.length) {
+        const rec = toDrain[drainNext++]!;
+        const plan: UploadPlan = { ...plans[rec.index]!, transport: 'put', psForm: 0, alt: false, slow: false, cancelAtSend: undefined, vanishAtSend: undefined };
+        rec.outcome = 'pending';
+        rec.drained = true;
+        try {
+          await new PutClient(drainCtx, plan, rec, contents[rec.index]!, new Prng(config.seed, `drain ${rec.index}`)).run(true);
+        } catch (e) {
+          rec.violation(`drain client crashed: ${(e as Error).stack ?? String(e)}`);
+        }
+        if (rec.outcome === 'pending' || rec.outcome === 'unfinished' || rec.outcome === 'gaveup') {
+          rec.outcome = 'stuck';
+          rec.violation(`still not complete after ${Math.round(DRAIN_MS / 1000)} s of fault-free sending (stuck)`);
+        }
+      }
+    }),
+  );
+  const drainMs = toDrain.length > 0 ? Date.now() - drainStarted : 0;
+  if (toDrain.length > 0) {
+    const done = toDrain.filter((r) => r.outcome === 'completed').length;
+    const stuck = toDrain.filter((r) => r.outcome === 'stuck').length;
+    log(`drain: ${toDrain.length} upload(s) stopped by the deadline, sent again without faults in ${drainMs} ms: ${done} completed, ${stuck} stuck`);
+  }
+
   // --- final checks ---------------------------------------------------------------------------------------------------
   const checkRng = new Prng(config.seed, 'check');
   const finalCtx: ClientContext = { ...ctx, deadline: Date.now() + 120_000 };
   const corrupted: string[] = [];
-  const violations: string[] = [];
+  const violations: string[] = [...setupViolations];
   const unexpected: string[] = [];
   let completionsLost = 0;
   let completedIntended = 0;
@@ -227,8 +270,9 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   // Uploads abandoned by their client (vanished, unfinished, gave up) are cancelled, so that what remains in staging
   // afterwards is a leak. A real server keeps them until the TTL; cancelling them also exercises cancel after crashes.
   for (const rec of records) {
-    if (rec.guid === null || !['vanished', 'unfinished', 'gaveup'].includes(rec.outcome)) continue;
+    if (rec.guid === null || !['vanished', 'unfinished', 'gaveup', 'stuck'].includes(rec.outcome)) continue;
     const r = await cancelUpload(finalCtx, checkRng, rec, 'DELETE');
+    if (r === 'ended') rec.endedByServer(rec.errorCode!); // failed, expired or forgotten on its own
     if (r === 'completed') {
       // A vanished client's last chunk may have completed the upload after all.
       const st = await uploadStatus(finalCtx, checkRng, rec);
@@ -311,6 +355,8 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
     failedExplicit: count('failed'),
     vanished: count('vanished'),
     unfinished: count('unfinished'),
+    drained: toDrain.length,
+    stuck: count('stuck'),
     gaveUp: count('gaveup'),
     corrupted: corrupted.length,
     strayFiles: strayFiles.length,
@@ -331,6 +377,7 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
     counts.cancelsLost === 0 &&
     counts.leftoverStaging === 0 &&
     counts.gaveUp === 0 &&
+    counts.stuck === 0 &&
     counts.violations === 0;
 
   await proxy.close();

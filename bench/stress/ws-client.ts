@@ -23,6 +23,9 @@ import type { UploadPlan } from './plan.js';
 import type { Prng } from './prng.js';
 import { MAX_ROUNDS } from './put-client.js';
 
+/** Refusals of one chunk (busy, finalizing) on one connection before the session tries a fresh connection. */
+const MAX_REFUSALS = 20;
+
 const NATIVE = 'updraft.v1';
 
 type SessionEnd =
@@ -201,10 +204,7 @@ export class WsClient {
           await this.#afterCancel();
           return;
         case 'terminal':
-          if (end.code === 'ERR_UPLOAD_NOT_FOUND') rec.violation('the server no longer knows an upload whose init it acknowledged');
-          if (end.code === 'ERR_UPLOAD_CANCELLED') rec.violation('upload cancelled without the client asking');
-          rec.outcome = 'failed';
-          rec.errorCode = end.code;
+          rec.endedByServer(end.code);
           return;
         case 'again':
           await sleep(pause + this.rng.split(`pause ${round}`).int(0, pause));
@@ -324,7 +324,13 @@ export class WsClient {
       return e;
     };
 
+    const refusals = new Map<number, number>();
     for (;;) {
+      // The deadline ends a session too, not only a round: a chunk refused busy again and again would spin here.
+      if (!complete && pastDeadline(ctx)) {
+        conn.ws.close(1000);
+        return { kind: 'again', why: 'deadline' };
+      }
       // Fill the window.
       while (!complete && fatal === null && conn.closed === null && queue.length > 0 && inFlightCount < window) {
         const job = queue.shift()!;
@@ -413,6 +419,13 @@ export class WsClient {
               fatal = m.code;
             } else {
               if (!['ERR_CHUNK_BUSY', 'ERR_UPLOAD_FINALIZING', 'ERR_SERVER_BUSY'].includes(m.code)) rec.unexpected.push(`ws chunk ${m.c}: ${m.code} ${m.message}`);
+              const n = (refusals.get(m.c) ?? 0) + 1;
+              refusals.set(m.c, n);
+              if (n > MAX_REFUSALS) {
+                // Try a fresh connection (rounds are bounded by MAX_ROUNDS) rather than retry here forever.
+                conn.ws.close(1000);
+                return { kind: 'again', why: `chunk ${m.c} refused ${n} times (${m.code})` };
+              }
               // Let a busy chunk's other writer finish before trying again.
               setTimeout(() => {
                 queue.push({ c: m.c!, version: 0, bad: false });
