@@ -65,8 +65,10 @@ export interface UploadOptions {
   /** How long to wait for the WebSocket's hello before calling the connection failed. Default 10 s. */
   connectTimeoutMs?: number;
   /**
-   * With chunks in flight, how long a WebSocket may carry nothing (no message from the server, none of the queued
-   * bytes leaving) before it is dropped as dead and reconnected (or, in `auto`, replaced by PUT). Default 60 s.
+   * How long a WebSocket may carry nothing (no message from the server, none of the queued bytes leaving) before it
+   * is dropped as dead and reconnected (or, in `auto`, replaced by PUT). With nothing in flight (waiting for its
+   * turn, or for the file to be placed) it sends a `status` after half of this in silence, so the answer shows the
+   * path works. Default 60 s.
    */
   stallTimeoutMs?: number;
   /** Same as `handle.on('progress', fn)`, registered before the upload starts. */
@@ -124,8 +126,12 @@ function resolveEndpoint(endpoint: string | URL): URL {
   }
 }
 
-function webSocketUrl(endpoint: URL, guid: string, uploadUrl?: string): URL {
-  const u = uploadUrl !== undefined ? new URL(uploadUrl, endpoint) : new URL(`${endpoint.href.replace(/\/+$/, '')}/upload-chunk?guid=${encodeURIComponent(guid)}`);
+/**
+ * The upload's WebSocket URL, built from `endpoint` like every HTTP URL: not from the init reply's `uploadUrl`,
+ * which is relative to the server's own root and misses the path of a proxy that mounts it under a prefix.
+ */
+function webSocketUrl(endpoint: URL, guid: string): URL {
+  const u = new URL(`${endpoint.href.replace(/\/+$/, '')}/upload-chunk?guid=${encodeURIComponent(guid)}`);
   u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   return u;
 }
@@ -166,8 +172,6 @@ export class UploadHandle {
   #storeKey: string | undefined;
   #ticker: ReturnType<typeof setInterval> | undefined;
   #stopReason: ClientError | undefined;
-  /** The init reply's chunk URL (the WebSocket URL derives from it); unset when resuming by guid. */
-  #uploadUrl: string | undefined;
   /** Why `auto` left the WebSocket, for the 'transport' event. */
   #fallbackReason = '';
 
@@ -395,19 +399,17 @@ export class UploadHandle {
     }
 
     let useWebSocket = this.#mode !== 'http';
-    let uploadUrl = this.#uploadUrl;
     while (completion === undefined) {
       if (plan.hasPending) {
         await this.#whenResumed();
         if (useWebSocket) {
-          const r = await this.#runWebSocket(webSocketUrl(this.#endpoint, guid, uploadUrl));
+          const r = await this.#runWebSocket(webSocketUrl(this.#endpoint, guid));
           if (typeof r === 'object') {
             completion = r;
             break;
           }
           if (r === 'fallback') {
             useWebSocket = false;
-            uploadUrl = undefined;
             completion = await this.#syncStatus();
           }
           continue;
@@ -434,8 +436,11 @@ export class UploadHandle {
     const remembered = explicit === undefined && this.#storeKey !== undefined ? loadGuid(this.#storeKey) : undefined;
     const guid = explicit ?? remembered;
     if (guid !== undefined) {
+      // Known from here: a cancel() during the lookup deletes it on the server, and errors name it.
+      this.#guid = guid;
       const forget = (): undefined => {
         if (this.#storeKey !== undefined) forgetGuid(this.#storeKey);
+        this.#guid = undefined;
         return undefined;
       };
       let st;
@@ -497,7 +502,6 @@ export class UploadHandle {
     }
     this.#guid = init.guid;
     if (stop.aborted) throw stop.reason;
-    this.#uploadUrl = init.uploadUrl;
     this.#plan = new ChunkPlan(init.fileSize, init.chunkSize, init.totalChunks);
     if (init.complete === true) return { fileName: init.finalName ?? init.fileName, size: init.fileSize };
     return undefined;

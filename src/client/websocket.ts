@@ -73,7 +73,7 @@ export type WsOutcome =
   | { kind: 'all-stored' };
 
 export interface WsSessionOptions {
-  /** ws:// or wss:// URL of the upload (the init reply's uploadUrl). */
+  /** ws:// or wss:// URL of the upload: `<endpoint>/upload-chunk?guid=G`. */
   url: URL;
   token: string | undefined;
   guid: string;
@@ -135,6 +135,8 @@ export class WsSession {
   /** The stall watchdog: when the connection last showed life, and the bufferedAmount seen then. */
   #lastLife = 0;
   #lastBuffered = 0;
+  /** When the watchdog last asked for a `status` because nothing was in flight. */
+  #lastProbe = 0;
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #ws: WebSocketLike | undefined;
   #window = 1;
@@ -200,7 +202,7 @@ export class WsSession {
       ws.binaryType = 'arraybuffer';
       this.#connectTimer = setTimeout(() => {
         this.#lastError = new ClientError('ERR_WEBSOCKET_FAILED', `No hello within ${o.connectTimeoutMs} ms`);
-        this.#closeSocket(1000, 'hello timeout');
+        this.#dropSocket(1000, 'hello timeout');
         this.#settle({ kind: 'connect-failed', error: this.#lastError });
       }, o.connectTimeoutMs);
       ws.onopen = () => {
@@ -360,11 +362,7 @@ export class WsSession {
           const bytes = await o.source.read(o.plan.chunkStart(c), o.plan.chunkEnd(c));
           const header: ChunkMessage = { t: 'chunk', c };
           if (o.checksum === 'sha256') header.k = { a: 'sha256', v: await sha256Hex(bytes) };
-          if (this.#settled) {
-            this.#inFlight.delete(c);
-            o.plan.release(c);
-            return;
-          }
+          if (this.#settled) return; // the teardown has already given c back to the plan (#finish)
           const partSize = this.#partSize;
           if (header.k === undefined && partSize > 0 && bytes.length > partSize) {
             // Parts of one chunk go back to back (no await between them): nothing else may come in between.
@@ -385,8 +383,11 @@ export class WsSession {
 
   /**
    * A connection can go dead without a close (a network change, a half-open NAT, a stalled peer): nothing would ever
-   * settle the session. While chunks are in flight, a message from the server or our own queued bytes leaving
-   * (bufferedAmount going down) count as life; none for stallTimeoutMs drops the connection.
+   * settle the session. A message from the server or our own queued bytes leaving (bufferedAmount going down) count
+   * as life; none for stallTimeoutMs drops the connection. With nothing in flight (a window of 0 while other
+   * connections have their turn, or every chunk stored and the file being placed) no answer is due, so the session
+   * asks for one: a `status` every half stallTimeoutMs of silence, whose `progress` reply shows the path still works
+   * (a lost `window` message would otherwise leave it waiting for good). Paused by the caller, it waits.
    */
   #startWatchdog(): void {
     const limit = this.#o.stallTimeoutMs;
@@ -397,11 +398,15 @@ export class WsSession {
       if (this.#settled || ws === undefined) return;
       const now = Date.now();
       const buffered = ws.bufferedAmount;
-      if (buffered < this.#lastBuffered || this.#inFlight.size === 0 || this.#o.isPaused()) this.#lastLife = now;
+      if (buffered < this.#lastBuffered || this.#o.isPaused()) this.#lastLife = now;
       this.#lastBuffered = buffered;
+      if (this.#inFlight.size === 0 && now - this.#lastLife >= limit / 2 && now - this.#lastProbe >= limit / 2) {
+        this.#lastProbe = now;
+        ws.send(encodeFrame({ t: 'status' }));
+      }
       if (now - this.#lastLife < limit) return;
       const error = new ClientError('ERR_WEBSOCKET_FAILED', `No answer from the server for ${Math.round((now - this.#lastLife) / 1000)} s`);
-      this.#closeSocket(1000, 'stalled');
+      this.#dropSocket(1000, 'stalled');
       this.#settle({ kind: 'dropped', error, progressed: this.#progressed });
     }, Math.max(10, Math.min(1000, Math.floor(limit / 4))));
     (this.#watchdog as { unref?: () => void }).unref?.();
@@ -420,6 +425,18 @@ export class WsSession {
     } catch {
       // close() throws only for invalid codes/reasons, which ours are not.
     }
+  }
+
+  /**
+   * Closes a connection that is not answering. A close handshake would wait for an answer that may never come: the
+   * `ws` package keeps the socket (and the Node process) alive for its 30 s close timeout. So terminate it where
+   * that exists; a browser's WebSocket has only close(), and the browser handles the rest.
+   */
+  #dropSocket(code: number, reason: string): void {
+    const ws = this.#ws as (WebSocketLike & { terminate?: () => void }) | undefined;
+    if (ws === undefined || ws.readyState >= 2) return;
+    if (typeof ws.terminate === 'function') ws.terminate();
+    else this.#closeSocket(code, reason);
   }
 
   #fail(e: unknown): void {

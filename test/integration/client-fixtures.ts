@@ -4,7 +4,8 @@
  *   - answers 503 (with Retry-After) to the first N chunk PUTs, without passing them on;
  *   - cuts a WebSocket connection (both TCP sockets) after it has carried N bytes from the client: to the client this
  *     is the server dropping the connection mid-upload (close code 1006, like a crashed or killed server);
- *   - refuses WebSocket upgrades after the first N with an HTTP 503, so a reconnect fails.
+ *   - refuses WebSocket upgrades after the first N with an HTTP 503, so a reconnect fails;
+ *   - serves the engine under a path prefix (`mount`), like a reverse proxy that strips it.
  * The engine behind it is unchanged: everything that reaches it is real. `setTarget` lets a test restart the engine
  * (on a new port) behind the same client-facing address.
  */
@@ -23,6 +24,11 @@ export interface ProxyOptions {
   dropConnections?: number;
   /** Allow this many WebSocket upgrades; later ones get a 503. Default: all. */
   allowWsConnections?: number;
+  /**
+   * Serve the engine under this path prefix (e.g. `/updraft`), stripped before passing a request on, as nginx's
+   * `location /updraft/ { proxy_pass http://backend/; }` does; a request outside it gets 404.
+   */
+  mount?: string;
 }
 
 export interface ProxyStats {
@@ -46,7 +52,15 @@ export async function startProxy(target: string, o: ProxyOptions = {}): Promise<
   const stats: ProxyStats = { puts: 0, injected503: 0, wsConnections: 0, wsRefused: 0, wsDropped: 0 };
   const sockets = new Set<net.Socket>();
 
+  const mount = o.mount ?? '';
+  /** The path passed on, or null outside the mount. */
+  const unmount = (url: string | undefined): string | null => (url !== undefined && url.startsWith(`${mount}/`) ? url.slice(mount.length) : null);
   const server = http.createServer((req, res) => {
+    const path = unmount(req.url);
+    if (path === null) {
+      res.writeHead(404).end();
+      return;
+    }
     if (req.method === 'PUT') {
       stats.puts++;
       if (stats.injected503 < (o.failPuts ?? 0)) {
@@ -62,7 +76,7 @@ export async function startProxy(target: string, o: ProxyOptions = {}): Promise<
       }
     }
     const fwd = http.request(
-      { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
+      { host: up.hostname, port: up.port, method: req.method, path, headers: req.headers },
       (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
         r.pipe(res);
@@ -76,6 +90,11 @@ export async function startProxy(target: string, o: ProxyOptions = {}): Promise<
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     client.on('error', () => {});
+    const path = unmount(req.url);
+    if (path === null) {
+      client.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      return;
+    }
     const n = ++stats.wsConnections;
     if (o.allowWsConnections !== undefined && n > o.allowWsConnections) {
       stats.wsRefused++;
@@ -87,7 +106,7 @@ export async function startProxy(target: string, o: ProxyOptions = {}): Promise<
     upstream.on('close', () => sockets.delete(upstream));
     upstream.on('error', () => client.destroy());
     client.on('error', () => upstream.destroy());
-    let lines = `${req.method} ${req.url} HTTP/1.1\r\n`;
+    let lines = `${req.method} ${path} HTTP/1.1\r\n`;
     for (let i = 0; i < req.rawHeaders.length; i += 2) lines += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
     upstream.write(`${lines}\r\n`);
     if (head.length > 0) upstream.write(head);

@@ -86,6 +86,19 @@ describe('client: transports and sources', () => {
     await expectStored(server, `${transport}.bin`, data);
   });
 
+  it('behind a proxy that serves the engine under a path prefix, the WebSocket goes through the prefix too', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { mount: '/updraft' });
+    for (const transport of ['auto', 'websocket'] as const) {
+      const data = bytesOf(MiB + 77);
+      const h = upload(data, { endpoint: `${proxy.base}/updraft${PREFIX}`, fileName: `mounted-${transport}.bin`, chunkSize: 256 * KiB, transport, retry: { attempts: 1, baseDelayMs: 10 } });
+      const r = await h.done;
+      expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+      await expectStored(server, `mounted-${transport}.bin`, data);
+    }
+    expect(proxy.stats.wsConnections).toBe(2);
+  });
+
   it('takes turns over the WebSocket when the server has fewer window slots than connections (window 0, then 1)', async () => {
     // Windows share half of maxInFlightBytes: 512 KiB of 256 KiB chunks is 2 slots for 5 connections.
     server = await startServer({ maxInFlightBytes: 1 * MiB, batchSize: 256 * KiB });
@@ -243,6 +256,30 @@ describe('client: WebSocket failures', () => {
     const bad = upload(data, { endpoint: endpoint(server.base), token: 'wrong-token-1', fileName: 'x.bin' });
     await expect(bad.done).rejects.toMatchObject({ code: 'ERR_UNAUTHORIZED', status: 401 });
   });
+
+  it('a WebSocket dropped while a chunk is being read sends each chunk once: the reading session gives it back only once', async () => {
+    const puts = new Map<string, number>();
+    server = await startServer({
+      authenticate: (req) => {
+        if (req.method === 'PUT') puts.set(req.query.get('chunk')!, (puts.get(req.query.get('chunk')!) ?? 0) + 1);
+        return 'anonymous';
+      },
+    });
+    // A source whose reads take 300 ms (a file on a network drive): the drop lands while a chunk is being read.
+    class SlowBlob extends Blob {
+      override slice(start?: number, end?: number): Blob {
+        const part = super.slice(start, end);
+        return { arrayBuffer: () => new Promise((r) => setTimeout(r, 300)).then(() => part.arrayBuffer()) } as Blob;
+      }
+    }
+    const data = bytesOf(2 * MiB);
+    proxy = await startProxy(server.base, { dropWsAfterBytes: 300 * KiB, allowWsConnections: 1 });
+    const r = await upload(new SlowBlob([new Uint8Array(data)]), { endpoint: endpoint(proxy.base), fileName: 'slow-read.bin', chunkSize: 64 * KiB, transport: 'auto', retry: { baseDelayMs: 1 } }).done;
+    expect(r.bytesByTransport.http + r.bytesByTransport.websocket).toBe(data.length);
+    expect(r.bytesByTransport.http).toBeGreaterThan(0);
+    expect([...puts].filter(([, n]) => n > 1)).toEqual([]);
+    await expectStored(server, 'slow-read.bin', data);
+  });
 });
 
 describe('client: resume, cancel, pause', () => {
@@ -294,6 +331,24 @@ describe('client: resume, cancel, pause', () => {
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
     expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
     await expect(fsp.access(path.join(server.dir, 'cancel.bin'))).rejects.toThrow();
+  });
+
+  it('cancel() while resuming by guid (its status still on the way) deletes the upload, and the error names the guid', async () => {
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'GET') await new Promise((r) => setTimeout(r, 300));
+        return 'anonymous';
+      },
+    });
+    const data = bytesOf(256 * KiB);
+    const init = await initUpload(server.base, { fileName: 'resumed.bin', fileSize: data.length, chunkSize: 64 * KiB });
+    const guid = init.json.data!.guid as string;
+    const h = upload(data, { endpoint: endpoint(server.base), guid, chunkSize: 64 * KiB, transport: 'http' });
+    await new Promise((r) => setTimeout(r, 50));
+    await h.cancel();
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED', guid });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
   });
 
   it('cancel() while the init is on its way deletes the upload the server creates: no orphan left counting against the user', async () => {

@@ -5,8 +5,10 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import WebSocket from 'ws';
 import { upload } from '../../src/client/index.js';
-import { PREFIX, bytesOf, startServer } from '../fixtures/server.js';
+import { encodeFrame } from '../../src/protocol/codec.js';
+import { PREFIX, bytesOf, initUpload, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 
 const sent = vi.hoisted(() => [] as Array<{ t: string; c?: number; o?: number; length: number }>);
@@ -14,7 +16,7 @@ const sent = vi.hoisted(() => [] as Array<{ t: string; c?: number; o?: number; l
  * Bad links, per test: `delay` holds back one part frame (and, to keep the order, every frame after it) for `ms`;
  * `blackHole` makes the next connection swallow every frame the client sends after hello, as a dead route would.
  */
-const link = vi.hoisted(() => ({ delay: null as null | { c: number; o: number; ms: number }, blackHole: false }));
+const link = vi.hoisted(() => ({ delay: null as null | { c: number; o: number; ms: number }, blackHole: false, terminated: 0 }));
 
 // The client loads `ws` on Node 20; this one records each frame's header before sending it.
 vi.mock('ws', async (importOriginal) => {
@@ -27,6 +29,11 @@ vi.mock('ws', async (importOriginal) => {
       super(...args);
       this.#swallow = link.blackHole;
       link.blackHole = false;
+    }
+    /** Counted: a dead connection must be terminated, not closed with a handshake that holds the process 30 s. */
+    override terminate(): void {
+      link.terminated++;
+      super.terminate();
     }
     override send(data: unknown, ...rest: unknown[]): void {
       const go = (): void => (super.send as (...a: unknown[]) => void)(data, ...rest);
@@ -56,6 +63,7 @@ afterEach(async () => {
   sent.length = 0;
   link.delay = null;
   link.blackHole = false;
+  link.terminated = 0;
   await server?.close();
   server = null;
 });
@@ -124,6 +132,33 @@ describe('client: updraft.v1 parts', () => {
     expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
     expect(retries).toHaveLength(1);
     expect(retries[0]).toMatch(/^websocket: No answer from the server for \d+ s$/);
+    expect(link.terminated).toBe(1);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stall.bin')), data)).toBe(0);
+  });
+
+  it('checks a connection waiting for its turn (window 0) with status requests, and drops it when they go unanswered', async () => {
+    // One chunk fits the WebSocket budget, and a holder takes it: the next connection waits with a window of 0.
+    server = await startServer({ maxInFlightBytes: 512 * KiB, batchSize: 64 * KiB });
+    const endpoint = `${server.base}${PREFIX}`;
+    const held = await initUpload(server.base, { fileName: 'holder.bin', fileSize: MiB, chunkSize: 256 * KiB });
+    const holder = new WebSocket(`${server.base.replace('http', 'ws')}${PREFIX}/upload-chunk?guid=${held.json.data!.guid as string}`, ['updraft.v1']);
+    await new Promise((r) => holder.once('message', r)); // hello
+    holder.send(encodeFrame({ t: 'part', c: 0, o: 0 }, bytesOf(64 * KiB))); // a chunk begun and not ended: the slot stays taken
+    await new Promise((r) => setTimeout(r, 100));
+
+    link.blackHole = true; // the waiter's first connection: after hello, nothing it sends gets through
+    const data = bytesOf(MiB);
+    const retries: string[] = [];
+    const h = upload(data, { endpoint, fileName: 'waiter.bin', chunkSize: 256 * KiB, transport: 'websocket', stallTimeoutMs: 400, retry: { attempts: 3, baseDelayMs: 10, maxDelayMs: 20 } });
+    h.on('retry', (e) => retries.push(`${e.operation}: ${e.error.message}`));
+    await new Promise((r) => setTimeout(r, 1500));
+    // Still the holder's turn, and nothing of the waiter's in flight: its status requests found the dead path.
+    expect(h.progress.loaded).toBe(0);
+    expect(sent.some((m) => m.t === 'status')).toBe(true);
+    expect(retries[0]).toMatch(/^websocket: No answer from the server for \d+ s$/);
+    holder.close();
+    const r = await h.done;
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'waiter.bin')), data)).toBe(0);
   });
 });
