@@ -20,7 +20,8 @@ const HELP = `Usage: npm run stress -- [options]
   --concurrency N       uploads at once (default ${DEFAULTS.concurrency})
   --chunk-size BYTES    chunk size (default ${DEFAULTS.chunkSize}; suffixes K, M: 1M)
   --max-size BYTES      largest file (default ${DEFAULTS.maxSize}; 64M)
-  --transports LIST     put,ws (default both; ws is skipped when the server does not speak updraft.v1)
+  --transports LIST     put,ws (default both; ws is skipped when the server does not speak updraft.v1; a quarter
+                        of the ws uploads speak the PSWebHost protocol)
   --crash               SIGKILL the server at random moments and restart it (self-started server only)
   --crashes N           at most N kills (default: no limit)
   --crash-every MIN-MAX seconds between a start and the next kill (default 1.5-6)

@@ -87,6 +87,8 @@ export interface UploadPlan {
   vanishAtSend?: number;
   /** Slow sender: every chunk is written in timed pieces. */
   slow: boolean;
+  /** WebSocket uploads: the native `updraft.v1` protocol, or PSWebHost's JSON + binary messages. */
+  wsProtocol: 'updraft.v1' | 'pswebhost';
 }
 
 /**
@@ -126,9 +128,12 @@ export function planUploads(config: StressConfig, available: Transport[]): Uploa
       psForm: r.chance(0.3) ? r.next() : 0,
       alt: r.chance(0.15 * f),
       slow: r.chance(0.04 * f),
+      wsProtocol: 'updraft.v1',
     };
     if (totalChunks > 0 && r.chance(0.06 * f)) plan.cancelAtSend = r.int(0, totalChunks);
     else if (totalChunks > 0 && r.chance(0.04 * f)) plan.vanishAtSend = r.int(0, totalChunks - 1);
+    // A quarter of the WebSocket uploads speak PSWebHost's protocol (no cancel message in it: those cancel over HTTP).
+    if (transport === 'ws' && r.chance(0.25)) plan.wsProtocol = 'pswebhost';
     return plan;
   });
 }

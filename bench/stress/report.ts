@@ -21,7 +21,7 @@ export function formatReport(r: StressResult, replay: string): string {
   const lines: string[] = [];
   lines.push('');
   lines.push(`updraft stress: seed ${r.seed}, ${r.uploads} uploads (${mib(r.bytesPlanned)}), chunk ${mib(r.config.chunkSize)}, ` +
-    `transports ${r.transports.used.join('+')}${r.transports.skipped.length ? ` (skipped: ${r.transports.skipped.map((s) => s.transport).join(', ')})` : ''}, ` +
+    `transports ${r.transports.used.join('+')}${r.transports.pswebhost > 0 ? ` (${r.transports.pswebhost} ws uploads in the PSWebHost protocol)` : ''}${r.transports.skipped.length ? ` (skipped: ${r.transports.skipped.map((s) => s.transport).join(', ')})` : ''}, ` +
     `${r.config.url ? `server ${r.config.url}` : 'self-started server'}${r.config.crash ? `, crash mode: ${r.crashes} SIGKILL + restart` : ''}, ${(r.durationMs / 1000).toFixed(1)} s`);
   lines.push('');
   const row = (label: string, n: number | string, note = ''): void => {

@@ -19,6 +19,7 @@ import type { FaultCounts } from './ledger.js';
 import { SELF_TOKENS, planUploads } from './plan.js';
 import type { StressConfig, Transport, UploadPlan } from './plan.js';
 import { Prng } from './prng.js';
+import { PsClient } from './ps-client.js';
 import { PutClient } from './put-client.js';
 import { ServerProcess } from './server-process.js';
 import { STAGING, checkCompletedFile, listFiles, stagingGuids, stagingLeftovers } from './verify.js';
@@ -27,7 +28,8 @@ import { WsClient, wsAvailable } from './ws-client.js';
 export interface StressResult {
   seed: number;
   config: Omit<StressConfig, 'dir'> & { dir: string | undefined };
-  transports: { used: Transport[]; skipped: Array<{ transport: Transport; why: string }> };
+  /** `pswebhost`: WebSocket uploads that spoke PSWebHost's protocol instead of updraft.v1. */
+  transports: { used: Transport[]; skipped: Array<{ transport: Transport; why: string }>; pswebhost: number };
   durationMs: number;
   uploads: number;
   bytesPlanned: number;
@@ -182,7 +184,8 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
         rec.completed(init.finalName);
         return;
       }
-      if (plan.transport === 'ws') await new WsClient(ctx, plan, rec, content, rng).run();
+      if (plan.transport === 'ws' && plan.wsProtocol === 'pswebhost') await new PsClient(ctx, plan, rec, content, rng).run();
+      else if (plan.transport === 'ws') await new WsClient(ctx, plan, rec, content, rng).run();
       else await new PutClient(ctx, plan, rec, content, rng).run();
     } catch (e) {
       rec.violation(`client crashed: ${(e as Error).stack ?? String(e)}`);
@@ -391,7 +394,7 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   return {
     seed: config.seed,
     config: { ...config, dir },
-    transports: { used, skipped },
+    transports: { used, skipped, pswebhost: plans.filter((p) => p.transport === 'ws' && p.wsProtocol === 'pswebhost').length },
     durationMs: Date.now() - started,
     uploads: plans.length,
     bytesPlanned: plans.reduce((s, p) => s + p.size, 0),
