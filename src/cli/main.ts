@@ -39,7 +39,8 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
                           (UPDRAFT_DEMO=0)
   -h, --help              this text
 
-Sizes take B, K/KiB, M/MiB, G/GiB (or KB/MB/GB for powers of 1000); durations ms, s, m, h, d.
+Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); durations ms, s, m, h, d
+(a bare number is milliseconds).
 Prints "listening on http://HOST:PORT" when ready; logs are JSON lines on stderr.
 SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0.
 `;

@@ -77,8 +77,11 @@ export function absoluteUrls(info: RequestInfo, path: string): { location: strin
   return { location: `${proto}://${host}${path}`, webSocketUrl: `${proto === 'https' ? 'wss' : 'ws'}://${host}${path}` };
 }
 
-/** A request's reply state: its id and CORS headers on every reply, error codes counted in the metrics. */
-function responseState(ctx: RouteContext, info?: RequestInfo): ResponseState {
+/**
+ * A request's reply state: its id and CORS headers on every reply, error codes counted in the metrics. Also used by
+ * the WebSocket upgrade (ws-routes.ts), so a refused upgrade is answered and counted like any other reply.
+ */
+export function responseState(ctx: RouteContext, info?: RequestInfo): ResponseState {
   const st: ResponseState = { aborted: false, done: false };
   if (info) {
     st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(ctx.options, info.headers) };
@@ -324,6 +327,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
           st.done = true;
           res.cork(() => {
             res.writeStatus('200 OK');
+            for (const [k, v] of Object.entries(st.headers ?? {})) res.writeHeader(k, v);
             res.writeHeader('Content-Type', metrics.contentType);
             res.end(text);
           });

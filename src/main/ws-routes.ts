@@ -44,7 +44,7 @@ import type { ChunkChecksum } from '../workers/task-types.js';
 import { authenticate } from './auth.js';
 import { ChunkReceiver, claimChunk, completionOf, nextWriterId, writeWholeChunk } from './chunk-ingest.js';
 import type { ChunkAck } from './chunk-ingest.js';
-import { readRequest } from './http-routes.js';
+import { readRequest, responseState } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
 import type { ResolvedOptions } from './options.js';
 import { sendError, toUploadError } from './respond.js';
@@ -849,7 +849,7 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
     const info = readRequest(res, req, o);
     const key = req.getHeader('sec-websocket-key');
     const extensions = req.getHeader('sec-websocket-extensions');
-    const st: ResponseState = { aborted: false, done: false };
+    const st: ResponseState = responseState(ctx, info);
     res.onAborted(() => {
       st.aborted = true;
     });

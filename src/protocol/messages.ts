@@ -65,7 +65,7 @@ export interface CompletionData {
   size: number;
   complete: true;
   guid: string;
-  /** Root-relative folder of the file, normalized: '/' for the root, otherwise '/a/b' (see formatTargetPath). */
+  /** Root-relative folder of the file, `/`-separated without a leading `/`: 'a/b', or '' for the root. */
   targetPath: string;
 }
 

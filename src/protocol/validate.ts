@@ -145,11 +145,6 @@ export function validateTargetPath(p: unknown): string[] {
   return segments;
 }
 
-/** The normalized, root-relative form of validated segments: '/' for the root, otherwise '/a/b'. */
-export function formatTargetPath(segments: readonly string[]): string {
-  return `/${segments.join('/')}`;
-}
-
 /** UTF-8 length of a string, counting an unpaired surrogate as the 3 bytes of its U+FFFD replacement. */
 function utf8Length(s: string): number {
   let bytes = 0;

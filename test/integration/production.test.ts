@@ -3,6 +3,7 @@
  * ids. Every test runs a real engine on 127.0.0.1 port 0 and checks replies and files.
  */
 import fsp from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import uWS from 'uWebSockets.js';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -267,6 +268,27 @@ describe('embedding', () => {
   });
 });
 
+/** A WebSocket upgrade request by hand (fetch cannot send one): the status and headers of a refusal. */
+function refusedUpgrade(base: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${path}`, {
+      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13', ...headers },
+    });
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('upgrade', (_res, socket) => {
+      socket.destroy();
+      reject(new Error('the upgrade was accepted'));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 describe('request ids and logs', () => {
   it('echoes a sane X-Request-Id and makes one up otherwise', async () => {
     server = await startServer();
@@ -274,6 +296,14 @@ describe('request ids and logs', () => {
     expect(given.headers.get('x-request-id')).toBe('abc-123');
     const made = await call(server.base, 'GET', '/nope', undefined, { 'x-request-id': 'bad id with spaces' });
     expect(made.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    // A refused WebSocket upgrade and /metrics carry it too, and the refusal is counted like any error reply.
+    const refused = await refusedUpgrade(server.base, `${PREFIX}/upload-chunk?guid=no-such-guid`, { 'x-request-id': 'ws-1' });
+    expect(refused.status).toBe(404);
+    expect(JSON.parse(refused.body)).toMatchObject({ status: 'fail', code: 'ERR_UPLOAD_NOT_FOUND' });
+    expect(refused.headers['x-request-id']).toBe('ws-1');
+    const metrics = await fetch(`${server.base}/metrics`, { headers: { 'x-request-id': 'scrape-7' } });
+    expect(metrics.headers.get('x-request-id')).toBe('scrape-7');
+    expect(await metrics.text()).toMatch(/updraft_errors_total\{code="ERR_UPLOAD_NOT_FOUND"\} 1/);
   });
 
   it('escapes control characters and caps client values before logging', () => {

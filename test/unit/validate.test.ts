@@ -5,7 +5,6 @@ import { UploadError, type ErrorCode } from '../../src/protocol/errors.js';
 import {
   MAX_NAME_BYTES,
   checkChunkInRange,
-  formatTargetPath,
   parseChunkNumber,
   parseInitRequest,
   totalChunksFor,
@@ -257,12 +256,6 @@ describe('validateTargetPath', () => {
 
   it('names the bad folder by position', () => {
     expect(thrown(() => validateTargetPath('/a/b/../c')).message).toContain('folder 3 ".."');
-  });
-
-  it('formats segments back to a normalized root-relative path', () => {
-    expect(formatTargetPath([])).toBe('/');
-    expect(formatTargetPath(['a', 'b'])).toBe('/a/b');
-    expect(formatTargetPath(validateTargetPath('//a//b/'))).toBe('/a/b');
   });
 });
 
