@@ -150,7 +150,8 @@ export async function uploadStatus(ctx: ClientContext, rng: Prng, rec: UploadRec
       }
       return { kind: 'active', missing, receivedChunks: Number(d.receivedChunks) };
     }
-    return { kind: 'ended', code: d.uploadStatus === 'failed' ? 'ERR_UPLOAD_FAILED' : `status ${String(d.uploadStatus)}`, reply };
+    const code = d.uploadStatus === 'failed' ? 'ERR_UPLOAD_FAILED' : d.uploadStatus === 'cancelled' ? 'ERR_UPLOAD_CANCELLED' : `status ${String(d.uploadStatus)}`;
+    return { kind: 'ended', code, reply };
   }
   return { kind: 'ended', code: json?.code ?? `HTTP ${reply.status}`, reply };
 }

@@ -447,7 +447,7 @@ export class UploadHandle {
       try {
         st = await this.#api.status(guid, this.#signal);
       } catch (e) {
-        // A remembered guid the server no longer knows (404; 410 expired or cancelled): start over. An explicit one,
+        // A remembered guid the server no longer knows (404; 410 expired): start over. An explicit one,
         // or any other refusal (401 a bad token, 429 busy): report it and keep the guid, which may work next time.
         if (remembered !== undefined && e instanceof ClientError && (e.status === 404 || e.status === 410)) st = forget();
         else throw e;

@@ -275,7 +275,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     void (async () => {
       try {
         const user = await authenticate(o, info);
-        const u = registry.find(info.query.get('guid'), user);
+        const u = registry.find(info.query.get('guid'), user, true);
         sendSuccess(res, st, 'Upload status', u.statusData());
       } catch (e) {
         sendError(res, st, e, log);

@@ -163,13 +163,16 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 
   // --- lookup ---------------------------------------------------------------------------------------------------------
 
-  /** The caller's upload. Another user's guid is answered exactly like an unknown one (404). */
-  find(guid: string | null | undefined, user: string): Upload {
+  /**
+   * The caller's upload. Another user's guid is answered exactly like an unknown one (404). A cancelled upload is
+   * refused (410) except where `withCancelled` asks for its record (upload-status reports it as `cancelled`).
+   */
+  find(guid: string | null | undefined, user: string, withCancelled = false): Upload {
     if (guid === null || guid === undefined || guid === '') throw new UploadError('ERR_MISSING_GUID');
     const u = GUID_RE.test(guid) ? this.#uploads.get(guid) : undefined;
     if (!u || u.user !== user) throw new UploadError('ERR_UPLOAD_NOT_FOUND');
     if (u.status === 'expired') throw new UploadError('ERR_UPLOAD_EXPIRED');
-    if (u.status === 'cancelled') throw new UploadError('ERR_UPLOAD_CANCELLED');
+    if (u.status === 'cancelled' && !withCancelled) throw new UploadError('ERR_UPLOAD_CANCELLED');
     return u;
   }
 

@@ -187,7 +187,8 @@ export class Upload {
       totalChunks: this.totalChunks,
       receivedChunks: this.receivedChunks,
       receivedBytes: this.receivedBytes,
-      missingChunks: this.shared ? missingChunks(this.shared) : [],
+      // Only a live upload asks for chunks: an ended one (completed, cancelled, failed) accepts none.
+      missingChunks: this.shared && (s === 'active' || s === 'finalizing') ? missingChunks(this.shared) : [],
       uploadStatus: s === 'finalizing' ? 'active' : s === 'expired' ? 'failed' : s,
       startTime: this.startTime,
       lastActivityTime: this.lastActivityTime,

@@ -383,7 +383,7 @@ describe('WebSocket, updraft.v1', () => {
       expect((await s.closed).code).toBe(4001);
     }
     const r = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
-    expect(r.json.code).toBe('ERR_UPLOAD_CANCELLED');
+    expect(r.json.data).toMatchObject({ uploadStatus: 'cancelled', missingChunks: [] });
   });
 });
 
