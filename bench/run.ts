@@ -141,7 +141,8 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
           notRun.push(`${scenario.id}/${target.id}#${rep + 1}`);
           continue;
         }
-        const hash = verify === 'all' || (verify === 'first' && !hashed.has(target.id));
+        // First run of each target in each scenario: one upload alone and many at once (swapped contents) both checked.
+        const hash = verify === 'all' || (verify === 'first' && !hashed.has(`${scenario.id}/${target.id}`));
         const measure = (): Promise<RunResult> => measureRun({
           scenario, dataset, target, rep, hash,
           runDir: path.join(runsDir, `${runCounter++}-${target.id}`),
@@ -172,7 +173,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
           throw error;
         }
         results.push(result);
-        if (result.ok && result.verified === 'sha256') hashed.add(target.id);
+        if (result.ok && result.verified === 'sha256') hashed.add(`${scenario.id}/${target.id}`);
       }
     }
     if (!plan.slice(si + 1).some((s) => s.fileSize === scenario.fileSize && s.chunkSize === scenario.chunkSize)) store.drop(dataset);
@@ -237,14 +238,14 @@ function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): stri
       '+ workers) over the window, per GiB sent. The disk limit\'s CPU is this process\'s own. Client CPU: the curl ' +
       'processes of the window, or the WebSocket runner\'s CPU over the window.',
     'other CPU: the share of all cores, over the window, used by processes other than the target, the client (curl or the WebSocket runner) and the ' +
-      'harness (other sessions on the VM, kernel threads such as writeback, steal; not interrupt time); the worst repetition is shown. A run above ' +
+      'harness (other sessions on the VM, kernel threads such as writeback, steal, interrupt work charged to no process); the worst repetition is shown. A run above ' +
       `${DISTURBED_SHARE * 100}% is measured once more (full mode, up to 10% extra runs) and the quieter of the two is kept (both are in the JSON).`,
     'Peak RSS: VmHWM from /proc/<pid>/status, reset through /proc/<pid>/clear_refs at the start of the window; the ' +
       'root process for Node targets, master + workers summed for nginx.',
     'ELD: main-thread event-loop delay from perf_hooks.monitorEventLoopDelay (1 ms resolution, excess over the ' +
       'resolution), reset at the start of the window and read at its end through GET /__bench/eld; n/a where a target has none.',
     `Verification: every run checks each stored upload's size; sha256 of the stored bytes against the bytes sent ` +
-      (verifyMode === 'all' ? 'in every run.' : verifyMode === 'first' ? "in each target's first run." : 'was switched off.') +
+      (verifyMode === 'all' ? 'in every run.' : verifyMode === 'first' ? "in the first run of each target in each scenario." : 'was switched off.') +
       ' The discard ceiling stores nothing: it checks each chunk\'s length and curl checks each reply. The WebSocket ' +
       'client checks that every chunk was acknowledged exactly once and that `complete` reports the size sent.',
     `Repetitions: ${[...new Set(plan.map((s) => s.reps))].join('/')} per scenario, the order of targets rotated each time; tables show medians, the range of MB/s and the worst RSS.`,

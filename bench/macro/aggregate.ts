@@ -20,6 +20,8 @@ export interface Aggregate {
   readonly peakRssWindowOnly: boolean;
   /** Median p99 and worst max over the repetitions; undefined = the target serves no loop-delay endpoint. */
   readonly loopDelayP99Ms?: number;
+  /** The highest p99 of any repetition (the goal "p99 < 10 ms in every run" is judged on it; tables show the median). */
+  readonly loopDelayP99WorstMs?: number;
   readonly loopDelayMaxMs?: number;
   readonly verified: 'sha256' | 'size' | 'none' | 'failed';
 }
@@ -61,6 +63,7 @@ export function aggregate(results: readonly RunResult[]): Aggregate[] {
       peakRssBytes: rss.length > 0 ? Math.max(...rss) : undefined,
       peakRssWindowOnly: ok.length > 0 && ok.every((r) => r.peakRssWindowOnly),
       loopDelayP99Ms: median(eldP99),
+      loopDelayP99WorstMs: maxOf(eldP99),
       loopDelayMaxMs: eldMax.length > 0 ? Math.max(...eldMax) : undefined,
       verified,
     });

@@ -1,7 +1,9 @@
 /**
  * curl as the load generator: a C client whose cost is small next to any server's, so on 2 shared cores the figure
- * is the server's. One curl process per upload; its transfers come from a config file (-K), which keeps long chunk
- * lists off the command line.
+ * is the server's. One curl process per upload; its transfers come as a config on its stdin (`-K -`), which keeps
+ * long chunk lists off the command line. The processes are started before the measured window (prespawnCurls), each
+ * waiting for its config, so no run pays for a fork and exec of curl inside the window: a client kept running
+ * through the run (the WebSocket runner) pays none either.
  *
  * - parallel: `--parallel --parallel-max N --parallel-immediate`, up to N PUTs in flight over kept-alive connections.
  * - sequential: one transfer after another, separated by `next` (each may carry its own headers, as tus needs);
@@ -31,7 +33,6 @@ export interface CurlBatch {
   readonly method: 'PUT' | 'PATCH';
   readonly headers: readonly string[];
   readonly transfers: readonly CurlTransfer[];
-  readonly configPath: string;
   readonly timeoutMs: number;
 }
 
@@ -39,12 +40,15 @@ export class CurlFailed extends Error {}
 
 /** curl processes running now, so an interrupted benchmark can stop them (ours, by handle). */
 const running = new Set<ChildProcess>();
+/** Started by prespawnCurls and waiting for their config; runCurl takes the oldest. */
+const idle: WaitingCurl[] = [];
 /** While closed, runCurl refuses to start: a run past its time limit must not start its next upload. */
 let gateOpen = true;
 
 /** Kills every running curl and refuses new ones until openCurlGate(). */
 export function killCurlsNow(): void {
   gateOpen = false;
+  idle.length = 0;
   for (const child of running) child.kill('SIGKILL');
   running.clear();
 }
@@ -55,16 +59,29 @@ export function openCurlGate(): void {
 
 const WRITE_OUT = '%{urlnum} %{http_code} %{size_upload}\\n';
 
+/** Starts `n` curl processes that wait for their config (call before a measured window). */
+export function prespawnCurls(n: number): void {
+  for (let i = 0; i < n; i++) idle.push(startCurl(['-K', '-']));
+}
+
+/** Stops the prespawned curl processes no upload took (ours, by handle). */
+export function dropIdleCurls(): void {
+  for (const c of idle.splice(0)) c.child.kill('SIGKILL');
+}
+
 export async function runCurl(batch: CurlBatch): Promise<void> {
   if (!gateOpen) throw new CurlFailed('stopped: the run is over its time limit');
-  fs.writeFileSync(batch.configPath, curlConfig(batch));
-  try {
-    const { code, stdout, stderr, timedOut } = await spawnCurl(['-K', batch.configPath], batch.timeoutMs);
-    if (timedOut) throw new CurlFailed(`curl did not finish within ${batch.timeoutMs} ms`);
-    checkTransfers(batch, stdout, code, stderr);
-  } finally {
-    fs.rmSync(batch.configPath, { force: true });
-  }
+  const curl = idle.shift() ?? startCurl(['-K', '-']);
+  const timer = setTimeout(() => {
+    curl.timedOut = true;
+    curl.child.kill('SIGKILL'); // our own child, by its handle
+  }, batch.timeoutMs);
+  curl.child.stdin!.on('error', () => {}); // a curl that died early: its exit status says why
+  curl.child.stdin!.end(curlConfig(batch));
+  const { code, stdout, stderr } = await curl.done;
+  clearTimeout(timer);
+  if (curl.timedOut) throw new CurlFailed(`curl did not finish within ${batch.timeoutMs} ms`);
+  checkTransfers(batch, stdout, code, stderr);
 }
 
 function curlConfig(batch: CurlBatch): string {
@@ -125,34 +142,36 @@ function checkTransfers(batch: CurlBatch, stdout: string, code: number | null, s
   }
 }
 
-function spawnCurl(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }> {
-  return new Promise((resolve) => {
-    const child = spawn(CURL, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    running.add(child);
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));
-    child.stderr.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-8192)));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL'); // our own child, by its handle
-    }, timeoutMs);
+interface WaitingCurl {
+  readonly child: ChildProcess;
+  readonly done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+  timedOut: boolean;
+}
+
+function startCurl(args: string[]): WaitingCurl {
+  const child = spawn(CURL, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  running.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
+  child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-8192)));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
     child.once('error', (error) => {
       running.delete(child);
-      clearTimeout(timer);
-      resolve({ code: -1, stdout, stderr: `${stderr}\n${error.message}`, timedOut });
+      resolve({ code: -1, stdout, stderr: `${stderr}\n${error.message}` });
     });
     child.once('close', (code) => {
       running.delete(child);
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut });
+      resolve({ code, stdout, stderr });
     });
   });
+  return { child, done, timedOut: false };
 }
 
 /** `curl --version`'s first line, for the report. */
 export async function curlVersion(): Promise<string | undefined> {
-  const { code, stdout } = await spawnCurl(['--version'], 5000);
+  const curl = startCurl(['--version']);
+  curl.child.stdin!.end();
+  const { code, stdout } = await curl.done;
   return code === 0 ? stdout.split('\n')[0] : undefined;
 }

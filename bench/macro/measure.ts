@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { sha256OfFiles, warmupSlice, type Dataset } from './dataset.js';
-import { killCurlsNow, openCurlGate } from './curl.js';
+import { dropIdleCurls, killCurlsNow, openCurlGate, prespawnCurls } from './curl.js';
 import { machineBusySeconds, peakRssBytes, reapedChildrenCpuSeconds, resetPeakRss, treeCpuSeconds } from './proc-stats.js';
 import type { RunningTarget, Scenario, StoredLayout, TargetContext, TargetSpec, UploadJob } from './model.js';
 
@@ -100,6 +100,11 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     const bytes = jobs.reduce((sum, job) => sum + job.content.fileSize, 0);
 
     execFileSync('sync', { timeout: 60_000 });
+    // curl's fork and exec happen before the window, as the WebSocket runner's start does (curl.ts).
+    if (running.client.startsCurl === true) {
+      prespawnCurls(jobs.length);
+      await new Promise((r) => setTimeout(r, 100)); // their start-up (libraries, TLS setup) done and idle
+    }
     const eldAvailable = running.eldBaseUrl !== undefined && (await resetLoopDelay(running.eldBaseUrl));
     const server = running.server;
     const windowOnly = server !== undefined && resetPeakRss(server.pid, server.rssScope);
@@ -119,6 +124,7 @@ export async function measureRun(options: RunOptions): Promise<RunResult> {
     }, options.runTimeoutMs);
     const settled = await runPool(jobs, scenario.concurrentUploads, limit, (job) => running!.client.upload(job));
     clearTimeout(timer);
+    dropIdleCurls(); // none is left when every upload ran
 
     const seconds = (performance.now() - started) / 1000;
     const selfCpu = cpuSeconds(process.cpuUsage(selfBefore));

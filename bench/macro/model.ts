@@ -46,6 +46,8 @@ export interface UploadClient {
   upload(job: UploadJob): Promise<UploadReceipt>;
   /** Stops every upload in flight now (the run is over its time limit); their upload() calls reject. */
   abort?(): void;
+  /** Each upload runs one curl (curl.ts): the harness starts them before the window, waiting for their config. */
+  readonly startsCurl?: boolean;
 }
 
 export interface RunningTarget {

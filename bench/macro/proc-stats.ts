@@ -135,16 +135,19 @@ function safeReaddir(dir: string): string[] {
 }
 
 /**
- * CPU seconds the whole machine has spent in processes so far (all cores; /proc/stat user + nice + system + steal).
- * Over a window, that minus the target, curl and this process is what everything else took: other sessions on a
- * shared VM, kernel threads (writeback), other guests (steal). irq and softirq time are left out: loopback TCP is
- * processed there on behalf of the transfer itself, and counting it would make every network run look disturbed.
+ * CPU seconds the whole machine has spent so far, idle and I/O wait aside (all cores; /proc/stat user + nice +
+ * system + irq + softirq + steal). Over a window, that minus the target, curl and this process is what everything
+ * else took: other sessions on a shared VM, kernel threads (writeback), other guests (steal), interrupt work charged
+ * to none of them. irq and softirq count because, with tick-based accounting (no CONFIG_IRQ_TIME_ACCOUNTING, as
+ * here), a tick that lands in softirq work is charged both to that column and to the running task's system time:
+ * loopback TCP done in curl's or the server's context is in their CPU already, and leaving the column out made
+ * "other" negative, so every network run read 0%.
  */
 export function machineBusySeconds(): number {
   try {
     const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-    const [, user, nice, system, , , , , steal] = line.trim().split(/\s+/).map(Number);
-    return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (steal ?? 0)) / CLOCK_TICKS;
+    const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
+    return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / CLOCK_TICKS;
   } catch {
     return 0;
   }

@@ -6,14 +6,12 @@
  * With `tokens`, each upload is sent as the next user in turn (`Authorization: Bearer <token>`): Updraft limits the
  * chunk bytes one user has in flight (issue 6), so 16 uploads at once come from 16 users, as they would in use.
  */
-import path from 'node:path';
 import { runCurl } from '../curl.js';
 import type { UploadClient, UploadJob, UploadReceipt } from '../model.js';
 
 export interface ChunkPutOptions {
   readonly baseUrl: string;
   readonly prefix: string;
-  readonly workDir: string;
   readonly timeoutMs: number;
   /** Bearer tokens used in turn, one per upload; none: no Authorization header. */
   readonly tokens?: readonly string[];
@@ -35,9 +33,9 @@ export class TokenTurns {
 }
 
 export class ChunkPutClient implements UploadClient {
+  readonly startsCurl = true;
   readonly #options: ChunkPutOptions;
   readonly #tokens: TokenTurns;
-  #batches = 0;
 
   constructor(options: ChunkPutOptions) {
     this.#options = options;
@@ -49,7 +47,7 @@ export class ChunkPutClient implements UploadClient {
   }
 
   async upload(job: UploadJob): Promise<UploadReceipt> {
-    const { baseUrl, prefix, workDir, timeoutMs } = this.#options;
+    const { baseUrl, prefix, timeoutMs } = this.#options;
     const route = `${baseUrl}${prefix}/upload-chunk`;
     const token = this.#tokens.take();
     const guid = await initUpload(route, job, timeoutMs, token);
@@ -64,7 +62,6 @@ export class ChunkPutClient implements UploadClient {
         file,
         bytes: Math.min(content.chunkSize, content.fileSize - n * content.chunkSize),
       })),
-      configPath: path.join(workDir, `curl-put-${process.pid}-${this.#batches++}.cfg`),
       timeoutMs,
     });
     return { id: guid };

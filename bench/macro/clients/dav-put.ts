@@ -2,19 +2,16 @@
  * WebDAV PUT as nginx takes it: every chunk is its own file, PUT to {base}/dav/{upload}/{chunk} (no init request;
  * `create_full_put_path` makes the folder). Same curl batch as the chunked clients, so the request pattern matches.
  */
-import path from 'node:path';
 import { runCurl } from '../curl.js';
 import type { UploadClient, UploadJob, UploadReceipt } from '../model.js';
 
 export class DavPutClient implements UploadClient {
+  readonly startsCurl = true;
   readonly #baseUrl: string;
-  readonly #workDir: string;
   readonly #timeoutMs: number;
-  #batches = 0;
 
-  constructor(baseUrl: string, workDir: string, timeoutMs: number) {
+  constructor(baseUrl: string, timeoutMs: number) {
     this.#baseUrl = baseUrl;
-    this.#workDir = workDir;
     this.#timeoutMs = timeoutMs;
   }
 
@@ -35,7 +32,6 @@ export class DavPutClient implements UploadClient {
         file,
         bytes: Math.min(content.chunkSize, content.fileSize - n * content.chunkSize),
       })),
-      configPath: path.join(this.#workDir, `curl-dav-${process.pid}-${this.#batches++}.cfg`),
       timeoutMs: this.#timeoutMs,
     });
     return { id: folder };

@@ -3,19 +3,16 @@
  * Upload-Offset, strictly one after another on one kept-alive connection (curl `next`). tus offsets are sequential,
  * so an upload never has more than one request in flight, whatever the scenario asks.
  */
-import path from 'node:path';
 import { runCurl } from '../curl.js';
 import type { UploadClient, UploadJob, UploadReceipt } from '../model.js';
 
 export class TusPatchClient implements UploadClient {
+  readonly startsCurl = true;
   readonly #endpoint: string;
-  readonly #workDir: string;
   readonly #timeoutMs: number;
-  #batches = 0;
 
-  constructor(endpoint: string, workDir: string, timeoutMs: number) {
+  constructor(endpoint: string, timeoutMs: number) {
     this.#endpoint = endpoint;
-    this.#workDir = workDir;
     this.#timeoutMs = timeoutMs;
   }
 
@@ -51,7 +48,6 @@ export class TusPatchClient implements UploadClient {
         bytes: Math.min(content.chunkSize, content.fileSize - n * content.chunkSize),
         headers: [`Upload-Offset: ${n * content.chunkSize}`],
       })),
-      configPath: path.join(this.#workDir, `curl-tus-${process.pid}-${this.#batches++}.cfg`),
       timeoutMs: this.#timeoutMs,
     });
     const id = decodeURIComponent(new URL(uploadUrl).pathname.split('/').pop() ?? '');

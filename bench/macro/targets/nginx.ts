@@ -97,7 +97,7 @@ export const nginxTarget: TargetSpec = {
     if (server === undefined) throw new TargetUnavailable(`nginx did not start: ${lastError.trim()}`);
     const started = server;
     return {
-      client: new DavPutClient(`http://127.0.0.1:${port}`, context.workDir, context.requestTimeoutMs),
+      client: new DavPutClient(`http://127.0.0.1:${port}`, context.requestTimeoutMs),
       server: { pid: started.pid, rssScope: 'tree' },
       stored: (job, receipt) => ({
         kind: 'chunk-files',

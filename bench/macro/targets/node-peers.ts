@@ -39,7 +39,7 @@ function chunkPeer(id: string, label: string, description: string, options: { st
     async start(context): Promise<RunningTarget> {
       const peer = await startPeer(context, `${id}.ts`);
       return {
-        client: new ChunkPutClient({ baseUrl: peer.url, prefix: WIRE_PREFIX, workDir: context.workDir, timeoutMs: context.requestTimeoutMs }),
+        client: new ChunkPutClient({ baseUrl: peer.url, prefix: WIRE_PREFIX, timeoutMs: context.requestTimeoutMs }),
         server: { pid: peer.pid, rssScope: 'root' },
         eldBaseUrl: peer.url,
         stored: (job) =>
@@ -82,7 +82,7 @@ export const tusTarget: TargetSpec = {
   async start(context): Promise<RunningTarget> {
     const peer = await startPeer(context, 'tus.ts');
     return {
-      client: new TusPatchClient(`${peer.url}/files`, context.workDir, context.requestTimeoutMs),
+      client: new TusPatchClient(`${peer.url}/files`, context.requestTimeoutMs),
       server: { pid: peer.pid, rssScope: 'root' },
       eldBaseUrl: peer.url,
       stored: (_job, receipt) => ({ kind: 'file', path: path.join(context.dataDir, receipt.id) }),

@@ -100,7 +100,7 @@ export function updraftTarget(variant: UpdraftVariant): TargetSpec {
       let client: UploadClient;
       if (transport === 'http') {
         client = new ChunkPutClient({
-          baseUrl: url, prefix: WIRE_PREFIX, workDir: context.workDir, timeoutMs: context.requestTimeoutMs, tokens: BENCH_TOKENS,
+          baseUrl: url, prefix: WIRE_PREFIX, timeoutMs: context.requestTimeoutMs, tokens: BENCH_TOKENS,
         });
       } else {
         try {
