@@ -51,21 +51,9 @@ export class PutClient {
     const { rec } = this;
     let pending = this.rng.split('order 0').shuffle([...Array(rec.totalChunks).keys()]);
     if (resume) {
-      const st = await uploadStatus(this.ctx, this.#jitter, rec);
-      if (st.kind === 'deadline') {
-        rec.outcome = 'unfinished';
-        return;
-      }
-      if (st.kind === 'completed') {
-        rec.completed(st.finalName);
-        return;
-      }
-      if (st.kind === 'ended') {
-        this.#end(st.code);
-        return;
-      }
-      rec.checkMissing(st.missing);
-      pending = this.rng.split('order 0').shuffle(st.missing);
+      const missing = await this.#missing();
+      if (missing === null) return;
+      pending = this.rng.split('order 0').shuffle(missing);
     }
     for (let round = 0; ; round++) {
       rec.rounds = round + 1;
@@ -105,27 +93,35 @@ export class PutClient {
       if (rec.outcome === 'completed') return;
       if (networkOnly) await sleep(Math.min(1000, 50 * 2 ** Math.min(round, 5)) + this.#jitter.int(0, 100));
       // Resume from the server's view of the upload.
-      const st = await uploadStatus(this.ctx, this.#jitter, rec);
-      if (st.kind === 'deadline') {
-        rec.outcome = 'unfinished';
-        return;
-      }
-      if (st.kind === 'completed') {
-        rec.completed(st.finalName);
-        return;
-      }
-      if (st.kind === 'ended') {
-        this.#end(st.code);
-        return;
-      }
-      if (rec.completionSeen) {
-        rec.lostCompletion = true;
-        rec.violation('a "complete" reply was followed by a status that is not completed');
-      }
-      rec.checkMissing(st.missing);
-      pending = this.rng.split(`order ${round + 1}`).shuffle(st.missing);
+      const missing = await this.#missing();
+      if (missing === null) return;
+      pending = this.rng.split(`order ${round + 1}`).shuffle(missing);
       if (pending.length === 0) await sleep(50 + this.#jitter.int(0, 100)); // every chunk stored: finalizing
     }
+  }
+
+  /** upload-status: the chunks still missing, or null when the upload is over (its outcome recorded). */
+  async #missing(): Promise<number[] | null> {
+    const { rec } = this;
+    const st = await uploadStatus(this.ctx, this.#jitter, rec);
+    if (st.kind === 'deadline') {
+      rec.outcome = 'unfinished';
+      return null;
+    }
+    if (st.kind === 'completed') {
+      rec.completed(st.finalName);
+      return null;
+    }
+    if (st.kind === 'ended') {
+      this.#end(st.code);
+      return null;
+    }
+    if (rec.completionSeen) {
+      rec.lostCompletion = true;
+      rec.violation('a "complete" reply was followed by a status that is not completed');
+    }
+    rec.checkMissing(st.missing);
+    return st.missing;
   }
 
   #stop(): boolean {
