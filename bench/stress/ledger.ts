@@ -84,6 +84,8 @@ export class UploadRecord {
   lostCompletion = false;
   /** The deadline stopped it halfway and the fault-free drain took it over (run.ts). */
   drained = false;
+  /** The client sent a cancel (answered or not): the upload may end cancelled without that being the server's doing. */
+  cancelAsked = false;
   readonly violations: string[] = [];
   readonly unexpected: string[] = [];
   /** Requests sent, replies by kind. */
@@ -149,6 +151,11 @@ export class UploadRecord {
    * acknowledged are lost. Only the client's own choices (its cancel, its vanishing) end an upload legitimately.
    */
   endedByServer(code: string): void {
+    if (code === 'ERR_UPLOAD_CANCELLED' && this.cancelAsked) {
+      // Our own cancel, whose answer was lost (a crash, the deadline): the status tells it took effect.
+      this.outcome = 'cancelled';
+      return;
+    }
     this.outcome = 'failed';
     this.errorCode = code;
     const acked = this.chunks.filter((ch) => ch.acked).length;

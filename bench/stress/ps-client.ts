@@ -191,6 +191,7 @@ export class PsClient {
         const n = this.#sends++;
         if (this.plan.cancelAtSend === n && this.#cancel === null) {
           rec.faults.cancel++;
+          rec.cancelAsked = true;
           this.#cancel = cancelUpload(ctx, this.#jitter, rec, 'DELETE');
         }
         if (this.plan.vanishAtSend === n) {

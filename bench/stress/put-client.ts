@@ -186,6 +186,7 @@ export class PutClient {
     const r = this.rng.split(`chunk ${c} round ${round}`);
     if (plan.cancelAtSend === n && !this.#cancel) {
       rec.faults.cancel++;
+      rec.cancelAsked = true;
       const how = r.chance(0.5) ? 'POST' : 'DELETE';
       this.#cancel = cancelUpload(this.ctx, this.#jitter, rec, how).then((res) => {
         if (res === 'cancelled') this.#cancelled = true;

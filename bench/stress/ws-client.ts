@@ -338,6 +338,7 @@ export class WsClient {
         if (this.plan.cancelAtSend === n && !this.#cancelSent) {
           this.#cancelSent = true;
           rec.faults.cancel++;
+          rec.cancelAsked = true;
           conn.ws.send(encodeFrame({ t: 'cancel' }), { binary: true });
         }
         if (this.plan.vanishAtSend === n) {

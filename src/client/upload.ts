@@ -165,8 +165,8 @@ export class UploadHandle {
   #state: UploadState = 'starting';
   #transport: TransportName | null = null;
   #paused = false;
-  /** cancel() deleted the upload on the server already. */
-  #serverCancelled = false;
+  /** The guid cancel() deleted on the server already (a remembered one may since have given way to a new init). */
+  #serverCancelled: string | undefined;
   #resumeWaiters: Array<() => void> = [];
   #ws: WsSession | undefined;
   #storeKey: string | undefined;
@@ -261,7 +261,7 @@ export class UploadHandle {
       this.#paused = true; // hold new chunks while the server decides (no 'paused' state: the caller did not pause)
       try {
         await this.#api.cancel(guid, new AbortController().signal);
-        this.#serverCancelled = true;
+        this.#serverCancelled = guid;
       } catch (e) {
         if (e instanceof ClientError && e.code === 'ERR_UPLOAD_FINALIZING') {
           if (!wasPaused) this.#unpause();
@@ -272,6 +272,8 @@ export class UploadHandle {
     }
     this.#stop(new ClientError('ERR_UPLOAD_CANCELLED', 'Upload cancelled', { guid: this.#guid }));
     await this.done.catch(() => {});
+    // The upload completed before the stop could take effect (a 0-byte file completes at init).
+    if (this.#state === 'done') throw new ClientError('ERR_UPLOAD_FINALIZING', undefined, { guid: this.#guid });
   }
 
   /** Lets held chunks go again (resume() without its state change, for cancel's wait). */
@@ -501,9 +503,10 @@ export class UploadHandle {
       stop.removeEventListener('abort', onStop);
     }
     this.#guid = init.guid;
-    if (stop.aborted) throw stop.reason;
     this.#plan = new ChunkPlan(init.fileSize, init.chunkSize, init.totalChunks);
+    // A 0-byte file is complete at init: too late to cancel (cancel() says ERR_UPLOAD_FINALIZING), as with any other.
     if (init.complete === true) return { fileName: init.finalName ?? init.fileName, size: init.fileSize };
+    if (stop.aborted) throw stop.reason;
     return undefined;
   }
 
@@ -673,7 +676,7 @@ export class UploadHandle {
     err.guid ??= this.#guid;
     if (!this.#signal.aborted) this.#ac.abort(err); // stop whatever still runs
     const cancelled = err.code === 'ERR_UPLOAD_CANCELLED';
-    if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined && !this.#serverCancelled) {
+    if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined && this.#serverCancelled !== this.#guid) {
       // The caller's cancel(): delete the upload on the server too (a few quick tries; the TTL cleans up otherwise).
       const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
       await api.cancel(this.#guid, new AbortController().signal).catch(() => {});

@@ -115,7 +115,11 @@ export class UploadEngine {
   #start(): Promise<void> {
     this.#started ??= (async () => {
       // Held before the reload, which takes over every upload in the staging folder.
-      await fsp.mkdir(this.options.stagingDir, { recursive: true, mode: 0o700 });
+      // The root with the default mode (the umask's; readers of completed files need it), the staging folder 0700.
+      await fsp.mkdir(this.options.dir, { recursive: true });
+      await fsp.mkdir(this.options.stagingDir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
       this.#guard = await holdRoot(this.options.stagingDir, this.options.dir, this.log);
       await this.#registry.start().catch(async (e: unknown) => {
         await this.#guard?.release();
@@ -151,26 +155,37 @@ export class UploadEngine {
     };
   }
 
-  /** Mounts the upload routes on the host's uWS app (under the prefix; `/healthz` too). */
+  /**
+   * Mounts the upload routes on the host's uWS app (under the prefix; `/healthz` too). If the engine cannot start
+   * (its root in use, the reload failing), it is closed, so its root is free for another engine.
+   */
   async attach(app: TemplatedApp): Promise<void> {
     if (this.#app) throw new Error('engine is already attached to an app');
-    await this.#start();
-    this.#app = app;
-    // The demo page and client bundle (issue 4) go first: registerHttpRoutes ends with the catch-all 404.
-    if (this.options.demo) await registerStaticRoutes(app, this.#context());
-    registerHttpRoutes(app, this.#context());
-    // uWS sends an Upgrade request on <prefix>/upload-chunk to the ws route whatever the registration order, and a
-    // plain GET there to the status handler (verified with uWS 20.30; test/integration/ws-pswebhost.test.ts).
-    this.#ws = registerWsRoutes(app, this.#context());
+    try {
+      await this.#start();
+      this.#app = app;
+      // The demo page and client bundle (issue 4) go first: registerHttpRoutes ends with the catch-all 404.
+      if (this.options.demo) await registerStaticRoutes(app, this.#context());
+      registerHttpRoutes(app, this.#context());
+      // uWS sends an Upgrade request on <prefix>/upload-chunk to the ws route whatever the registration order, and a
+      // plain GET there to the status handler (verified with uWS 20.30; test/integration/ws-pswebhost.test.ts).
+      this.#ws = registerWsRoutes(app, this.#context());
+    } catch (e) {
+      await this.close();
+      throw e;
+    }
   }
 
-  /** Starts the engine's own server. */
+  /** Starts the engine's own server. If it cannot (the port is taken, the root is in use), the engine is closed. */
   async listen(port = this.options.port, host = this.options.host): Promise<ListenInfo> {
     const app = uWS.App();
     await this.attach(app);
     this.#ownsApp = true;
     const socket = await new Promise<us_listen_socket | false>((resolve) => app.listen(host, port, resolve));
-    if (!socket) throw new Error(`could not listen on ${host}:${port}`);
+    if (!socket) {
+      await this.close();
+      throw new Error(`could not listen on ${host}:${port}`);
+    }
     this.#listenSocket = socket;
     this.#port = uWS.us_socket_local_port(socket);
     const shownHost = host.includes(':') ? `[${host}]` : host;

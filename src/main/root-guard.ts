@@ -32,7 +32,8 @@ export async function holdRoot(stagingDir: string, dir: string, log: Logger): Pr
   const server = net.createServer((s) => s.destroy());
   const bound = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
     server.once('error', resolve);
-    server.listen(name, () => {
+    // exclusive: in a cluster worker, listen() would otherwise hand the socket to the primary, shared by all workers.
+    server.listen({ path: name, exclusive: true }, () => {
       server.off('error', resolve);
       resolve(null);
     });

@@ -333,6 +333,21 @@ describe('client: resume, cancel, pause', () => {
     await expect(fsp.access(path.join(server.dir, 'cancel.bin'))).rejects.toThrow();
   });
 
+  it('cancel() during the init of a 0-byte file, which completes at init, says ERR_UPLOAD_FINALIZING and the upload is done', async () => {
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'POST') await new Promise((r) => setTimeout(r, 300));
+        return 'anonymous';
+      },
+    });
+    const h = upload(new Uint8Array(0), { endpoint: endpoint(server.base), fileName: 'empty.bin', transport: 'http' });
+    await new Promise((r) => setTimeout(r, 50));
+    await expect(h.cancel()).rejects.toMatchObject({ code: 'ERR_UPLOAD_FINALIZING' });
+    await expect(h.done).resolves.toMatchObject({ fileName: 'empty.bin', size: 0 });
+    expect(h.state).toBe('done');
+    await expectStored(server, 'empty.bin', new Uint8Array(0));
+  });
+
   it('cancel() while resuming by guid (its status still on the way) deletes the upload, and the error names the guid', async () => {
     server = await startServer({
       authenticate: async (req) => {

@@ -20,6 +20,7 @@ import {
 } from '../fixtures/server.js';
 import type { CliServer, TestServer } from '../fixtures/server.js';
 import { journalRecord } from '../../src/main/state-store.js';
+import { createUploadEngine } from '../../src/index.js';
 
 const CS = 256 * 1024;
 let server: TestServer | null = null;
@@ -172,6 +173,24 @@ describe('restart', () => {
     server = await startServer({ dir });
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(st.json.data?.uploadStatus).toBe('completed');
+  });
+
+  it('creates a new root with the default mode (readers of completed files need it) and the staging folder 0700', async () => {
+    const dir = path.join(await tempDir(), 'fresh', 'root');
+    server = await startServer({ dir });
+    expect((await fsp.stat(dir)).mode & 0o777).toBe(0o777 & ~process.umask());
+    expect((await fsp.stat(path.join(dir, '.updraft-staging'))).mode & 0o777).toBe(0o700);
+  });
+
+  it('an engine that cannot listen (port taken) lets go of its root: the next engine on it starts', async () => {
+    const dir = await tempDir();
+    server = await startServer();
+    const taken = new URL(server.base).port;
+    const engine = createUploadEngine({ dir, logLevel: 'silent', workers: 1 });
+    await expect(engine.listen(Number(taken), '127.0.0.1')).rejects.toThrow(/could not listen/);
+    const next = await startServer({ dir });
+    expect((await call(next.base, 'GET', '/healthz')).status).toBe(200);
+    await next.close();
   });
 
   it('removes staging files that have no state at start', async () => {

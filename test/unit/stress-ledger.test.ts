@@ -22,6 +22,16 @@ describe('stress ledger', () => {
     }
   });
 
+  it('an upload found cancelled after the client sent a cancel whose answer was lost is cancelled, not lost', () => {
+    const rec = new UploadRecord(1, 4096, 1024, 'put');
+    rec.acked(0, 0, true);
+    rec.cancelAsked = true;
+    rec.endedByServer('ERR_UPLOAD_CANCELLED');
+    expect([rec.outcome, rec.lostChunks, rec.violations]).toEqual(['cancelled', 0, []]);
+    rec.endedByServer('ERR_STORAGE_FAILED'); // any other end is still the server's doing
+    expect([rec.outcome, rec.lostChunks, rec.violations.length]).toEqual(['failed', 1, 1]);
+  });
+
   it('an upload ended before any chunk was acknowledged is still a violation, with nothing lost', () => {
     const rec = new UploadRecord(0, 10, 1024, 'ws');
     rec.endedByServer('ERR_STORAGE_FAILED');
