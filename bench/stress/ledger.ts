@@ -42,6 +42,9 @@ export class ChunkRecord {
   readonly forbidden = new Set<number>();
 }
 
+/** Rounds of "send what is missing" (or connections) before a client gives up: a liveness failure, reported as such. */
+export const MAX_ROUNDS = 60;
+
 export type UploadOutcome = 'completed' | 'cancelled' | 'failed' | 'vanished' | 'unfinished' | 'gaveup' | 'stuck' | 'pending';
 
 export interface FaultCounts {
@@ -105,6 +108,15 @@ export class UploadRecord {
 
   get totalChunks(): number {
     return this.chunks.length;
+  }
+
+  /** Counts round `round` (0-based); past MAX_ROUNDS it records "gave up" (after `what`) and returns false. */
+  startRound(round: number, what: string): boolean {
+    this.rounds = round + 1;
+    if (round < MAX_ROUNDS) return true;
+    this.outcome = 'gaveup';
+    this.violation(`gave up after ${MAX_ROUNDS} ${what}`);
+    return false;
   }
 
   violation(msg: string): void {

@@ -17,7 +17,6 @@ import type { FaultPlan } from './fault-proxy.js';
 import type { UploadRecord } from './ledger.js';
 import type { UploadPlan } from './plan.js';
 import type { Prng } from './prng.js';
-import { MAX_ROUNDS } from './put-client.js';
 
 /** Close codes that end the upload (docs/PROTOCOL.md, close codes); the `error` before them names the code. */
 const CLOSE_TERMINAL: Record<number, string> = { 4001: 'ERR_UPLOAD_CANCELLED', 4010: 'ERR_UPLOAD_EXPIRED', 4009: 'ERR_UPLOAD_FAILED' };
@@ -59,12 +58,7 @@ export class PsClient {
     const { rec } = this;
     let pause = 50;
     for (let round = 0; ; round++) {
-      rec.rounds = round + 1;
-      if (round >= MAX_ROUNDS) {
-        rec.outcome = 'gaveup';
-        rec.violation(`gave up after ${MAX_ROUNDS} connections`);
-        return;
-      }
+      if (!rec.startRound(round, 'connections')) return;
       const st = await uploadStatus(this.ctx, this.#jitter, rec);
       if (st.kind === 'deadline' || pastDeadline(this.ctx)) {
         rec.outcome = 'unfinished';

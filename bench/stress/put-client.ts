@@ -17,8 +17,6 @@ import type { Prng } from './prng.js';
 import { TERMINAL, cancelUpload, checkDurableAck, pastDeadline, sleep, uploadStatus } from './control.js';
 import type { ClientContext } from './control.js';
 
-/** Rounds of "send what is missing" before the client gives up (a liveness failure, reported as such). */
-export const MAX_ROUNDS = 60;
 
 type SendResult = 'stored' | 'retry' | 'terminal';
 
@@ -56,12 +54,7 @@ export class PutClient {
       pending = this.rng.split('order 0').shuffle(missing);
     }
     for (let round = 0; ; round++) {
-      rec.rounds = round + 1;
-      if (round >= MAX_ROUNDS) {
-        rec.outcome = 'gaveup';
-        rec.violation(`gave up after ${MAX_ROUNDS} rounds; chunks still missing: ${pending.slice(0, 10).join(', ')}`);
-        return;
-      }
+      if (!rec.startRound(round, `rounds; chunks still missing: ${pending.slice(0, 10).join(', ')}`)) return;
       if (pastDeadline(this.ctx)) {
         rec.outcome = 'unfinished';
         return;

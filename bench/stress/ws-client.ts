@@ -21,7 +21,6 @@ import { request } from './http-client.js';
 import type { UploadRecord } from './ledger.js';
 import type { UploadPlan } from './plan.js';
 import type { Prng } from './prng.js';
-import { MAX_ROUNDS } from './put-client.js';
 
 /** Refusals of one chunk (busy, finalizing) on one connection before the session tries a fresh connection. */
 const MAX_REFUSALS = 20;
@@ -180,12 +179,7 @@ export class WsClient {
     const { rec } = this;
     let pause = 50;
     for (let round = 0; ; round++) {
-      rec.rounds = round + 1;
-      if (round >= MAX_ROUNDS) {
-        rec.outcome = 'gaveup';
-        rec.violation(`gave up after ${MAX_ROUNDS} connections`);
-        return;
-      }
+      if (!rec.startRound(round, 'connections')) return;
       if (pastDeadline(this.ctx)) {
         rec.outcome = 'unfinished';
         return;
