@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { RootInUseError, createUploadEngine } from '../index.js';
+import { createUploadEngine } from '../index.js';
 import type { UploadEngineOptions } from '../index.js';
 import { UsageError, parseDuration, parseInteger, parseSize, parseTokenSpec } from './args.js';
 import { uploadMain } from './upload.js';
@@ -36,7 +36,7 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
                           up to 32 letters, digits or dashes (UPDRAFT_INSTANCE_ID)
   --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
   --no-demo               do not serve the demo page at / and the browser client at /updraft-client.js
-                          (UPDRAFT_DEMO=0)
+                          (UPDRAFT_DEMO=0, false, no or off)
   -h, --help              this text
 
 Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); durations ms, s, m, h, d
@@ -109,22 +109,31 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   num('uploadTtl', 'upload-ttl', 'UPDRAFT_UPLOAD_TTL', parseDuration);
   str('logLevel', 'log-level', 'UPDRAFT_LOG_LEVEL');
   str('instanceId', 'instance-id', 'UPDRAFT_INSTANCE_ID');
-  const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').filter(Boolean) : []);
-  if (specs.length > 0) o.tokens = Object.fromEntries(specs.map(parseTokenSpec));
+  const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  if (specs.length > 0) {
+    const tokens: Record<string, string> = {};
+    for (const [token, user] of specs.map(parseTokenSpec)) {
+      // A repeated token would quietly belong to the last user named with it.
+      if (Object.hasOwn(tokens, token)) throw new UsageError(`--token: the same token is given for "${tokens[token]}" and "${user}"`);
+      tokens[token] = user;
+    }
+    o.tokens = tokens;
+  }
   const origins = values['allowed-origin'] ?? (env.UPDRAFT_ALLOWED_ORIGINS ? env.UPDRAFT_ALLOWED_ORIGINS.split(',').map((v) => v.trim()).filter(Boolean) : []);
   if (origins.length > 0) o.allowedOrigins = origins;
   const proxies = values['trust-proxy'] ?? (env.UPDRAFT_TRUST_PROXY ? env.UPDRAFT_TRUST_PROXY.split(',').map((v) => v.trim()).filter(Boolean) : []);
   if (proxies.length > 0) o.trustProxy = proxies;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
   // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
-  o.demo = values['no-demo'] !== true && env.UPDRAFT_DEMO !== '0';
+  o.demo = values['no-demo'] !== true && !['0', 'false', 'no', 'off'].includes((env.UPDRAFT_DEMO ?? '').trim().toLowerCase());
   return o;
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
-    process.stdout.write(HELP);
+    // Asked for, the help goes to stdout; without a command it is a usage error, on stderr.
+    (cmd === undefined ? process.stderr : process.stdout).write(HELP);
     return cmd === undefined ? 2 : 0;
   }
   if (cmd === 'upload') return uploadMain(rest, env);
@@ -154,9 +163,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   try {
     info = await engine.listen();
   } catch (e) {
+    // Another engine on the root, the port taken, an address this host lacks, a --dir that is a file: one line.
     await engine.close().catch(() => {});
-    if (!(e instanceof RootInUseError)) throw e;
-    process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
+    process.stderr.write(`updraft serve: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
   process.stdout.write(`listening on ${info.url}\n`);

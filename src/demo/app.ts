@@ -10,7 +10,9 @@ import { ClientError, listResumable, upload } from '../client/index.js';
 import { formatBytes } from '../client/progress.js';
 import type { TransportMode, UploadHandle, UploadOptions, UploadProgress, UploadResult } from '../client/index.js';
 
-const endpoint = document.querySelector<HTMLMetaElement>('meta[name="updraft-endpoint"]')?.content || '/api/v1/files';
+// The server's route prefix; '' when it serves the API at its root (`--prefix /`).
+const prefix = document.querySelector<HTMLMetaElement>('meta[name="updraft-endpoint"]')?.content;
+const endpoint = prefix === undefined ? '/api/v1/files' : prefix || '/';
 
 const $ = <T extends HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -85,6 +87,12 @@ function presetFromQuery(): void {
   if (target) els.target.value = target;
   const token = q.get('token');
   if (token) els.token.value = token;
+  if (token !== null) {
+    // Out of the address bar and the history: a token in a URL leaks through screenshots, shared links, history.
+    const clean = new URL(location.href);
+    clean.searchParams.delete('token');
+    history.replaceState(history.state, '', clean);
+  }
 }
 
 function currentOptions(): Omit<UploadOptions, 'endpoint'> {

@@ -151,29 +151,38 @@ export async function registerStaticRoutes(app: TemplatedApp, ctx: { options: Re
       }
     : { '/': null, [`/${FILES.css}`]: null, [`/${FILES.demo}`]: null, [`/${FILES.client}`]: null };
 
-  for (const [route, a] of Object.entries(routes)) {
-    app.get(route, (res: HttpResponse, req: HttpRequest) => {
-      const ifNoneMatch = req.getHeader('if-none-match');
-      res.cork(() => {
-        if (a === null) {
-          res.writeStatus('503 Service Unavailable');
-          res.writeHeader('Content-Type', 'text/plain; charset=utf-8');
-          res.end('The demo page is not built: run "npm run build:client" (or install dev dependencies for esbuild).\n');
-          return;
-        }
-        const notModified = ifNoneMatch !== '' && ifNoneMatch === a.etag;
-        res.writeStatus(notModified ? '304 Not Modified' : '200 OK');
-        res.writeHeader('ETag', a.etag);
-        res.writeHeader('Cache-Control', 'no-cache');
-        res.writeHeader('X-Content-Type-Options', 'nosniff');
-        if (notModified) {
-          res.endWithoutBody();
-          return;
-        }
-        res.writeHeader('Content-Type', a.type);
-        for (const [k, v] of Object.entries(a.headers)) res.writeHeader(k, v);
+  // GET, and HEAD with the same headers and no body (uptime checks, `curl -I`).
+  const serve = (a: Asset | null, head: boolean) => (res: HttpResponse, req: HttpRequest): void => {
+    const ifNoneMatch = req.getHeader('if-none-match');
+    res.cork(() => {
+      if (a === null) {
+        res.writeStatus('503 Service Unavailable');
+        res.writeHeader('Content-Type', 'text/plain; charset=utf-8');
+        res.end('The demo page is not built: run "npm run build:client" (or install dev dependencies for esbuild).\n');
+        return;
+      }
+      const notModified = ifNoneMatch !== '' && ifNoneMatch === a.etag;
+      res.writeStatus(notModified ? '304 Not Modified' : '200 OK');
+      res.writeHeader('ETag', a.etag);
+      res.writeHeader('Cache-Control', 'no-cache');
+      res.writeHeader('X-Content-Type-Options', 'nosniff');
+      if (notModified) {
+        res.endWithoutBody();
+        return;
+      }
+      res.writeHeader('Content-Type', a.type);
+      for (const [k, v] of Object.entries(a.headers)) res.writeHeader(k, v);
+      if (head) {
+        // endWithoutBody(length) aborts the process in uWS 20.30 ("returning without responding"); the header works.
+        res.writeHeader('Content-Length', String(a.body.length));
+        res.endWithoutBody();
+      } else {
         res.end(a.body);
-      });
+      }
     });
+  };
+  for (const [route, a] of Object.entries(routes)) {
+    app.get(route, serve(a, false));
+    app.head(route, serve(a, true));
   }
 }

@@ -106,6 +106,9 @@ describe.runIf(haveChromium)('demo page in Chromium', () => {
     const small = await makeFile('notes.bin', 3 * MiB + 123);
     const { page, errors } = await openPage(`${server.base}/?token=demo-token-1234`);
     expect(await page.locator('h1').textContent()).toBe('Updraft');
+    // The token is taken into the form and out of the address bar (and the history).
+    expect(await page.locator('#opt-token').inputValue()).toBe('demo-token-1234');
+    expect(page.url()).toBe(`${server.base}/`);
     await page.locator('#picker').setInputFiles([big.file, small.file]);
     // Both rows appear with their transport while running.
     await page.locator('#active li.row').first().waitFor();
@@ -125,6 +128,18 @@ describe.runIf(haveChromium)('demo page in Chromium', () => {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     expect(overflow).toBeLessThanOrEqual(0);
     await page.screenshot({ path: path.join(ARTIFACTS, 'demo-phone.png'), fullPage: true });
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('works with the API at the server\'s root (--prefix /)', async () => {
+    server = await startServer({ demo: true, prefix: '/' });
+    const f = await makeFile('rooted.bin', 2 * MiB + 5);
+    const { page, errors } = await openPage(`${server.base}/`);
+    await page.locator('#picker').setInputFiles([f.file]);
+    const done = await completedItem(page, 'rooted.bin');
+    expect(done).toMatchObject({ size: String(2 * MiB + 5) });
+    expect(await shaOf(path.join(server.dir, 'rooted.bin'))).toBe(f.sha);
     expect(errors).toEqual([]);
     await page.close();
   });

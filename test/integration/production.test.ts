@@ -134,6 +134,22 @@ describe('CORS', () => {
   });
 });
 
+describe('demo page', () => {
+  it('answers HEAD on its routes with the GET headers and no body', async () => {
+    server = await startServer({ demo: true });
+    for (const route of ['/', '/updraft-client.js']) {
+      const get = await fetch(`${server.base}${route}`);
+      const body = Buffer.from(await get.arrayBuffer());
+      const head = await fetch(`${server.base}${route}`, { method: 'HEAD' });
+      expect(head.status, route).toBe(get.status);
+      expect(head.headers.get('content-type'), route).toBe(get.headers.get('content-type'));
+      expect(head.headers.get('etag'), route).toBe(get.headers.get('etag'));
+      expect(Number(head.headers.get('content-length')), route).toBe(body.length);
+      expect((await head.arrayBuffer()).byteLength, route).toBe(0);
+    }
+  });
+});
+
 describe('metrics', () => {
   it('exposes Prometheus text with upload counters, bytes and latency histograms', async () => {
     server = await startServer();

@@ -175,6 +175,16 @@ describe('restart', () => {
     expect(st.json.data?.uploadStatus).toBe('completed');
   });
 
+  it('a start that fails (--dir names a file) says why in one line and exits 1, no stack trace', async () => {
+    const file = path.join(await tempDir(), 'a-file');
+    await fsp.writeFile(file, 'x');
+    const failed = await startCli(['--dir', file]).then(
+      () => 'started',
+      (e: Error) => e.message,
+    );
+    expect(failed).toMatch(/^CLI exited with 1: updraft serve: EEXIST: file already exists, mkdir '.*a-file'\n$/);
+  });
+
   it('creates a new root with the default mode (readers of completed files need it) and the staging folder 0700', async () => {
     const dir = path.join(await tempDir(), 'fresh', 'root');
     server = await startServer({ dir });
