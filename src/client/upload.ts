@@ -458,7 +458,8 @@ export class UploadHandle {
         const mismatch = st.fileSize !== src.size || (this.#chunkSize !== undefined && st.chunkSize !== this.#chunkSize);
         if (mismatch) {
           if (remembered === undefined) {
-            throw new ClientError('ERR_RESUME_MISMATCH', `Upload ${guid} is ${st.fileSize} bytes in ${st.chunkSize}-byte chunks; the source is ${src.size} bytes`, { guid });
+            const asked = this.#chunkSize !== undefined ? ` in ${this.#chunkSize}-byte chunks` : '';
+            throw new ClientError('ERR_RESUME_MISMATCH', `Upload ${guid} is ${st.fileSize} bytes in ${st.chunkSize}-byte chunks; the source is ${src.size} bytes${asked}`, { guid });
           }
           forget();
         } else if (st.uploadStatus === 'cancelled' || st.uploadStatus === 'failed') {

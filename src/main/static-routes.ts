@@ -161,7 +161,8 @@ export async function registerStaticRoutes(app: TemplatedApp, ctx: { options: Re
         res.end('The demo page is not built: run "npm run build:client" (or install dev dependencies for esbuild).\n');
         return;
       }
-      const notModified = ifNoneMatch !== '' && ifNoneMatch === a.etag;
+      // RFC 9110 13.1.2: a list of tags, compared weakly (a proxy may have marked ours W/), or `*`.
+      const notModified = ifNoneMatch.split(',').some((t) => t.trim() === '*' || t.trim().replace(/^W\//, '') === a.etag);
       res.writeStatus(notModified ? '304 Not Modified' : '200 OK');
       res.writeHeader('ETag', a.etag);
       res.writeHeader('Cache-Control', 'no-cache');

@@ -317,6 +317,11 @@ describe('client: resume, cancel, pause', () => {
     const { guid } = await init.done;
     // A completed upload of another size: mismatch comes first.
     await expect(upload(bytesOf(11), { endpoint: endpoint(server.base), guid }).done).rejects.toMatchObject({ code: 'ERR_RESUME_MISMATCH', guid });
+    // The same size in other chunks: the message says which chunk size each side has.
+    await expect(upload(bytesOf(10), { endpoint: endpoint(server.base), guid, chunkSize: 2 * KiB }).done).rejects.toMatchObject({
+      code: 'ERR_RESUME_MISMATCH',
+      message: `Upload ${guid} is 10 bytes in 4096-byte chunks; the source is 10 bytes in 2048-byte chunks`,
+    });
     await expect(upload(bytesOf(11), { endpoint: endpoint(server.base), guid: 'no-such-guid' }).done).rejects.toMatchObject({ code: 'ERR_UPLOAD_NOT_FOUND', status: 404 });
   });
 

@@ -146,6 +146,12 @@ describe('demo page', () => {
       expect(head.headers.get('etag'), route).toBe(get.headers.get('etag'));
       expect(Number(head.headers.get('content-length')), route).toBe(body.length);
       expect((await head.arrayBuffer()).byteLength, route).toBe(0);
+      // A cached copy is confirmed by its tag, also when a proxy made it weak, or in a list.
+      const etag = get.headers.get('etag')!;
+      for (const inm of [etag, `W/${etag}`, `"other", ${etag}`, '*']) {
+        expect((await fetch(`${server.base}${route}`, { headers: { 'if-none-match': inm } })).status, inm).toBe(304);
+      }
+      expect((await fetch(`${server.base}${route}`, { headers: { 'if-none-match': '"other"' } })).status).toBe(200);
     }
   });
 });
