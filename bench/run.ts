@@ -216,7 +216,7 @@ async function main(tempRoot: string, chunkRoot: string): Promise<void> {
 
 function methodNotes(verifyMode: string, plan: readonly PlannedScenario[]): string[] {
   return [
-    'Client: curl (C), one process per upload, chunks PUT with `--parallel --parallel-max N --parallel-immediate` over ' +
+    'Client: curl (C), one process per upload, started before the window and reading its config from stdin (its start is not measured), chunks PUT with `--parallel --parallel-max N --parallel-immediate` over ' +
       'kept-alive connections, `Expect:` disabled; the bytes come from chunk files pre-split on tmpfs once per scenario. ' +
       'Updraft and the Node peers get their init POST from fetch; tus gets POST (fetch) then sequential PATCHes (curl).',
     'WebSocket client: one Node process per run (the `ws` package, started before the warm-up), one connection per upload; ' +
