@@ -42,7 +42,7 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
 Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); durations ms, s, m, h, d
 (a bare number is milliseconds).
 Prints "listening on http://HOST:PORT" when ready; logs are JSON lines on stderr.
-SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0.
+SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0 (during the start: once it is over).
 `;
 
 const HELP = `Usage: updraft <command> [options]
@@ -159,43 +159,65 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
     return 2;
   }
-  let info;
-  try {
-    info = await engine.listen();
-  } catch (e) {
-    // Another engine on the root, the port taken, an address this host lacks, a --dir that is a file: one line.
-    await engine.close().catch(() => {});
-    process.stderr.write(`updraft serve: ${e instanceof Error ? e.message : String(e)}\n`);
-    return 1;
-  }
-  process.stdout.write(`listening on ${info.url}\n`);
-  return await new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string): void => {
+  // The handlers come first: a start can take a while (it reloads every upload), and a signal then must not kill
+  // the process with the default action. A stop asked for during the start happens once the start is over; a second
+  // signal exits at once (the state on disk is crash-safe either way).
+  let resolveExit!: (code: number) => void;
+  const exit = new Promise<number>((resolve) => (resolveExit = resolve));
+  let started = false;
+  let stopping = false;
+  let askedDuringStart = '';
+  const stop = (signal: string): void => {
+    if (stopping) {
+      process.stderr.write(`updraft: second ${signal}, exiting now\n`);
+      resolveExit(1);
+      return;
+    }
+    stopping = true;
+    if (!started) {
+      askedDuringStart = signal;
+      engine.log.info({ event: 'server.stopping', signal }, 'stop asked for during the start: stopping once it is over');
+      return;
+    }
+    engine.log.info({ event: 'server.stopping', signal }, 'stopping');
+    const timer = setTimeout(() => resolveExit(1), 15_000);
+    timer.unref();
+    engine.close().then(
+      () => {
+        clearTimeout(timer);
+        engine.log.info({ event: 'server.stopped' }, 'stopped');
+        resolveExit(0);
+      },
+      (e: unknown) => {
+        engine.log.error({ err: e }, 'error while stopping');
+        resolveExit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+
+  const listening = engine.listen().then(
+    (info) => {
+      started = true;
       if (stopping) {
-        process.stderr.write(`updraft: second ${signal}, exiting now\n`);
-        resolve(1);
-        return;
+        // Asked to stop while starting: stop now, without announcing a server that is going away.
+        stopping = false;
+        stop(askedDuringStart);
+      } else {
+        process.stdout.write(`listening on ${info.url}\n`);
       }
-      stopping = true;
-      engine.log.info({ event: 'server.stopping', signal }, 'stopping');
-      const timer = setTimeout(() => resolve(1), 15_000);
-      timer.unref();
-      engine.close().then(
-        () => {
-          clearTimeout(timer);
-          engine.log.info({ event: 'server.stopped' }, 'stopped');
-          resolve(0);
-        },
-        (e: unknown) => {
-          engine.log.error({ err: e }, 'error while stopping');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGTERM', () => stop('SIGTERM'));
-  });
+      return 0;
+    },
+    async (e: unknown) => {
+      // Another engine on the root, the port taken, an address this host lacks, a --dir that is a file: one line.
+      await engine.close().catch(() => {});
+      process.stderr.write(`updraft serve: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 1;
+    },
+  );
+  const failed = await Promise.race([listening.then((code) => (code === 1 ? 1 : null)), exit]);
+  return failed ?? (await exit);
 }
 
 /** Runs the CLI with this process's arguments and exits with its code. */

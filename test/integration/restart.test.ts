@@ -2,11 +2,15 @@
  * State survives restarts: upload half, stop the server (gracefully, or SIGKILL of a real process), start it again
  * on the same folder, finish from upload-status, compare every byte.
  */
+import { execFileSync, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   PREFIX,
+  ROOT,
   bytesOf,
   call,
   initUpload,
@@ -173,6 +177,55 @@ describe('restart', () => {
     server = await startServer({ dir });
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(st.json.data?.uploadStatus).toBe('completed');
+  });
+
+  it('SIGTERM while the start is still reloading stops cleanly once the start is over (exit 0, state kept), not by the default action', async () => {
+    const dir = await tempDir();
+    cli = await startCli(['--dir', dir]);
+    const data = bytesOf(4 * CS);
+    const init = await initUpload(cli.base, { fileName: 'early.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    await putChunks(cli.base, guid, data, CS, [0, 3]);
+    cli.child.kill('SIGTERM');
+    expect(await waitExit(cli.child)).toEqual({ code: 0, signal: null });
+    cli = null;
+
+    // A FIFO posing as an upload record holds the next start's reload until the test writes to it.
+    const fifo = path.join(dir, '.updraft-staging', `${randomUUID()}.meta`);
+    execFileSync('mkfifo', [fifo]);
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'serve', '--host', '127.0.0.1', '--port', '0', '--dir', dir], {
+      cwd: ROOT,
+      env: { ...process.env, UPDRAFT_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    // A writer can open the FIFO (without blocking) once a reader waits on it: the server's reload, inside the start,
+    // after the CLI set up its signal handlers. The writer keeps the reload waiting until it writes and closes.
+    let w: number | null = null;
+    for (let i = 0; i < 400 && w === null && child.exitCode === null; i++) {
+      try {
+        w = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    expect(w, 'the reload reached the FIFO').not.toBeNull();
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(child.exitCode).toBeNull(); // still waiting for its start
+    fs.writeSync(w!, 'not an upload record'); // the reload goes on (and drops this record)
+    fs.closeSync(w!);
+    expect(await waitExit(child)).toEqual({ code: 0, signal: null });
+    expect(out).not.toContain('listening on'); // it never announced a server it was about to stop
+    expect(err).not.toMatch(/\n\s+at |"level":(50|60)/); // no stack trace, no error logged
+
+    cli = await startCli(['--dir', dir]);
+    const st = await call(cli.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data).toMatchObject({ uploadStatus: 'active', missingChunks: [1, 2] });
   });
 
   it('a start that fails (--dir names a file) says why in one line and exits 1, no stack trace', async () => {
