@@ -202,26 +202,33 @@ describe('restart', () => {
     let err = '';
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    // A writer can open the FIFO (without blocking) once a reader waits on it: the server's reload, inside the start,
-    // after the CLI set up its signal handlers. The writer keeps the reload waiting until it writes and closes.
     let w: number | null = null;
-    for (let i = 0; i < 400 && w === null && child.exitCode === null; i++) {
-      try {
-        w = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e;
-        await new Promise((r) => setTimeout(r, 50));
+    try {
+      // A writer can open the FIFO (without blocking) once a reader waits on it: the server's reload, inside the start,
+      // after the CLI set up its signal handlers. The writer keeps the reload waiting until it writes and closes.
+      for (let i = 0; i < 400 && w === null && child.exitCode === null; i++) {
+        try {
+          w = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e;
+          await new Promise((r) => setTimeout(r, 50));
+        }
       }
+      expect(w, 'the reload reached the FIFO').not.toBeNull();
+      child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(child.exitCode).toBeNull(); // still waiting for its start
+      fs.writeSync(w!, 'not an upload record'); // the reload goes on (and drops this record)
+      fs.closeSync(w!);
+      w = null;
+      expect(await waitExit(child)).toEqual({ code: 0, signal: null });
+      expect(out).not.toContain('listening on'); // it never announced a server it was about to stop
+      expect(err).not.toMatch(/\n\s+at |"level":(50|60)/); // no stack trace, no error logged
+    } finally {
+      // Whatever failed above, leave no server behind (ours, by its handle).
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (w !== null) fs.closeSync(w);
     }
-    expect(w, 'the reload reached the FIFO').not.toBeNull();
-    child.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 300));
-    expect(child.exitCode).toBeNull(); // still waiting for its start
-    fs.writeSync(w!, 'not an upload record'); // the reload goes on (and drops this record)
-    fs.closeSync(w!);
-    expect(await waitExit(child)).toEqual({ code: 0, signal: null });
-    expect(out).not.toContain('listening on'); // it never announced a server it was about to stop
-    expect(err).not.toMatch(/\n\s+at |"level":(50|60)/); // no stack trace, no error logged
 
     cli = await startCli(['--dir', dir]);
     const st = await call(cli.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
