@@ -72,15 +72,16 @@ export function dropIdleCurls(): void {
 export async function runCurl(batch: CurlBatch): Promise<void> {
   if (!gateOpen) throw new CurlFailed('stopped: the run is over its time limit');
   const curl = idle.shift() ?? startCurl(['-K', '-']);
+  let timedOut = false;
   const timer = setTimeout(() => {
-    curl.timedOut = true;
+    timedOut = true;
     curl.child.kill('SIGKILL'); // our own child, by its handle
   }, batch.timeoutMs);
   curl.child.stdin!.on('error', () => {}); // a curl that died early: its exit status says why
   curl.child.stdin!.end(curlConfig(batch));
   const { code, stdout, stderr } = await curl.done;
   clearTimeout(timer);
-  if (curl.timedOut) throw new CurlFailed(`curl did not finish within ${batch.timeoutMs} ms`);
+  if (timedOut) throw new CurlFailed(`curl did not finish within ${batch.timeoutMs} ms`);
   checkTransfers(batch, stdout, code, stderr);
 }
 
@@ -145,7 +146,6 @@ function checkTransfers(batch: CurlBatch, stdout: string, code: number | null, s
 interface WaitingCurl {
   readonly child: ChildProcess;
   readonly done: Promise<{ code: number | null; stdout: string; stderr: string }>;
-  timedOut: boolean;
 }
 
 function startCurl(args: string[]): WaitingCurl {
@@ -165,7 +165,7 @@ function startCurl(args: string[]): WaitingCurl {
       resolve({ code, stdout, stderr });
     });
   });
-  return { child, done, timedOut: false };
+  return { child, done };
 }
 
 /** `curl --version`'s first line, for the report. */

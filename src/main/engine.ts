@@ -114,18 +114,15 @@ export class UploadEngine {
 
   #start(): Promise<void> {
     this.#started ??= (async () => {
-      // Held before the reload, which takes over every upload in the staging folder.
       // The root with the default mode (the umask's; readers of completed files need it), the staging folder 0700.
       await fsp.mkdir(this.options.dir, { recursive: true });
       await fsp.mkdir(this.options.stagingDir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'EEXIST') throw e;
       });
+      // Held before the reload, which takes over every upload in the staging folder; a failed start is closed by
+      // attach(), which lets go of it.
       this.#guard = await holdRoot(this.options.stagingDir, this.options.dir, this.log);
-      await this.#registry.start().catch(async (e: unknown) => {
-        await this.#guard?.release();
-        this.#guard = null;
-        throw e;
-      });
+      await this.#registry.start();
       this.#eld.enable();
       const mode = authMode(this.options);
       if (mode === 'anonymous') {
