@@ -34,9 +34,9 @@ export function parseInteger(flag: string, v: string): number {
 }
 
 /** "user:token" -> [token, user]. */
-export function parseTokenSpec(v: string): [string, string] {
+export function parseTokenSpec(label: string, v: string): [string, string] {
   const i = v.indexOf(':');
   // The value is never echoed: it may be the secret itself, given without its user.
-  if (i <= 0 || i === v.length - 1) throw new UsageError('--token: expected USER:TOKEN (a user name, a colon, the token)');
+  if (i <= 0 || i === v.length - 1) throw new UsageError(`${label}: expected USER:TOKEN (a user name, a colon, the token)`);
   return [v.slice(i + 1), v.slice(0, i)];
 }

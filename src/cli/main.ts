@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { createUploadEngine } from '../index.js';
+import { OptionsError, createUploadEngine } from '../index.js';
 import type { UploadEngineOptions } from '../index.js';
 import { UsageError, parseDuration, parseInteger, parseSize, parseTokenSpec } from './args.js';
 import { uploadMain } from './upload.js';
@@ -52,6 +52,15 @@ Commands:
   upload     upload files to a server (updraft upload --help)
 `;
 
+/** Where serveOptions() found each option it set: `--flag` or `UPDRAFT_NAME`, by option name. */
+const sourcesOf = new WeakMap<UploadEngineOptions, Map<string, string>>();
+
+/** An engine's OptionsError told under the flag or variable the value came from, e.g. `UPDRAFT_DURABILITY: ...`. */
+export function optionErrorMessage(options: UploadEngineOptions, e: Error): string {
+  const source = e instanceof OptionsError ? sourcesOf.get(options)?.get(e.field) : undefined;
+  return source === undefined ? e.message : `${source}: ${(e as OptionsError).problem}`;
+}
+
 export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngineOptions | 'help' {
   const { values } = parseArgs({
     args: argv,
@@ -80,20 +89,28 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
     },
   });
   if (values.help) return 'help';
-  const pick = (flag: keyof typeof values, envName: string): string | undefined => {
-    const v = values[flag];
-    if (typeof v === 'string') return v;
-    const e = env[envName];
-    return e === undefined || e === '' ? undefined : e;
-  };
   const o: UploadEngineOptions = {};
+  // Where each option came from, so that an invalid value is reported under the name the operator wrote.
+  const sources = new Map<string, string>();
+  sourcesOf.set(o, sources);
+  const pick = (key: string, flag: keyof typeof values, envName: string): string | undefined => {
+    const v = values[flag];
+    if (typeof v === 'string') {
+      sources.set(key, `--${String(flag)}`);
+      return v;
+    }
+    const e = env[envName];
+    if (e === undefined || e === '') return undefined;
+    sources.set(key, envName);
+    return e;
+  };
   const str = <K extends keyof UploadEngineOptions>(key: K, flag: keyof typeof values, envName: string): void => {
-    const v = pick(flag, envName);
+    const v = pick(key, flag, envName);
     if (v !== undefined) (o as Record<string, unknown>)[key] = v;
   };
   const num = <K extends keyof UploadEngineOptions>(key: K, flag: keyof typeof values, envName: string, parse: (f: string, v: string) => number): void => {
-    const v = pick(flag, envName);
-    if (v !== undefined) (o as Record<string, unknown>)[key] = parse(`--${String(flag)}`, v);
+    const v = pick(key, flag, envName);
+    if (v !== undefined) (o as Record<string, unknown>)[key] = parse(sources.get(key)!, v);
   };
   str('host', 'host', 'UPDRAFT_HOST');
   num('port', 'port', 'UPDRAFT_PORT', parseInteger);
@@ -109,19 +126,27 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   num('uploadTtl', 'upload-ttl', 'UPDRAFT_UPLOAD_TTL', parseDuration);
   str('logLevel', 'log-level', 'UPDRAFT_LOG_LEVEL');
   str('instanceId', 'instance-id', 'UPDRAFT_INSTANCE_ID');
-  const specs = values.token ?? (env.UPDRAFT_TOKENS ? env.UPDRAFT_TOKENS.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  // A repeatable flag, or else its variable as a comma-separated list.
+  const list = (key: string, flag: 'token' | 'allowed-origin' | 'trust-proxy', envName: string): string[] => {
+    const given = values[flag];
+    const items = given ?? (env[envName] ?? '').split(',').map((v) => v.trim()).filter(Boolean);
+    if (items.length > 0) sources.set(key, given ? `--${flag}` : envName);
+    return items;
+  };
+  const specs = list('tokens', 'token', 'UPDRAFT_TOKENS');
   if (specs.length > 0) {
+    const label = sources.get('tokens')!;
     const tokens: Record<string, string> = {};
-    for (const [token, user] of specs.map(parseTokenSpec)) {
+    for (const [token, user] of specs.map((spec) => parseTokenSpec(label, spec))) {
       // A repeated token would quietly belong to the last user named with it.
-      if (Object.hasOwn(tokens, token)) throw new UsageError(`--token: the same token is given for "${tokens[token]}" and "${user}"`);
+      if (Object.hasOwn(tokens, token)) throw new UsageError(`${label}: the same token is given for "${tokens[token]}" and "${user}"`);
       tokens[token] = user;
     }
     o.tokens = tokens;
   }
-  const origins = values['allowed-origin'] ?? (env.UPDRAFT_ALLOWED_ORIGINS ? env.UPDRAFT_ALLOWED_ORIGINS.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  const origins = list('allowedOrigins', 'allowed-origin', 'UPDRAFT_ALLOWED_ORIGINS');
   if (origins.length > 0) o.allowedOrigins = origins;
-  const proxies = values['trust-proxy'] ?? (env.UPDRAFT_TRUST_PROXY ? env.UPDRAFT_TRUST_PROXY.split(',').map((v) => v.trim()).filter(Boolean) : []);
+  const proxies = list('trustProxy', 'trust-proxy', 'UPDRAFT_TRUST_PROXY');
   if (proxies.length > 0) o.trustProxy = proxies;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
   // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
@@ -156,7 +181,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   try {
     engine = createUploadEngine(options);
   } catch (e) {
-    process.stderr.write(`updraft serve: ${(e as Error).message}\n`);
+    process.stderr.write(`updraft serve: ${optionErrorMessage(options, e as Error)}\n`);
     return 2;
   }
   // The handlers come first: a start can take a while (it reloads every upload), and a signal then must not kill

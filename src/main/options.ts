@@ -266,7 +266,12 @@ export interface ResolvedOptions {
 export const STAGING_DIR_NAME = '.updraft-staging';
 
 export class OptionsError extends Error {
-  constructor(field: string, problem: string) {
+  constructor(
+    /** The option's name in UploadEngineOptions, e.g. 'durability'. */
+    readonly field: string,
+    /** What is wrong with its value, without the option's name. */
+    readonly problem: string,
+  ) {
     super(`invalid option ${field}: ${problem}`);
     this.name = 'OptionsError';
   }

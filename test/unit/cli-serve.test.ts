@@ -4,7 +4,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/cli/args.js';
-import { serveOptions } from '../../src/cli/main.js';
+import { optionErrorMessage, serveOptions } from '../../src/cli/main.js';
+import { createUploadEngine } from '../../src/index.js';
+import type { UploadEngineOptions } from '../../src/index.js';
 
 const thrown = (f: () => unknown): Error => {
   try {
@@ -20,7 +22,9 @@ describe('updraft serve options', () => {
     const e = thrown(() => serveOptions(['--token', 'alice:secret-token-1', '--token', 'mallory:secret-token-1'], {}));
     expect(e).toBeInstanceOf(UsageError);
     expect(e.message).toBe('--token: the same token is given for "alice" and "mallory"');
-    expect(thrown(() => serveOptions([], { UPDRAFT_TOKENS: 'alice:secret-token-1,bob:secret-token-1' }))).toBeInstanceOf(UsageError);
+    const fromEnv = thrown(() => serveOptions([], { UPDRAFT_TOKENS: 'alice:secret-token-1,bob:secret-token-1' }));
+    expect(fromEnv).toBeInstanceOf(UsageError);
+    expect(fromEnv.message).toBe('UPDRAFT_TOKENS: the same token is given for "alice" and "bob"');
   });
 
   it('trims UPDRAFT_TOKENS entries like the other list variables', () => {
@@ -39,5 +43,22 @@ describe('updraft serve options', () => {
     for (const v of ['0', 'false', 'no', 'off', 'FALSE', ' Off ']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(false);
     for (const v of ['1', 'true', '']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(true);
     expect((serveOptions(["--no-demo"], {}) as { demo?: boolean }).demo).toBe(false);
+  });
+
+  it('reports an invalid value under the flag or the variable it came from', () => {
+    // Parsed by the CLI itself.
+    expect(thrown(() => serveOptions([], { UPDRAFT_PORT: 'abc' })).message).toBe('UPDRAFT_PORT: expected a whole number, got "abc"');
+    expect(thrown(() => serveOptions(['--port', 'abc'], { UPDRAFT_PORT: '80' })).message).toBe('--port: expected a whole number, got "abc"');
+    expect(thrown(() => serveOptions([], { UPDRAFT_TOKENS: 'no-colon-here' })).message).toMatch(/^UPDRAFT_TOKENS: expected USER:TOKEN/);
+    // Checked by the engine (resolveOptions throws OptionsError before anything starts).
+    const engineError = (argv: string[], env: NodeJS.ProcessEnv): string => {
+      const options = serveOptions(argv, env) as UploadEngineOptions;
+      return optionErrorMessage(options, thrown(() => createUploadEngine(options)));
+    };
+    expect(engineError([], { UPDRAFT_DURABILITY: 'bogus' })).toBe('UPDRAFT_DURABILITY: expected one of chunk, upload, got bogus');
+    expect(engineError(['--durability', 'bogus'], {})).toBe('--durability: expected one of chunk, upload, got bogus');
+    expect(engineError([], { UPDRAFT_TRUST_PROXY: 'not-an-address' })).toMatch(/^UPDRAFT_TRUST_PROXY: /);
+    expect(engineError(['--token', 'alice:short'], {})).toBe('--token: each token needs at least 8 non-space characters');
+    expect(engineError([], { UPDRAFT_WORKERS: '0' })).toBe('UPDRAFT_WORKERS: expected an integer from 1 to 256, got 0');
   });
 });
