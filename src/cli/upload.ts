@@ -16,7 +16,7 @@ Uploads files to an Updraft server: over the updraft.v1 WebSocket, falling back 
 WebSocket cannot connect or drops for good. Progress goes to stderr, one summary line per file to stdout.
 
   --url URL             the server's API prefix, e.g. http://127.0.0.1:8080/api/v1/files; a URL with no path
-                        gets the default prefix /api/v1/files (UPDRAFT_URL)
+                        gets the default prefix /api/v1/files; no query string (UPDRAFT_URL)
   --token TOKEN         bearer token (UPDRAFT_TOKEN)
   --parallel N          HTTP PUTs in flight per file (default 4)
   --transport MODE      auto | websocket | http (default auto)
@@ -57,13 +57,16 @@ export function parseUploadArgs(argv: string[], env: NodeJS.ProcessEnv): UploadA
   if (positionals.length === 0) throw new UsageError('no files given');
   const rawUrl = values.url ?? env.UPDRAFT_URL;
   if (!rawUrl) throw new UsageError('--url is required (the server API prefix, e.g. http://127.0.0.1:8080/api/v1/files)');
+  const urlLabel = values.url !== undefined ? '--url' : 'UPDRAFT_URL';
   let url: URL;
   try {
     url = new URL(rawUrl);
   } catch {
-    throw new UsageError(`--url: not a URL: "${rawUrl}"`);
+    throw new UsageError(`${urlLabel}: not a URL: "${rawUrl}"`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('--url: expected http:// or https://');
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`${urlLabel}: expected http:// or https://`);
+  // The client appends the route (`/upload-chunk?guid=...`) to the prefix; a query would land before it.
+  if (url.search !== '' || url.hash !== '') throw new UsageError(`${urlLabel}: expected the API prefix alone, without a query string or fragment`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = DEFAULT_PREFIX;
   const options: UploadArgs['options'] = { endpoint: url.href };
   const token = values.token ?? env.UPDRAFT_TOKEN;

@@ -119,11 +119,15 @@ function positiveInt(name: string, v: unknown, min = 1): number | undefined {
 
 function resolveEndpoint(endpoint: string | URL): URL {
   const base = typeof location !== 'undefined' ? location.href : undefined;
+  let url: URL;
   try {
-    return new URL(String(endpoint), base);
+    url = new URL(String(endpoint), base);
   } catch {
     throw new TypeError(`endpoint must be an absolute URL (or relative, in a browser): ${String(endpoint)}`);
   }
+  // Every request URL is `<endpoint>/upload-chunk?...`: a query or fragment would end up before the route's path.
+  if (url.search !== '' || url.hash !== '') throw new TypeError(`endpoint must be the API prefix alone, without a query string or fragment: ${url.origin}${url.pathname}`);
+  return url;
 }
 
 /**
