@@ -18,6 +18,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Packr } from 'msgpackr';
+import { totalChunksFor, validateFileName, validateTargetPath } from '../protocol/validate.js';
 
 export type UploadStatus = 'active' | 'finalizing' | 'completed' | 'cancelled' | 'failed' | 'expired';
 
@@ -43,11 +44,71 @@ export interface UploadMeta {
   hookStarted?: boolean;
   /** onUploadComplete refused the file (recorded before the file is removed): a crash then still ends it failed. */
   hookRefused?: boolean;
+  /**
+   * The staging file's identity, "dev:ino" (kept by link and rename), recorded with `finalName`: a file found
+   * under that name after a crash, or removed when a completion fails, is this upload's only if it matches. Another
+   * upload may have taken the name once this one's file left it.
+   */
+  fileId?: string;
   endTime?: number;
   failure?: { code: string; message: string };
 }
 
 const packr = new Packr({ useRecords: false });
+
+const STATUSES: readonly string[] = ['active', 'finalizing', 'completed', 'cancelled', 'failed', 'expired'];
+/** The largest chunk and chunk count any configuration accepts (options.ts maxChunkSize and maxChunks). */
+const MAX_CHUNK_SIZE = 1024 * 1024 * 1024;
+const MAX_CHUNKS = 16_777_216;
+
+/**
+ * A decoded meta that the engine could have written for upload `guid`: every field of the right type and range, and
+ * the names valid as at init. A damaged or foreign record must neither stop the start (a bitmap sized from a
+ * negative or huge chunk count throws) nor name a file outside the root (`finalName: '../x'`).
+ */
+export function validMeta(m: unknown, guid: string): m is UploadMeta {
+  if (typeof m !== 'object' || m === null) return false;
+  const r = m as Record<string, unknown>;
+  const int = (v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): boolean => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max;
+  const time = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v);
+  const name = (v: unknown): boolean => {
+    try {
+      validateFileName(v);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const segments = (v: unknown): boolean => {
+    if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) return false;
+    try {
+      const again = validateTargetPath(v.join('/'));
+      return again.length === v.length;
+    } catch {
+      return false;
+    }
+  };
+  return (
+    r.v === 1 &&
+    r.guid === guid &&
+    typeof r.user === 'string' &&
+    name(r.fileName) &&
+    int(r.fileSize, 0) &&
+    int(r.chunkSize, 1, MAX_CHUNK_SIZE) &&
+    int(r.totalChunks, 0, MAX_CHUNKS) &&
+    r.totalChunks === totalChunksFor(r.fileSize as number, r.chunkSize as number) &&
+    segments(r.targetPath) &&
+    (r.uploadMethod === undefined || typeof r.uploadMethod === 'string') &&
+    time(r.startTime) &&
+    time(r.lastActivityTime) &&
+    typeof r.status === 'string' &&
+    STATUSES.includes(r.status) &&
+    (r.finalName === undefined || name(r.finalName)) &&
+    (r.fileId === undefined || typeof r.fileId === 'string') &&
+    (r.endTime === undefined || time(r.endTime)) &&
+    (r.failure === undefined || (typeof r.failure === 'object' && r.failure !== null && typeof (r.failure as Record<string, unknown>).code === 'string' && typeof (r.failure as Record<string, unknown>).message === 'string'))
+  );
+}
 
 /** A guid as the engine makes it: optional instance id, a dot, a UUID. Anything else is never a file name. */
 export const GUID_RE = /^(?:[A-Za-z0-9-]{1,32}\.)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -119,39 +180,60 @@ export class StateStore {
   }
 
   /**
-   * Reads every upload's meta and journal. Files that belong to no readable meta (orphan .part/.journal, .tmp left
-   * by a crash mid-write) are removed: without a meta nobody can resume them.
+   * Reads every upload's meta and journal. Files that belong to no meta (orphan .part/.journal, .tmp left by a crash
+   * mid-write) are removed, and so are the files of a meta that does not decode to a valid record
+   * (`validMeta`): without a trustworthy meta nobody can resume them. A meta or journal that cannot be *read*
+   * (EIO, EACCES, EMFILE) says nothing about the upload: its files are left as they are, for a start that can read
+   * them, and the upload is reported in `unreadable`.
    */
-  async loadAll(): Promise<Array<{ meta: UploadMeta; journal: number[] }>> {
+  async loadAll(): Promise<{ uploads: Array<{ meta: UploadMeta; journal: number[] }>; unreadable: Array<{ guid: string; err: unknown }> }> {
     const names = await fsp.readdir(this.dir);
     const metas = new Map<string, UploadMeta>();
+    const unreadable: Array<{ guid: string; err: unknown }> = [];
+    const keep = new Set<string>();
     for (const name of names) {
       if (!name.endsWith('.meta')) continue;
       const guid = name.slice(0, -'.meta'.length);
       if (!GUID_RE.test(guid)) continue;
+      let bytes: Buffer;
       try {
-        const meta = packr.unpack(await fsp.readFile(path.join(this.dir, name))) as UploadMeta;
-        if (meta?.v === 1 && meta.guid === guid) metas.set(guid, meta);
-      } catch {
-        // An unreadable meta cannot be trusted to describe its bytes: the upload is dropped below.
+        bytes = await fsp.readFile(path.join(this.dir, name));
+      } catch (err) {
+        unreadable.push({ guid, err });
+        keep.add(guid);
+        continue;
       }
+      let meta: unknown;
+      try {
+        meta = packr.unpack(bytes);
+      } catch {
+        continue; // does not decode: cannot be trusted to describe its bytes, so the upload is dropped below
+      }
+      if (validMeta(meta, guid)) metas.set(guid, meta);
     }
     const out: Array<{ meta: UploadMeta; journal: number[] }> = [];
+    for (const meta of metas.values()) {
+      let journal: number[] = [];
+      if (meta.status === 'active' || meta.status === 'finalizing') {
+        try {
+          journal = await this.readJournal(meta.guid, meta.totalChunks);
+        } catch (err) {
+          unreadable.push({ guid: meta.guid, err });
+          keep.add(meta.guid);
+          continue;
+        }
+      }
+      out.push({ meta, journal });
+    }
     for (const name of names) {
       const m = /^(.*)\.(part|journal|meta|meta\.tmp)$/.exec(name);
       const guid = m?.[1];
+      if (guid !== undefined && keep.has(guid)) continue;
       if (guid === undefined || !metas.has(guid) || m?.[2] === 'meta.tmp') {
         await fsp.rm(path.join(this.dir, name), { force: true, recursive: true });
       }
     }
-    for (const meta of metas.values()) {
-      let journal: number[] = [];
-      if (meta.status === 'active' || meta.status === 'finalizing') {
-        journal = await this.readJournal(meta.guid, meta.totalChunks);
-      }
-      out.push({ meta, journal });
-    }
-    return out;
+    return { uploads: out, unreadable };
   }
 
   async readJournal(guid: string, totalChunks: number): Promise<number[]> {

@@ -181,6 +181,19 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** `place`: the caller counted this init in `creating` (http-routes), so the free-space check leaves it out. */
   async create(user: string, req: InitRequest, requestId?: string, place?: CreationPlace): Promise<Upload> {
     if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
+    // close() waits for creations under way: one finishing after the stop had closed every file would keep its
+    // files open, and write them, after the engine let go of the root.
+    const creation = this.#create(user, req, requestId, place);
+    this.#creations.add(creation);
+    const forget = (): void => void this.#creations.delete(creation);
+    creation.then(forget, forget);
+    return creation;
+  }
+
+  /** Inits still being created (close() waits for them). */
+  readonly #creations = new Set<Promise<Upload>>();
+
+  async #create(user: string, req: InitRequest, requestId: string | undefined, place: CreationPlace | undefined): Promise<Upload> {
     if (req.targetPath.length === 0 && req.fileName.toLowerCase().startsWith('.updraft')) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
     }
@@ -219,10 +232,13 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       await ftruncate(u.fd, req.fileSize);
       u.journal = await Journal.open(this.store.journalPath(guid));
       await this.store.writeMeta(meta);
+      // A stop began meanwhile and has already closed every upload it knew of: this one was never announced, so it
+      // goes, and its client hears the stop.
+      if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     } catch (e) {
       await this.#closeFiles(u);
       await this.store.removeAll(guid);
-      throw storageFailure(e);
+      throw e instanceof UploadError ? e : storageFailure(e);
     }
     u.observeSync = (sec) => this.onSync?.(sec);
     this.#uploads.set(guid, u);
@@ -250,8 +266,17 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw storageFailure(e);
       }
       if (!st) {
-        await fsp.mkdir(next).catch((e: NodeJS.ErrnoException) => {
-          if (e.code !== 'EEXIST') throw storageFailure(e);
+        const made = await fsp.mkdir(next).then(
+          () => true,
+          (e: NodeJS.ErrnoException) => {
+            if (e.code !== 'EEXIST') throw storageFailure(e);
+            return false;
+          },
+        );
+        // The new folder's entry is durable in its parent before a file in it can be announced complete (the
+        // completion syncs only the folder the file lands in).
+        if (made) await this.store.syncDir(cur).catch((e: unknown) => {
+          throw storageFailure(e);
         });
         st = await fsp.lstat(next);
       }
@@ -325,17 +350,26 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       const t0 = performance.now();
       await fdatasync(u.fd);
       this.onSync?.((performance.now() - t0) / 1000);
+      u.fileId = fileId(await fsp.stat(this.store.partPath(u.guid), { bigint: true }));
       await this.#closeFiles(u);
       const dir = await this.resolveTargetDir(u.targetPath);
       const name = await this.#place(u, dir);
       placed = path.join(dir, name);
+      // Linked (rename and reject policies): the staging name goes once the file is safe under its final one. Set
+      // `placed` first, so a failure here removes the file again instead of leaving a failed upload in place.
+      await fsp.rm(this.store.partPath(u.guid), { force: true });
       await this.store.syncDir(dir);
       await this.store.syncDir();
       u.finalName = name;
       if (this.options.onUploadComplete) {
         // Recorded first: a hook may move the file, and a crash after that must not read as a lost staging file.
         await this.store.writeMeta({ ...u.toMeta(), hookStarted: true });
-        await this.#completeHook(u, dir, name);
+        try {
+          await this.#completeHook(u, dir, name);
+        } catch (e) {
+          placed = null; // the refusal has removed the file; the name may already be another upload's
+          throw e;
+        }
       }
       placed = null; // from here the file stays: it is durable in place and the hook (if any) accepted it
       u.endTime = Date.now();
@@ -366,8 +400,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       // A file already placed (its folder could not be synced, the staging name not unlinked) goes again: a failed
       // upload leaves nothing under its final name, as when the hook refuses it.
       if (placed !== null) {
-        await fsp.rm(placed, { force: true }).catch(() => {});
-        await this.store.syncDir(path.dirname(placed)).catch(() => {});
+        await this.#removePlaced(placed, u.fileId).catch(() => {});
         u.finalName = undefined;
       }
       await this.fail(u, err);
@@ -395,8 +428,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       this.log.warn({ err: e, guid: u.guid }, 'onUploadComplete failed; removing the file');
       // Recorded first, so a crash before the `failed` record cannot read the removed file as one the hook moved.
       await this.store.writeMeta({ ...u.toMeta(), hookStarted: true, hookRefused: true }).catch(() => {});
-      await fsp.rm(file, { force: true });
-      await this.store.syncDir(dir).catch(() => {});
+      await this.#removePlaced(file, u.fileId);
       u.finalName = undefined;
       throw e instanceof UploadError ? e : new UploadError('ERR_HOOK_FAILED');
     }
@@ -409,7 +441,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (policy === 'overwrite') {
       u.finalName = u.fileName;
       await this.store.writeMeta(u.toMeta());
-      await fsp.rename(staging, path.join(dir, u.fileName)).catch((e) => {
+      const target = path.join(dir, u.fileName);
+      // Under the name's lock: a failing upload checks whose file is there and removes it in one step (#removePlaced).
+      await this.#underNameLock(target, () => fsp.rename(staging, target)).catch((e) => {
         throw storageFailure(e);
       });
       return u.fileName;
@@ -433,10 +467,41 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         }
         throw storageFailure(e);
       }
-      await fsp.unlink(staging);
-      return name;
+      return name; // the caller unlinks the staging name
     }
     throw new UploadError('ERR_FILE_EXISTS', 'No free name for the file in the target folder');
+  }
+
+  /** Final paths being replaced or removed: a rename (onConflict 'overwrite') and a removal take turns per name. */
+  readonly #nameLocks = new Map<string, Promise<unknown>>();
+
+  #underNameLock<T>(file: string, f: () => Promise<T>): Promise<T> {
+    const prev = this.#nameLocks.get(file);
+    const run = (prev ? prev.catch(() => {}) : Promise.resolve()).then(f);
+    this.#nameLocks.set(file, run);
+    const forget = (): void => {
+      if (this.#nameLocks.get(file) === run) this.#nameLocks.delete(file);
+    };
+    run.then(forget, forget);
+    return run;
+  }
+
+  /**
+   * Removes a file this upload placed, and syncs the removal, but only if the file under that name is still this
+   * upload's (`id`, its "dev:ino"): once it left the name (a hook moved it, a refusal or an earlier try removed it),
+   * another upload may have completed under the same name. Without a recorded identity nothing is removed.
+   */
+  async #removePlaced(file: string, id: string | undefined): Promise<void> {
+    await this.#underNameLock(file, async () => {
+      const st = await fsp.lstat(file, { bigint: true }).catch(() => null);
+      if (st === null) return;
+      if (id === undefined || fileId(st) !== id) {
+        this.log.warn({ event: 'upload.file_kept' }, 'a file under a failed upload\'s final name is not its own; left in place');
+        return;
+      }
+      await fsp.rm(file, { force: true });
+      await this.store.syncDir(path.dirname(file)).catch(() => {});
+    });
   }
 
   // --- ending -----------------------------------------------------------------------------------------------------------
@@ -581,6 +646,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     this.#closed = true;
     clearInterval(this.#reaper);
     clearInterval(this.#checkpointer);
+    await Promise.allSettled([...this.#creations]);
     await Promise.all(
       [...this.#uploads.values()].map(async (u) => {
         if (u.ending) await u.ending.catch(() => {}); // its record must not be overwritten with 'active'
@@ -614,26 +680,28 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 
   async #reload(): Promise<void> {
     const now = Date.now();
-    for (const { meta, journal } of await this.store.loadAll()) {
-      if (
-        !Number.isSafeInteger(meta.fileSize) ||
-        meta.chunkSize <= 0 ||
-        meta.totalChunks !== Math.ceil(meta.fileSize / meta.chunkSize)
-      ) {
-        await this.store.removeAll(meta.guid);
-        continue;
-      }
-      if (meta.status === 'active' || meta.status === 'finalizing') {
-        const u = await this.#reopen(meta, journal);
-        if (u) this.#uploads.set(u.guid, u);
-      } else if ((meta.endTime ?? now) + this.options.recordTtl > now) {
-        // An ended upload keeps only its record. A crash after the record was written but before the data went
-        // (completion writes "completed" and then removes the journal) leaves files nothing would ever remove
-        // until the record expires.
-        await this.store.removeAll(meta.guid, true);
-        this.#uploads.set(meta.guid, new Upload(meta, null));
-      } else {
-        await this.store.removeAll(meta.guid);
+    const { uploads, unreadable } = await this.store.loadAll();
+    for (const { guid, err } of unreadable) {
+      this.log.error({ err, guid }, 'could not read an upload record; the upload is left on disk for the next start');
+    }
+    for (const { meta, journal } of uploads) {
+      // One upload that cannot be taken over (its folder unreadable, a file that cannot be removed) must not keep
+      // the engine, and every other upload, from starting: it stays on disk as it is, for the next start.
+      try {
+        if (meta.status === 'active' || meta.status === 'finalizing') {
+          const u = await this.#reopen(meta, journal);
+          if (u) this.#uploads.set(u.guid, u);
+        } else if ((meta.endTime ?? now) + this.options.recordTtl > now) {
+          // An ended upload keeps only its record. A crash after the record was written but before the data went
+          // (completion writes "completed" and then removes the journal) leaves files nothing would ever remove
+          // until the record expires.
+          await this.store.removeAll(meta.guid, true);
+          this.#uploads.set(meta.guid, new Upload(meta, null));
+        } else {
+          await this.store.removeAll(meta.guid);
+        }
+      } catch (err) {
+        this.log.error({ err, guid: meta.guid }, 'could not reload an upload; it is left on disk for the next start');
       }
     }
     const resumed = [...this.#uploads.values()].filter((u) => u.status === 'active');
@@ -658,16 +726,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       // Crashed mid-move: decide from what is on disk whether the move happened.
       const dir = await this.resolveTargetDir(meta.targetPath).catch(() => null);
       if (meta.hookRefused === true) {
-        // The hook had refused the file; its removal may not have happened yet.
-        if (dir) await fsp.rm(path.join(dir, meta.finalName), { force: true });
+        // The hook had refused the file; its removal may not have happened yet (if the name holds another upload's
+        // file now, that one stays).
+        if (dir) await this.#removePlaced(path.join(dir, meta.finalName), meta.fileId);
         const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_HOOK_FAILED', message: 'The server refused to complete the upload' } }, null);
         await this.store.writeMeta(u.toMeta());
         await this.store.removeAll(meta.guid, true);
         return u;
       }
-      const target = dir ? await fsp.stat(path.join(dir, meta.finalName)).catch(() => null) : null;
-      const part = await fsp.stat(staging).catch(() => null);
-      if (target && (!part || part.ino === target.ino)) {
+      const target = dir ? await fsp.stat(path.join(dir, meta.finalName), { bigint: true }).catch(() => null) : null;
+      const part = await fsp.stat(staging, { bigint: true }).catch(() => null);
+      // The file under the final name is this upload's if it is the staging file (linked, not yet unlinked) or, with
+      // the staging name gone, the file recorded as this upload's (a record from before fileId existed: assumed).
+      const ours = target !== null && (part ? fileId(part) === fileId(target) : meta.fileId === undefined || meta.fileId === fileId(target));
+      if (ours) {
         if (part) await fsp.unlink(staging);
         // The stop may have come while onUploadComplete ran (it runs after the move, before 'completed' is
         // recorded): run it again, so a file the hook refuses does not stay in place (at least once per upload).
@@ -734,6 +806,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
     return u;
   }
+}
+
+/** A file's identity as link and rename keep it: "dev:ino". */
+function fileId(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}`;
 }
 
 /** Linux PATH_MAX (bytes, with the terminating NUL), and the longest suffix withCounter adds (" (9999)"). */

@@ -69,6 +69,8 @@ export class Upload {
   lastActivityTime: number;
   #status: UploadStatus;
   finalName: string | undefined;
+  /** The staging file's "dev:ino", taken when finalizing begins (UploadMeta.fileId). */
+  fileId: string | undefined;
   endTime: number | undefined;
   failure: { code: ErrorCode; message: string } | undefined;
 
@@ -118,6 +120,7 @@ export class Upload {
     this.lastActivityTime = meta.lastActivityTime;
     this.#status = meta.status;
     this.finalName = meta.finalName;
+    this.fileId = meta.fileId;
     this.endTime = meta.endTime;
     this.failure = meta.failure as Upload['failure'];
     this.shared = shared;
@@ -172,6 +175,7 @@ export class Upload {
     };
     if (this.uploadMethod !== undefined) meta.uploadMethod = this.uploadMethod;
     if (this.finalName !== undefined) meta.finalName = this.finalName;
+    if (this.fileId !== undefined) meta.fileId = this.fileId;
     if (this.endTime !== undefined) meta.endTime = this.endTime;
     if (this.failure !== undefined) meta.failure = this.failure;
     return meta;

@@ -1,0 +1,257 @@
+/**
+ * What a completion and a reload may touch, on the registry with real worker threads: a file under an upload's final
+ * name is removed only if it is that upload's own (another upload may have completed under the name once it left),
+ * a damaged or foreign record neither stops the start nor names a file outside the root, a record that cannot be
+ * read leaves its upload on disk, a stop waits for inits under way, and new target folders are synced into their
+ * parents. Each was found by review and reproduced by a script before it was fixed.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { writeWholeChunk } from '../../src/main/chunk-ingest.js';
+import type { IngestContext } from '../../src/main/chunk-ingest.js';
+import { resolveOptions } from '../../src/main/options.js';
+import type { ResolvedOptions, UploadEngineOptions } from '../../src/main/options.js';
+import { SlabPool } from '../../src/main/slab-pool.js';
+import type { UploadMeta } from '../../src/main/state-store.js';
+import { UploadRegistry } from '../../src/main/upload-registry.js';
+import { WritePool } from '../../src/main/write-pool.js';
+
+const CS = 64 * 1024;
+const log = pino({ level: 'silent' });
+const pool = new WritePool({ workers: 2 });
+const dirs: string[] = [];
+
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await fsp.rm(d, { recursive: true, force: true });
+});
+afterAll(async () => {
+  await pool.close();
+});
+
+async function rootDir(): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'updraft-reload-'));
+  dirs.push(dir);
+  return dir;
+}
+
+async function open(dir: string, extra: UploadEngineOptions = {}): Promise<{ options: ResolvedOptions; registry: UploadRegistry; ctx: IngestContext }> {
+  const options = resolveOptions({ dir, chunkSize: CS, batchSize: CS, logLevel: 'silent', ...extra });
+  const registry = new UploadRegistry(options, log);
+  await registry.start();
+  const slabs = new SlabPool({ slabSize: CS, maxBytes: options.maxInFlightBytes, maxFilling: options.maxReadingBodies });
+  return { options, registry, ctx: { options, pool, slabs, registry } };
+}
+
+/** Uploads `data` as `fileName` in CS-sized chunks; resolves with the completion (or rejects with its error). */
+async function uploadAll(ctx: IngestContext, fileName: string, data: Buffer, targetPath: string[] = []): Promise<unknown> {
+  const totalChunks = Math.ceil(data.length / CS);
+  const u = await ctx.registry.create('anonymous', { fileName, fileSize: data.length, chunkSize: CS, totalChunks, targetPath });
+  for (let c = 0; c < totalChunks; c++) await writeWholeChunk(ctx, u, c, data.subarray(c * CS, (c + 1) * CS));
+  return ctx.registry.finalize(u);
+}
+
+/** A record as the engine writes it, for an upload of `fileName` that was finalizing when the process died. */
+function finalizingMeta(fileName: string, extra: Partial<UploadMeta>): UploadMeta {
+  const now = Date.now();
+  return {
+    v: 1,
+    guid: randomUUID(),
+    user: 'anonymous',
+    fileName,
+    fileSize: 3,
+    chunkSize: CS,
+    totalChunks: 1,
+    targetPath: [],
+    startTime: now,
+    lastActivityTime: now,
+    status: 'finalizing',
+    finalName: fileName,
+    fileId: '1:1', // not the identity of any file the test makes
+    ...extra,
+  };
+}
+
+const eio = (): NodeJS.ErrnoException => Object.assign(new Error('EIO: i/o error'), { code: 'EIO' });
+
+describe('a completion and a reload touch only what is theirs', () => {
+  it('a refused file is removed once: another upload completing under the same name meanwhile keeps its file', async () => {
+    const dir = await rootDir();
+    const x = randomBytes(3);
+    const y = randomBytes(5);
+    let refusedX!: () => void;
+    const xRemoved = new Promise<void>((resolve) => (refusedX = resolve));
+    const { registry, ctx } = await open(dir, {
+      onUploadComplete: (info) => {
+        if (info.size === x.length) throw new Error('refused');
+      },
+    });
+    // The removal of X's refused file is synced slowly (a slow disk): Y completes under the freed name meanwhile.
+    const syncDir = registry.store.syncDir.bind(registry.store);
+    let slow = true;
+    registry.store.syncDir = async (d?: string) => {
+      if (d === dir && slow && !fs.existsSync(path.join(dir, 'same.bin'))) {
+        slow = false;
+        refusedX();
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      return syncDir(d);
+    };
+    const xDone = uploadAll(ctx, 'same.bin', x);
+    await xRemoved;
+    expect(await uploadAll(ctx, 'same.bin', y)).toMatchObject({ fileName: 'same.bin', size: y.length });
+    await expect(xDone).rejects.toMatchObject({ code: 'ERR_HOOK_FAILED' });
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'same.bin')), y)).toBe(0);
+    await registry.close();
+  });
+
+  it('a staging name that cannot be unlinked after the link fails the upload and leaves no file under its final name', async () => {
+    const dir = await rootDir();
+    const { registry, ctx } = await open(dir);
+    const rm = fsp.rm;
+    const unlink = fsp.unlink;
+    const refuse = (p: unknown): boolean => String(p).endsWith('.part') && fs.existsSync(path.join(dir, 'f.bin'));
+    fsp.rm = ((p: fs.PathLike, o?: fs.RmOptions) => (refuse(p) ? Promise.reject(eio()) : rm(p, o))) as typeof fsp.rm;
+    fsp.unlink = ((p: fs.PathLike) => (refuse(p) ? Promise.reject(eio()) : unlink(p))) as typeof fsp.unlink;
+    try {
+      await expect(uploadAll(ctx, 'f.bin', randomBytes(2 * CS))).rejects.toMatchObject({ code: 'ERR_STORAGE_FAILED' });
+    } finally {
+      fsp.rm = rm;
+      fsp.unlink = unlink;
+    }
+    await expect(fsp.stat(path.join(dir, 'f.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect([...registry.uploads()][0]!.status).toBe('failed');
+    await registry.close();
+  });
+
+  it('after a crash, a refused or moved file\'s name that holds another upload\'s file now is left alone', async () => {
+    for (const crashed of ['refusal recorded', 'hook had moved it'] as const) {
+      const dir = await rootDir();
+      const first = await open(dir);
+      const y = randomBytes(5);
+      await uploadAll(first.ctx, 'same.bin', y);
+      const meta = finalizingMeta('same.bin', { hookStarted: true, ...(crashed === 'refusal recorded' ? { hookRefused: true } : {}) });
+      await first.registry.store.writeMeta(meta);
+      await first.registry.close();
+
+      const calls: string[] = [];
+      const next = await open(dir, { onUploadComplete: (info) => void calls.push(info.fileName) });
+      const x = next.registry.find(meta.guid, 'anonymous');
+      expect(calls, crashed).toEqual([]); // the hook never sees another upload's file as this one's
+      expect(x.status, crashed).toBe(crashed === 'refusal recorded' ? 'failed' : 'completed');
+      expect(Buffer.compare(await fsp.readFile(path.join(dir, 'same.bin')), y), crashed).toBe(0);
+      await next.registry.close();
+    }
+  });
+
+  it('damaged or foreign records are dropped without stopping the start or touching anything outside the root', async () => {
+    const dir = await rootDir();
+    const outside = path.join(path.dirname(dir), `${path.basename(dir)}-outside.txt`);
+    await fsp.writeFile(outside, 'keep me');
+    try {
+      const first = await open(dir);
+      const data = randomBytes(3 * CS);
+      const good = await first.registry.create('anonymous', { fileName: 'good.bin', fileSize: data.length, chunkSize: CS, totalChunks: 3, targetPath: [] });
+      await writeWholeChunk(first.ctx, good, 1, data.subarray(CS, 2 * CS));
+      const bad: Array<Partial<UploadMeta>> = [
+        { status: 'active', fileSize: -1, chunkSize: 1, totalChunks: -1 },
+        { status: 'active', fileSize: 2 ** 52, chunkSize: 1, totalChunks: 2 ** 52 },
+        { hookStarted: true, hookRefused: true, finalName: `../${path.basename(outside)}` },
+        { targetPath: ['..'] },
+        { fileName: 'a/b' },
+      ];
+      const guids: string[] = [];
+      for (const b of bad) {
+        const meta = finalizingMeta('x.bin', b);
+        guids.push(meta.guid);
+        await first.registry.store.writeMeta(meta);
+        await fsp.writeFile(first.registry.store.partPath(meta.guid), 'xyz');
+      }
+      await first.registry.close();
+
+      const next = await open(dir);
+      expect(next.registry.find(good.guid, 'anonymous').statusData()).toMatchObject({ uploadStatus: 'active', receivedChunks: 1, missingChunks: [0, 2] });
+      expect(await fsp.readFile(outside, 'utf8')).toBe('keep me');
+      const left = await fsp.readdir(next.options.stagingDir);
+      for (const g of guids) expect(left.filter((n) => n.startsWith(g))).toEqual([]);
+      await next.registry.close();
+    } finally {
+      await fsp.rm(outside, { force: true });
+    }
+  });
+
+  it('a record that cannot be read (EIO) leaves its upload on disk, and a later start resumes it', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(2 * CS);
+    const u = await first.registry.create('anonymous', { fileName: 'f.bin', fileSize: data.length, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    await writeWholeChunk(first.ctx, u, 0, data.subarray(0, CS));
+    await first.registry.close();
+
+    const readFile = fsp.readFile;
+    fsp.readFile = ((p: fs.PathLike, o?: unknown) => (String(p).endsWith('.meta') ? Promise.reject(eio()) : readFile(p, o as never))) as typeof fsp.readFile;
+    let blind: Awaited<ReturnType<typeof open>>;
+    try {
+      blind = await open(dir);
+    } finally {
+      fsp.readFile = readFile;
+    }
+    expect(() => blind.registry.find(u.guid, 'anonymous')).toThrow(expect.objectContaining({ code: 'ERR_UPLOAD_NOT_FOUND' }));
+    await blind.registry.close();
+
+    const next = await open(dir);
+    const v = next.registry.find(u.guid, 'anonymous');
+    expect(v.statusData()).toMatchObject({ uploadStatus: 'active', missingChunks: [1] });
+    await writeWholeChunk(next.ctx, v, 1, data.subarray(CS));
+    await next.registry.finalize(v);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'f.bin')), data)).toBe(0);
+    await next.registry.close();
+  });
+
+  it('a stop waits for an init under way: it is refused, and leaves no open file and no staging files', async () => {
+    const dir = await rootDir();
+    const { registry } = await open(dir);
+    const writeMeta = registry.store.writeMeta.bind(registry.store);
+    let metaStarted!: () => void;
+    const started = new Promise<void>((resolve) => (metaStarted = resolve));
+    registry.store.writeMeta = async (meta) => {
+      metaStarted();
+      await new Promise((r) => setTimeout(r, 200));
+      return writeMeta(meta);
+    };
+    const creating = registry.create('anonymous', { fileName: 'late.bin', fileSize: 10, chunkSize: CS, totalChunks: 1, targetPath: [] });
+    await started;
+    await registry.close();
+    await expect(creating).rejects.toMatchObject({ code: 'ERR_SHUTTING_DOWN' });
+    const staging = registry.options.stagingDir;
+    expect(await fsp.readdir(staging)).toEqual([]);
+    const open_ = (await fsp.readdir('/proc/self/fd')).map((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    });
+    expect(open_.filter((p) => p.startsWith(staging))).toEqual([]);
+  });
+
+  it('folders made for a target path are synced into their parents', async () => {
+    const dir = await rootDir();
+    const { registry, ctx } = await open(dir);
+    const synced: string[] = [];
+    const syncDir = registry.store.syncDir.bind(registry.store);
+    registry.store.syncDir = (d?: string) => {
+      synced.push(d ?? registry.store.dir);
+      return syncDir(d);
+    };
+    const data = randomBytes(10);
+    await uploadAll(ctx, 'f.bin', data, ['newA', 'newB']);
+    expect(synced).toEqual(expect.arrayContaining([dir, path.join(dir, 'newA'), path.join(dir, 'newA', 'newB')]));
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'newA', 'newB', 'f.bin')), data)).toBe(0);
+    await registry.close();
+  });
+});
