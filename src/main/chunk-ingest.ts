@@ -15,7 +15,7 @@ import { chunkLength, isChunkSet } from '../workers/shared-layout.js';
 import type { ChunkChecksum, WriteResult, WriteTask } from '../workers/task-types.js';
 import type { ResolvedOptions } from './options.js';
 import { copyIntoSlab } from './slab-pool.js';
-import type { SlabPool, Slab } from './slab-pool.js';
+import type { SlabPool, Slab, YieldReason } from './slab-pool.js';
 import type { Upload, CompletionInfo } from './upload.js';
 import type { UploadRegistry } from './upload-registry.js';
 import type { WritePool } from './write-pool.js';
@@ -268,7 +268,8 @@ export interface ReceiverOptions {
 /**
  * Receives one chunk streamed in pieces (a PUT body, or `updraft.v1` parts). The owner of the request calls `push`
  * for each piece (copied at once), `finish` at the end of the body, or `abort`. When the in-flight budget is used
- * up, `onPause` asks the transport to stop reading and `onResume` to go on.
+ * up, `onPause` asks the transport to stop reading and `onResume` to go on; `onPause(true)` says the body lost its
+ * reading place for sending nothing, so the time it then waits is still the client's idle time.
  */
 export class ChunkReceiver {
   readonly expected: number;
@@ -298,7 +299,7 @@ export class ChunkReceiver {
     private readonly u: Upload,
     readonly chunk: number,
     private readonly writerId: number,
-    private readonly onPause: () => void,
+    private readonly onPause: (silent: boolean) => void,
     private readonly onResume: () => void,
     options: ReceiverOptions = {},
   ) {
@@ -396,11 +397,11 @@ export class ChunkReceiver {
   }
 
   /**
-   * The pool's idle sweep: this body sent nothing for a while and others wait to read. Hand the slab's whole 4 KiB
-   * blocks to the writers, keep the rest (under 4 KiB) waiting, give the reading place up, and wait in line again,
-   * paused, like a request that found no slab.
+   * The pool's idle sweep: this body sent nothing for a while (`idle`), or held its slab too long (`slow`), and others
+   * wait to read. Hand the slab's whole 4 KiB blocks to the writers, keep the rest (under 4 KiB) waiting, give the
+   * reading place up, and wait in line again, paused, like a request that found no slab.
    */
-  readonly #onIdle = (): void => {
+  readonly #onIdle = (reason: YieldReason): void => {
     const slab = this.#slab;
     if (slab === null || this.#aborted || this.#finishing || this.#paused) return;
     // Every byte is in: finish() is about to seal this slab as the chunk's last piece.
@@ -416,7 +417,7 @@ export class ChunkReceiver {
       this.ctx.slabs.release(slab);
     }
     if (tail.length > 0) this.#pending.push(tail);
-    this.#pause();
+    this.#pause(reason === 'idle');
   };
 
   /** A slab now (with a reading place unless ReceiverOptions.readingPlace is false), or null. */
@@ -479,10 +480,11 @@ export class ChunkReceiver {
     return run;
   }
 
-  #pause(): void {
+  /** `silent`: the body lost its reading place for sending nothing (the transport's idle clock keeps running). */
+  #pause(silent = false): void {
     if (this.#paused) return;
     this.#paused = true;
-    this.onPause();
+    this.onPause(silent);
     // The pool hands the waiter a slab it already owns: keep it for the next piece (or give it back if aborted).
     this.#cancelWait = this.ctx.slabs.onAvailable((slab) => {
       this.#cancelWait = null;

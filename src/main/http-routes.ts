@@ -430,17 +430,22 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   const resume = (): void => {
     if (busy || budgetPaused || st.aborted || st.done || !st.paused) return;
     st.paused = false;
-    lastLife = performance.now();
+    if (!silentPause) lastLife = performance.now();
     res.resume();
   };
 
-  // The body idle watchdog (bodyIdleTimeout): only time spent reading counts, not time we hold the request paused.
+  // The body idle watchdog (bodyIdleTimeout): time spent reading without a byte counts, and so does the wait after
+  // the body lost its reading place for sending nothing (`silentPause`, until its next byte): a silent body would
+  // otherwise live forever, taking a place again and again while others wait. A pause for any other reason (the
+  // budget spent, an async step) does not count: the client could not send.
   let lastLife = performance.now();
+  let silentPause = false;
   const watchIdle = (): void => {
     const idle = performance.now() - lastLife;
     if (phase === 'over' || st.aborted || st.done) return;
-    if (st.paused || idle < o.bodyIdleTimeout) {
-      setTimeout(watchIdle, st.paused ? o.bodyIdleTimeout : o.bodyIdleTimeout - idle).unref?.();
+    const counting = !st.paused || silentPause;
+    if (!counting || idle < o.bodyIdleTimeout) {
+      setTimeout(watchIdle, counting ? o.bodyIdleTimeout - idle : o.bodyIdleTimeout).unref?.();
       return;
     }
     fail(new UploadError('ERR_CHUNK_INCOMPLETE', `No body bytes for ${Math.round(idle / 1000)} s`));
@@ -506,8 +511,9 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
       u,
       chunk,
       writerId,
-      () => {
+      (silent) => {
         budgetPaused = true;
+        if (silent) silentPause = true;
         pause();
       },
       () => {
@@ -581,6 +587,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   res.onData((ab, isLast) => {
     if (phase === 'over') return;
     lastLife = performance.now();
+    silentPause = false;
     const piece = new Uint8Array(ab);
     if (busy) {
       queue.push({ bytes: piece.slice(), isLast }); // copy: `ab` is only valid during this callback

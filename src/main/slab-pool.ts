@@ -52,7 +52,18 @@ export interface SlabPoolOptions {
    * must not keep a reading place from the ones that send. Default 250 ms.
    */
   idleYieldMs?: number;
+  /**
+   * A slab being filled for longer than this (ms) since its holder took it, while others wait, is taken back the
+   * same way (`onIdle('slow')`), even though bytes still arrive: a body too slow to fill a slab in this time (under
+   * slabSize per maxHoldMs: 2 MiB/s with the defaults) takes turns with the waiting ones instead of keeping its
+   * place, so a few slow or trickling clients cannot hold every reading place. Default 1000 ms.
+   */
+  maxHoldMs?: number;
 }
+
+/** Why a holder's slab is taken back: it sent nothing for idleYieldMs, or it held the slab for maxHoldMs. */
+export type YieldReason = 'idle' | 'slow';
+export type OnIdle = (reason: YieldReason) => void;
 
 /** Called with a slab that now belongs to the waiter; it must `release` it like one from `tryAcquire`. */
 export type SlabWaiter = (slab: Slab) => void;
@@ -67,9 +78,10 @@ export class SlabPool {
   readonly #free: Slab[] = [];
   readonly #inUse = new Set<Slab>();
   /** Slabs taken and not yet sealed (a subset of #inUse), with when their holder last wrote into them. */
-  readonly #filling = new Map<Slab, { lastUse: number; onIdle: (() => void) | null }>();
+  readonly #filling = new Map<Slab, { since: number; lastUse: number; onIdle: OnIdle | null }>();
   readonly #maxFilling: number;
   readonly #idleYieldMs: number;
+  readonly #maxHoldMs: number;
   #sweep: ReturnType<typeof setInterval> | null = null;
   /** Slabs carved so far (free + in use); never more than #maxSlabs. */
   #carved = 0;
@@ -81,7 +93,7 @@ export class SlabPool {
   readonly #waiters: Array<{ cb: SlabWaiter; filling: boolean }> = [];
 
   constructor(options: SlabPoolOptions = {}) {
-    const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB, maxFilling = Number.POSITIVE_INFINITY, idleYieldMs = 250 } = options;
+    const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB, maxFilling = Number.POSITIVE_INFINITY, idleYieldMs = 250, maxHoldMs = 1000 } = options;
     if (!Number.isSafeInteger(slabSize) || slabSize <= 0) throw new RangeError(`slabSize must be a positive integer, got ${slabSize}`);
     if (!Number.isSafeInteger(maxBytes) || maxBytes < slabSize) {
       throw new RangeError(`maxBytes must be an integer >= slabSize (${slabSize}), got ${maxBytes}`);
@@ -93,8 +105,10 @@ export class SlabPool {
       throw new RangeError(`maxFilling must be an integer >= 1, got ${maxFilling}`);
     }
     if (!Number.isFinite(idleYieldMs) || idleYieldMs <= 0) throw new RangeError(`idleYieldMs must be > 0, got ${idleYieldMs}`);
+    if (!Number.isFinite(maxHoldMs) || maxHoldMs <= 0) throw new RangeError(`maxHoldMs must be > 0, got ${maxHoldMs}`);
     this.#maxFilling = maxFilling;
     this.#idleYieldMs = idleYieldMs;
+    this.#maxHoldMs = maxHoldMs;
     this.slabSize = slabSize;
     this.#maxSlabs = Math.floor(maxBytes / slabSize);
     this.#slabsPerArena = Math.floor(arenaBytes / slabSize);
@@ -130,7 +144,7 @@ export class SlabPool {
    * `onAvailable`, even if a slab could be carved: they asked first. `onIdle`, when given, is called (once) if the
    * slab sits untouched for `idleYieldMs` while others wait: the holder must then `seal` or `release` it at once.
    */
-  tryAcquire(onIdle?: () => void): Slab | null {
+  tryAcquire(onIdle?: OnIdle): Slab | null {
     if (this.#waiters.length > 0) return null;
     const slab = this.#take();
     if (slab && onIdle) this.#filling.get(slab)!.onIdle = onIdle;
@@ -154,11 +168,11 @@ export class SlabPool {
   }
 
   /** Sets the idle callback of a slab being filled (for a slab that came through `onAvailable`). */
-  watchIdle(slab: Slab, onIdle: () => void): void {
+  watchIdle(slab: Slab, onIdle: OnIdle): void {
     const f = this.#filling.get(slab);
     if (f) {
       f.onIdle = onIdle;
-      f.lastUse = performance.now();
+      f.lastUse = f.since = performance.now();
     }
   }
 
@@ -195,7 +209,7 @@ export class SlabPool {
    * its reading place: the new slab is taken before the place is freed, so no waiter takes it in between. Returns
    * null (and the holder has no reading place any more) when the byte budget is spent.
    */
-  sealAndTake(full: Slab, onIdle?: () => void): Slab | null {
+  sealAndTake(full: Slab, onIdle?: OnIdle): Slab | null {
     if (!this.#inUse.has(full)) throw new Error('SlabPool.sealAndTake: slab is not in use');
     const next = this.#freeOrCarved();
     this.#filling.delete(full);
@@ -204,7 +218,8 @@ export class SlabPool {
       return null;
     }
     this.#inUse.add(next);
-    this.#filling.set(next, { lastUse: performance.now(), onIdle: onIdle ?? null });
+    const now = performance.now();
+    this.#filling.set(next, { since: now, lastUse: now, onIdle: onIdle ?? null });
     return next;
   }
 
@@ -235,7 +250,10 @@ export class SlabPool {
     const slab = this.#freeOrCarved();
     if (slab === undefined) return null;
     this.#inUse.add(slab);
-    if (filling) this.#filling.set(slab, { lastUse: performance.now(), onIdle: null });
+    if (filling) {
+      const now = performance.now();
+      this.#filling.set(slab, { since: now, lastUse: now, onIdle: null });
+    }
     return slab;
   }
 
@@ -253,7 +271,10 @@ export class SlabPool {
     return slab;
   }
 
-  /** While requests wait, checks every idleYieldMs / 2 for slabs left idle by their holders. */
+  /**
+   * While requests wait, checks every idleYieldMs / 2 for slabs left idle by their holders (all of them are taken
+   * back), and for slabs held longer than maxHoldMs (the longest held first, one per waiter not served otherwise).
+   */
   #startSweep(): void {
     if (this.#sweep !== null || this.#maxFilling === Number.POSITIVE_INFINITY) return;
     this.#sweep = setInterval(() => {
@@ -263,15 +284,26 @@ export class SlabPool {
         return;
       }
       const now = performance.now();
-      const idle: Array<() => void> = [];
+      const idle: OnIdle[] = [];
+      const slow: Array<{ since: number; lastUse: number; onIdle: OnIdle | null }> = [];
       for (const f of this.#filling.values()) {
-        if (f.onIdle !== null && now - f.lastUse >= this.#idleYieldMs) {
+        if (f.onIdle === null) continue;
+        if (now - f.lastUse >= this.#idleYieldMs) {
           idle.push(f.onIdle);
           f.onIdle = null;
+        } else if (now - f.since >= this.#maxHoldMs) {
+          slow.push(f);
         }
       }
-      for (const cb of idle) cb();
-    }, Math.max(1, Math.floor(this.#idleYieldMs / 2)));
+      slow.sort((a, b) => a.since - b.since);
+      const turns = slow.slice(0, Math.max(0, this.#waiters.length - idle.length)).map((f) => {
+        const cb = f.onIdle!;
+        f.onIdle = null;
+        return cb;
+      });
+      for (const cb of idle) cb('idle');
+      for (const cb of turns) cb('slow');
+    }, Math.max(1, Math.floor(Math.min(this.#idleYieldMs, this.#maxHoldMs) / 2)));
     this.#sweep.unref?.();
   }
 

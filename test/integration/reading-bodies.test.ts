@@ -104,6 +104,61 @@ describe('bodies read at once (maxReadingBodies)', () => {
     }
   });
 
+  it('silent bodies that keep losing their place to each other are still dropped after bodyIdleTimeout', async () => {
+    // Each took a reading place again after every yield, and the wait in between did not count as idle, so they
+    // lived forever, holding their claims and the user's budget, while everyone else's bodies waited behind them.
+    server = await startServer({ maxReadingBodies: 1, bodyIdleTimeout: 1500, batchSize: 64 * KIB, chunkSize: CS });
+    const data = bytesOf(4 * CS);
+    const a = await initUpload(server.base, { fileName: 'quiet.bin', fileSize: data.length, chunkSize: CS });
+    const guid = a.json.data!.guid as string;
+    const silent = [0, 1, 2].map((c) => rawPut(server!.base, guid, c, CS));
+    try {
+      const bounded = (p: Promise<{ status: number; body: Record<string, unknown> }>) =>
+        Promise.race([p, new Promise<null>((r) => setTimeout(() => r(null), 8000))]);
+      const replies = await Promise.all(silent.map((b) => bounded(b.reply)));
+      for (const r of replies) expect(r).toMatchObject({ status: 400, body: { code: 'ERR_CHUNK_INCOMPLETE' } });
+      for (const b of silent) b.socket.destroy();
+      const health = await fetch(`${server.base}/healthz`).then((x) => x.json() as Promise<{ data: { inFlightBytes: number } }>);
+      expect(health.data.inFlightBytes).toBe(0);
+      const puts = await putChunks(server.base, guid, data, CS, [0, 1, 2, 3], 2);
+      expect(puts.map((x) => x.status)).toEqual([200, 200, 200, 200]);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'quiet.bin')), data)).toBe(0);
+    } finally {
+      for (const b of silent) b.socket.destroy();
+    }
+  });
+
+  it('bodies trickling in slowly take turns with a waiting one instead of holding every reading place', async () => {
+    server = await startServer({ maxReadingBodies: 2, batchSize: 64 * KIB, chunkSize: CS });
+    const slowData = bytesOf(2 * CS);
+    const a = await initUpload(server.base, { fileName: 'trickle.bin', fileSize: slowData.length, chunkSize: CS });
+    const slowGuid = a.json.data!.guid as string;
+    // Two bodies send 16 bytes every 50 ms (never idle long enough to be taken back for silence), for at most 8 s.
+    const trickles = [0, 1].map((c) => rawPut(server!.base, slowGuid, c, CS));
+    let sent = 0;
+    const timer = setInterval(() => {
+      for (const [c, t] of trickles.entries()) t.send(slice(slowData, CS, c).subarray(sent, sent + 16));
+      sent += 16;
+    }, 50);
+    const stop = setTimeout(() => clearInterval(timer), 8000);
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const data = bytesOf(CS);
+      const b = await initUpload(server.base, { fileName: 'waiting.bin', fileSize: data.length, chunkSize: CS });
+      const replies = await Promise.race([
+        putChunks(server.base, b.json.data!.guid as string, data, CS, [0], 1),
+        new Promise<null>((r) => setTimeout(() => r(null), 6000)),
+      ]);
+      expect(replies?.[0]).toMatchObject({ status: 200, json: { data: { complete: true } } });
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'waiting.bin')), data)).toBe(0);
+      expect(sent).toBeLessThan(CS); // answered while both trickles were still sending
+    } finally {
+      clearInterval(timer);
+      clearTimeout(stop);
+      for (const t of trickles) t.socket.destroy();
+    }
+  });
+
   it('many uploads at once through one reading place: every byte lands', async () => {
     server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, maxInFlightBytes: 512 * KIB, chunkSize: CS });
     const files = Array.from({ length: 6 }, (_, i) => ({ name: `f${i}.bin`, data: bytesOf(3 * CS + 1 + i * 1000) }));

@@ -216,6 +216,36 @@ describe('SlabPool', () => {
       expect(pool.filling).toBe(0);
     });
 
+    it('takes a slab held past maxHoldMs back (\'slow\') while others wait, one per waiter, the longest held first', async () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 8 * KIB, maxFilling: 2, idleYieldMs: 1000, maxHoldMs: 40 });
+      const calls: string[] = [];
+      const first = pool.tryAcquire((reason) => {
+        calls.push(`first:${reason}`);
+        pool.release(first);
+      })!;
+      await new Promise((r) => setTimeout(r, 5));
+      const second = pool.tryAcquire((reason) => calls.push(`second:${reason}`))!;
+      // Both keep writing (never idle); with nobody waiting, neither is asked to yield however long it holds.
+      const keepBusy = setInterval(() => {
+        pool.touch(first);
+        pool.touch(second);
+      }, 2);
+      try {
+        await new Promise((r) => setTimeout(r, 80));
+        expect(calls).toEqual([]);
+        const served: Slab[] = [];
+        pool.onAvailable((s) => served.push(s));
+        await new Promise((r) => setTimeout(r, 80));
+        expect(calls).toEqual(['first:slow']); // one waiter: only the longest-held slab is taken back
+        expect(served).toEqual([first]);
+        pool.release(served[0]!);
+      } finally {
+        clearInterval(keepBusy);
+      }
+      pool.release(second);
+      expect(pool.filling).toBe(0);
+    });
+
     it('sealAndTake keeps the holder\'s reading place: a waiter does not get it in between', async () => {
       const pool = new SlabPool({ slabSize: KIB, maxBytes: 3 * KIB, maxFilling: 1 });
       const a = pool.tryAcquire()!;
@@ -278,6 +308,7 @@ describe('SlabPool', () => {
       expect(() => new SlabPool({ maxFilling: 0 })).toThrow(RangeError);
       expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
       expect(() => new SlabPool({ idleYieldMs: 0 })).toThrow(RangeError);
+      expect(() => new SlabPool({ maxHoldMs: 0 })).toThrow(RangeError);
     });
   });
 });
