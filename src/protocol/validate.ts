@@ -43,9 +43,11 @@ function hex4(u: number): string {
  *   - 'C:' at the start is a drive-relative path on Windows ('C:foo' is 'foo' in drive C's current folder);
  *   - C0 controls (NUL ends a C string, LF splits log lines and headers), DEL and C1 controls (U+0080-U+009F; U+0085
  *     is a newline to some parsers) are never a legitimate part of a name;
- *   - U+2028/U+2029 are line terminators to JavaScript and log viewers, and the bidirectional controls
- *     (U+202A-U+202E, U+2066-U+2069) reorder what a user sees, so "invoice\u202Efdp.exe" shows as "invoiceexe.pdf"
- *     (CVE-2021-42574 is the same trick in source code). Ordinary right-to-left text needs none of them;
+ *   - U+2028/U+2029 are line terminators to JavaScript and log viewers, and the bidirectional controls (Unicode's
+ *     Bidi_Control property: U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) reorder what a user sees, so
+ *     "invoice\u202Efdp.exe" shows as "invoiceexe.pdf" (CVE-2021-42574 is the same trick in source code); the
+ *     marks U+200F and U+061C do it too, by changing which way the neutral "." around them runs. Ordinary
+ *     right-to-left text needs none of them;
  *   - an unpaired surrogate is not a character: UTF-8 cannot encode it, so the name written to disk (with U+FFFD in
  *     its place) would differ from the one checked, and two different names could become the same file;
  *   - more than 255 bytes in UTF-8 does not fit one directory entry;
@@ -67,6 +69,7 @@ function nameProblem(s: string): string | null {
       bytes += 1;
     } else if (u < 0x800) {
       if (u <= 0x9f) return `contains a control character (${hex4(u)})`;
+      if (u === 0x061c) return `contains a bidirectional control character (${hex4(u)})`;
       bytes += 2;
     } else if (u >= 0xd800 && u <= 0xdfff) {
       const next = i + 1 < s.length ? s.charCodeAt(i + 1) : 0;
@@ -75,7 +78,7 @@ function nameProblem(s: string): string | null {
       i++;
     } else {
       if (u === 0x2028 || u === 0x2029) return `contains a line separator (${hex4(u)})`;
-      if ((u >= 0x202a && u <= 0x202e) || (u >= 0x2066 && u <= 0x2069)) {
+      if (u === 0x200e || u === 0x200f || (u >= 0x202a && u <= 0x202e) || (u >= 0x2066 && u <= 0x2069)) {
         return `contains a bidirectional control character (${hex4(u)})`;
       }
       bytes += 3;
@@ -106,13 +109,19 @@ function fullNameProblem(s: string): string | null {
 
 /**
  * Returns `name` unchanged when it is a safe single file name, or throws ERR_INVALID_FILE_NAME saying why.
- * See `nameProblem` for the rules.
+ * See `nameProblem` for the rules. The error names no field: this also checks names no client sent (a hook's
+ * placement, a meta read back at start); `parseInitRequest` adds `details.field`.
  */
 export function validateFileName(name: unknown): string {
-  if (typeof name !== 'string') throw new UploadError('ERR_INVALID_FILE_NAME', 'fileName must be a string');
+  return checkFileName(name);
+}
+
+/** `validateFileName`, with `details` (PROTOCOL.md: `data.field`) on the error it throws. */
+function checkFileName(name: unknown, details?: Record<string, unknown>): string {
+  if (typeof name !== 'string') throw new UploadError('ERR_INVALID_FILE_NAME', 'fileName must be a string', details);
   const problem = fullNameProblem(name);
   if (problem !== null) {
-    throw new UploadError('ERR_INVALID_FILE_NAME', `Invalid file name ${excerpt(name)}: ${problem}`);
+    throw new UploadError('ERR_INVALID_FILE_NAME', `Invalid file name ${excerpt(name)}: ${problem}`, details);
   }
   return name;
 }
@@ -122,25 +131,28 @@ export function validateFileName(name: unknown): string {
  * starts with '/' (the PSWebHost explorer sends '/a/b'); '' / '/' / undefined / null mean the root (JSON has no
  * undefined, so a client may send null for "absent"). Empty segments ('a//b', a trailing '/') collapse; every other
  * segment obeys the file-name rules, so '..', '.', '\\', drive letters and control characters are refused rather
- * than resolved. At most 32 segments and 4096 bytes in UTF-8. Throws ERR_INVALID_TARGET_PATH.
+ * than resolved. At most 32 segments and 4096 bytes in UTF-8. Throws ERR_INVALID_TARGET_PATH, naming no field
+ * (as `validateFileName`).
  */
 export function validateTargetPath(p: unknown): string[] {
+  return checkTargetPath(p);
+}
+
+/** `validateTargetPath`, with `details` (PROTOCOL.md: `data.field`) on the error it throws. */
+function checkTargetPath(p: unknown, details?: Record<string, unknown>): string[] {
   if (p === undefined || p === null) return [];
-  if (typeof p !== 'string') throw new UploadError('ERR_INVALID_TARGET_PATH', 'targetPath must be a string');
+  const invalid = (message: string): UploadError => new UploadError('ERR_INVALID_TARGET_PATH', message, details);
+  if (typeof p !== 'string') throw invalid('targetPath must be a string');
   // UTF-16 length <= UTF-8 length, so this refuses an oversized string before any work proportional to it.
   if (p.length > MAX_TARGET_PATH_BYTES || utf8Length(p) > MAX_TARGET_PATH_BYTES) {
-    throw new UploadError('ERR_INVALID_TARGET_PATH', `targetPath is longer than ${MAX_TARGET_PATH_BYTES} bytes`);
+    throw invalid(`targetPath is longer than ${MAX_TARGET_PATH_BYTES} bytes`);
   }
   const segments = p.split('/').filter((s) => s !== '');
-  if (segments.length > MAX_TARGET_DEPTH) {
-    throw new UploadError('ERR_INVALID_TARGET_PATH', `targetPath has more than ${MAX_TARGET_DEPTH} folders`);
-  }
+  if (segments.length > MAX_TARGET_DEPTH) throw invalid(`targetPath has more than ${MAX_TARGET_DEPTH} folders`);
   for (let i = 0; i < segments.length; i++) {
     const seg = segments[i]!;
     const problem = fullNameProblem(seg);
-    if (problem !== null) {
-      throw new UploadError('ERR_INVALID_TARGET_PATH', `Invalid target path: folder ${i + 1} ${excerpt(seg)} ${problem}`);
-    }
+    if (problem !== null) throw invalid(`Invalid target path: folder ${i + 1} ${excerpt(seg)} ${problem}`);
   }
   return segments;
 }
@@ -274,8 +286,8 @@ export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest
   }
   const b = body as Record<string, unknown>;
 
-  const fileName = validateFileName(b.fileName);
-  const targetPath = validateTargetPath(b.targetPath);
+  const fileName = checkFileName(b.fileName, { field: 'fileName' });
+  const targetPath = checkTargetPath(b.targetPath, { field: 'targetPath' });
 
   const fileSize = readCount(b.fileSize);
   if (fileSize === undefined) {

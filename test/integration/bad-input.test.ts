@@ -51,11 +51,16 @@ describe('file names', () => {
     ['fullwidth solidus (NFKC /)', 'a\uFF0Fb'],
     ['fullwidth dots (NFKC ..)', '\uFF0E\uFF0E'],
     ['one dot leader pair (NFKC ..)', '\u2025'],
+    ['right-to-left override', 'invoice\u202Efdp.exe'],
+    ['right-to-left mark', 'invoice\u200Ffdp.exe'],
+    ['left-to-right mark', 'a\u200Eb.txt'],
+    ['Arabic letter mark', 'a\u061Cb.txt'],
     ['not a string', 42],
-  ])('%s -> 400 ERR_INVALID_FILE_NAME', async (_n, fileName) => {
+  ])('%s -> 400 ERR_INVALID_FILE_NAME naming data.field fileName', async (_n, fileName) => {
     const r = await initUpload(server.base, { fileName, fileSize: 10 });
     expect(r.status).toBe(400);
     expect(r.json).toMatchObject({ status: 'fail', code: 'ERR_INVALID_FILE_NAME' });
+    expect(r.json.data).toEqual({ retryable: false, field: 'fileName' });
     noPath(JSON.stringify(r.json));
   });
 
@@ -74,11 +79,25 @@ describe('target paths', () => {
     ['NUL', 'a\u0000'],
     ['staging folder', '.updraft-staging'],
     ['fullwidth dots', 'a/\uFF0E\uFF0E/b'],
+    ['right-to-left mark in a folder', 'a/b\u200Fc'],
+    ['Arabic letter mark in a folder', '\u061C/b'],
   ])('%s -> 400 ERR_INVALID_TARGET_PATH', async (_n, targetPath) => {
     const r = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath });
     expect(r.status).toBe(400);
     expect(r.json.code).toBe('ERR_INVALID_TARGET_PATH');
     noPath(JSON.stringify(r.json));
+  });
+
+  it.each([
+    ['parent', '../x'],
+    ['backslash', 'a\\..\\b'],
+    ['right-to-left mark', 'a/b\u200Fc'],
+    ['33 folders', 'a/'.repeat(33)],
+    ['not a string', ['a', 'b']],
+  ])('%s is refused at init naming data.field targetPath', async (_n, targetPath) => {
+    const r = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath });
+    expect([r.status, r.json.code]).toEqual([400, 'ERR_INVALID_TARGET_PATH']);
+    expect(r.json.data).toEqual({ retryable: false, field: 'targetPath' });
   });
 
   it('refuses at init a target path and file name too long together for the system (not a 500 at the end)', async () => {

@@ -29,6 +29,7 @@ function codeOf(fn: () => unknown): ErrorCode {
 }
 
 const utf8 = (s: string): number => new TextEncoder().encode(s).length;
+const hex = (u: number): string => u.toString(16).toUpperCase().padStart(4, '0');
 
 describe('validateFileName', () => {
   // [label, value]: every one must be refused with ERR_INVALID_FILE_NAME.
@@ -70,6 +71,11 @@ describe('validateFileName', () => {
     ['left-to-right embedding', 'a\u202ab'],
     ['first strong isolate', 'a\u2068b'],
     ['pop directional isolate', 'a\u2069b'],
+    // Bidi controls outside U+202A-U+202E and U+2066-U+2069 (regression: these three were accepted).
+    ['right-to-left mark hides ".exe"', 'invoice\u200ffdp.exe'],
+    ['left-to-right mark', 'a\u200eb'],
+    ['Arabic letter mark', 'a\u061cb.txt'],
+    ['right-to-left mark next to a character NFKC changes', '\uff21\u200f.txt'],
     ['lone high surrogate at end', 'a\ud800'],
     ['lone low surrogate at start', '\udc00b'],
     ['lone high surrogate inside', 'a\ud83db'],
@@ -151,6 +157,36 @@ describe('validateFileName', () => {
     expect(thrown(() => validateFileName('a\u202eb')).message).toContain('U+202E');
   });
 
+  // Unicode's Bidi_Control property is exactly U+061C, U+200E, U+200F, U+202A-U+202E and U+2066-U+2069; the
+  // regex takes the set from the engine's Unicode tables, so the test does not repeat the code's list.
+  const bidiControls = Array.from({ length: 0x10000 }, (_, u) => u).filter(
+    (u) => (u < 0xd800 || u > 0xdfff) && /\p{Bidi_Control}/u.test(String.fromCharCode(u)),
+  );
+
+  it('refuses every Unicode Bidi_Control character in any position, saying which', () => {
+    expect(bidiControls.map(hex)).toEqual([
+      '061C', '200E', '200F', '202A', '202B', '202C', '202D', '202E', '2066', '2067', '2068', '2069',
+    ]);
+    for (const u of bidiControls) {
+      const ch = String.fromCharCode(u);
+      for (const name of [ch, `${ch}a`, `a${ch}`, `a${ch}b.txt`, `\uff41${ch}`]) {
+        const e = thrown(() => validateFileName(name));
+        expect(e.code, hex(u)).toBe('ERR_INVALID_FILE_NAME');
+        expect(e.message, hex(u)).toContain(`contains a bidirectional control character (U+${hex(u)})`);
+      }
+    }
+  });
+
+  it('refuses a Bidi_Control character in any folder of a target path', () => {
+    for (const u of bidiControls) {
+      const ch = String.fromCharCode(u);
+      const e = thrown(() => validateTargetPath(`/Documents/a${ch}b/c`));
+      expect(e.code, hex(u)).toBe('ERR_INVALID_TARGET_PATH');
+      expect(e.message, hex(u)).toContain(`folder 2 "a\\u${hex(u).toLowerCase()}b" contains a bidirectional control`);
+      expect(e.message, hex(u)).toContain(`(U+${hex(u)})`);
+    }
+  });
+
   it('refuses every C0, DEL and C1 control character in any position', () => {
     const controls = [...Array(0x20).keys(), 0x7f, ...Array.from({ length: 0x20 }, (_, i) => 0x80 + i)];
     for (const cp of controls) {
@@ -166,7 +202,7 @@ describe('validateFileName', () => {
       fc.property(fc.string({ unit: 'grapheme', maxLength: 140 }), (s) => {
         // Keep only names the other rules allow, so the length rule decides alone ('_' at both ends: no drive
         // letter, no trailing dot or space, never '.' or '..').
-        const name = `_${s.replace(/[\u0000-\u001f\u007f-\u009f/\\\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '')}_`;
+        const name = `_${s.replace(/[\u0000-\u001f\u007f-\u009f/\\\u2028\u2029\p{Bidi_Control}]/gu, '')}_`;
         if (name.normalize('NFKC') !== name) return;
         const ok = (() => {
           try {
@@ -228,6 +264,8 @@ describe('validateTargetPath', () => {
     ['LF in a segment', 'a/b\nc'],
     ['C1 in a segment', 'a/\u0085'],
     ['bidi override in a segment', 'a/b\u202e'],
+    ['right-to-left mark in a segment', 'a/b\u200f'],
+    ['Arabic letter mark in a segment', '/\u061c/b'],
     ['lone surrogate in a segment', 'a/\udc00'],
     ['one dot leaders = ".."', 'a/\u2024\u2024/b'],
     ['fullwidth solidus hides "../"', 'a\uff0f..\uff0fb'],
@@ -427,10 +465,14 @@ describe('parseInitRequest', () => {
     ['array body', [ok], 'ERR_INVALID_FIELD', 'body'],
     ['string body', 'fileName=a', 'ERR_INVALID_FIELD', 'body'],
     ['number body', 42, 'ERR_INVALID_FIELD', 'body'],
-    ['missing fileName', { fileSize: 1 }, 'ERR_INVALID_FILE_NAME', ''],
-    ['traversing fileName', { ...ok, fileName: '../x' }, 'ERR_INVALID_FILE_NAME', ''],
-    ['traversing targetPath', { ...ok, targetPath: '/a/../../etc' }, 'ERR_INVALID_TARGET_PATH', ''],
-    ['non-string targetPath', { ...ok, targetPath: ['a'] }, 'ERR_INVALID_TARGET_PATH', ''],
+    ['missing fileName', { fileSize: 1 }, 'ERR_INVALID_FILE_NAME', 'fileName'],
+    ['traversing fileName', { ...ok, fileName: '../x' }, 'ERR_INVALID_FILE_NAME', 'fileName'],
+    ['fileName with a bidi control', { ...ok, fileName: 'invoice\u200ffdp.exe' }, 'ERR_INVALID_FILE_NAME', 'fileName'],
+    ['fileName bad only after NFKC', { ...ok, fileName: '\u2024\u2024' }, 'ERR_INVALID_FILE_NAME', 'fileName'],
+    ['traversing targetPath', { ...ok, targetPath: '/a/../../etc' }, 'ERR_INVALID_TARGET_PATH', 'targetPath'],
+    ['non-string targetPath', { ...ok, targetPath: ['a'] }, 'ERR_INVALID_TARGET_PATH', 'targetPath'],
+    ['targetPath of 33 folders', { ...ok, targetPath: 'a/'.repeat(33) }, 'ERR_INVALID_TARGET_PATH', 'targetPath'],
+    ['targetPath over 4096 bytes', { ...ok, targetPath: 'x'.repeat(4097) }, 'ERR_INVALID_TARGET_PATH', 'targetPath'],
     ['missing fileSize', { fileName: 'a' }, 'ERR_INVALID_FILE_SIZE', 'fileSize'],
     ['null fileSize', { fileName: 'a', fileSize: null }, 'ERR_INVALID_FILE_SIZE', 'fileSize'],
     ['negative fileSize', { ...ok, fileSize: -1 }, 'ERR_INVALID_FILE_SIZE', 'fileSize'],
@@ -470,10 +512,22 @@ describe('parseInitRequest', () => {
     ['uploadMethod not ASCII', { ...ok, uploadMethod: 'w\u00e9b' }, 'ERR_INVALID_FIELD', 'uploadMethod'],
   ];
 
-  it.each(bad)('refuses %s', (_label, body, code, field) => {
+  it.each(bad)('refuses %s, naming the field', (_label, body, code, field) => {
     const e = thrown(() => parseInitRequest(body, limits));
     expect(e.code).toBe(code);
-    if (field !== '') expect(e.details).toEqual({ field });
+    expect(e.details).toEqual({ field });
+  });
+
+  it('names fileName and targetPath with the same message validateFileName and validateTargetPath give', () => {
+    const name = thrown(() => parseInitRequest({ ...ok, fileName: 'a\u061cb.txt' }, limits));
+    expect(name.message).toBe(thrown(() => validateFileName('a\u061cb.txt')).message);
+    const target = thrown(() => parseInitRequest({ ...ok, targetPath: 'a/../b' }, limits));
+    expect(target.message).toBe(thrown(() => validateTargetPath('a/../b')).message);
+  });
+
+  it('leaves validateFileName and validateTargetPath alone without a field (they also check names no client sent)', () => {
+    expect(thrown(() => validateFileName('../x')).details).toBeUndefined();
+    expect(thrown(() => validateTargetPath('a/../b')).details).toBeUndefined();
   });
 
   it('reports the mismatch with both numbers', () => {
