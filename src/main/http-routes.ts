@@ -42,6 +42,11 @@ const MAX_JSON_BODY = 64 * 1024;
 
 export interface RequestInfo extends AuthRequest {
   readonly contentLength: number | null;
+  /**
+   * Content-Length came more than once. uWS frames the body by the first one while a header map keeps the last, so
+   * such a request is refused before its body is used (ERR_BAD_REQUEST, connection closed).
+   */
+  readonly repeatedContentLength: boolean;
   /** The client as seen through trusted proxies (trustProxy), or the socket peer. */
   readonly client: ClientView;
   readonly requestId: string;
@@ -53,7 +58,9 @@ export interface RequestInfo extends AuthRequest {
  */
 export function readRequest(res: HttpResponse, req: HttpRequest, o?: ResolvedOptions): RequestInfo {
   const headers: Record<string, string> = {};
+  let lengths = 0;
   req.forEach((k, v) => {
+    if (k === 'content-length') lengths++;
     headers[k] = v;
   });
   const cl = headers['content-length'];
@@ -66,6 +73,7 @@ export function readRequest(res: HttpResponse, req: HttpRequest, o?: ResolvedOpt
     query: new URLSearchParams(req.getQuery() ?? ''),
     remoteAddress: client.ip,
     contentLength: cl !== undefined && /^[0-9]{1,15}$/.test(cl) ? Number(cl) : null,
+    repeatedContentLength: lengths > 1,
     client,
     requestId: requestId(headers),
   };
@@ -86,10 +94,15 @@ export function responseState(ctx: RouteContext, info?: RequestInfo): ResponseSt
   if (info) {
     st.headers = { 'X-Request-Id': info.requestId, ...corsHeaders(ctx.options, info.headers) };
     st.requestId = info.requestId;
+    if (info.method === 'HEAD') st.head = true;
   }
   const metrics = ctx.metrics;
   if (metrics) st.onError = (code) => metrics.httpErrors.inc({ code });
   return st;
+}
+
+function repeatedLength(): UploadError {
+  return new UploadError('ERR_BAD_REQUEST', 'Content-Length is given more than once');
 }
 
 function methodNotAllowed(allow: string): UploadError {
@@ -130,6 +143,10 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   app.post(chunkRoute, (res, req) => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
+    if (info.repeatedContentLength) {
+      sendError(res, st, repeatedLength(), log, true);
+      return;
+    }
     if (info.contentLength !== null && info.contentLength > MAX_JSON_BODY) {
       sendError(res, st, new UploadError('ERR_BODY_TOO_LARGE'), log, true);
       return;
@@ -284,6 +301,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   };
   app.get(statusRoute, status);
   app.get(chunkRoute, status);
+  app.head(statusRoute, status); // the same headers, no body (respond.ts)
+  app.head(chunkRoute, status);
 
   // --- PUT upload-chunk?guid=G[&chunk=N] ------------------------------------------------------------------------------
   app.put(chunkRoute, (res, req) => putChunk(ctx, res, readRequest(res, req, o)));
@@ -335,17 +354,19 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
         (e: unknown) => sendError(res, st, e, log),
       );
     });
+    app.any('/metrics', notAllowed('GET'));
   }
-  app.any(chunkRoute, notAllowed('GET, POST, PUT, DELETE'));
-  app.any(statusRoute, notAllowed('GET'));
-  app.get('/healthz', (res) => {
-    const st = begin(res);
-    sendJson(res, st, ctx.isClosing() ? 503 : 200, {
-      status: ctx.isClosing() ? 'error' : 'success',
-      message: ctx.isClosing() ? 'shutting down' : 'ok',
-      data: { uploads: registry.size, inFlightBytes: ctx.slabs.inUseBytes },
-    });
-  });
+  app.any(chunkRoute, notAllowed('GET, HEAD, POST, PUT, DELETE'));
+  app.any(statusRoute, notAllowed('GET, HEAD'));
+  const health = (res: HttpResponse, req: HttpRequest): void => {
+    const st = begin(res, readRequest(res, req, o));
+    const data = { uploads: registry.size, inFlightBytes: ctx.slabs.inUseBytes };
+    if (ctx.isClosing()) sendError(res, st, new UploadError('ERR_SHUTTING_DOWN', undefined, data), log);
+    else sendJson(res, st, 200, { status: 'success', message: 'ok', data });
+  };
+  app.get('/healthz', health);
+  app.head('/healthz', health);
+  app.any('/healthz', notAllowed('GET, HEAD'));
   if (o.benchEndpoints) {
     app.get('/__bench/eld', (res) => {
       const st = begin(res);
@@ -371,6 +392,11 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
   const st = responseState(ctx, info);
+  if (info.repeatedContentLength) {
+    res.onAborted(() => {});
+    sendError(res, st, repeatedLength(), log, true);
+    return;
+  }
   const abort = new AbortController();
   let user = '';
   let reserved = 0; // chunk bytes counted against the user's in-flight limit

@@ -40,6 +40,8 @@ export interface ResponseState {
   requestId?: string;
   /** Told the code of every error reply (metrics). */
   onError?: (code: string) => void;
+  /** A HEAD request: replies carry the headers a GET would get (Content-Length too) and no body. */
+  head?: boolean;
 }
 
 export function sendJson(
@@ -64,7 +66,16 @@ export function sendJson(
     res.writeHeader('X-Content-Type-Options', 'nosniff');
     if (st.headers) for (const [k, v] of Object.entries(st.headers)) res.writeHeader(k, v);
     if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) res.writeHeader(k, v);
-    res.end(payload, closeConnection);
+    if (st.head) {
+      // A body after a HEAD reply would be read as the start of the next response on a keep-alive connection.
+      // The header, written by hand, is what a GET would get: in uWS 20.30 endWithoutBody(length) aborts the process
+      // and endWithoutBody(undefined, close) writes a second, bogus Content-Length. A HEAD has no body to refuse, so
+      // the connection can stay open.
+      res.writeHeader('Content-Length', String(Buffer.byteLength(payload)));
+      res.endWithoutBody();
+    } else {
+      res.end(payload, closeConnection);
+    }
   });
 }
 

@@ -206,6 +206,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (this.options.onConflict === 'reject' && (await exists(path.join(dir, req.fileName)))) {
       throw new UploadError('ERR_FILE_EXISTS');
     }
+    if (this.options.onConflict === 'overwrite' && (await fsp.lstat(path.join(dir, req.fileName)).catch(() => null))?.isDirectory()) {
+      throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS);
+    }
     await this.#checkFreeSpace(req.fileSize, this.creating.bytes - (place?.bytes ?? 0));
 
     const guid = (this.options.instanceId ? `${this.options.instanceId}.` : '') + randomUUID();
@@ -352,13 +355,19 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       this.onSync?.((performance.now() - t0) / 1000);
       u.fileId = fileId(await fsp.stat(this.store.partPath(u.guid), { bigint: true }));
       await this.#closeFiles(u);
-      const dir = await this.resolveTargetDir(u.targetPath);
-      const name = await this.#place(u, dir);
-      placed = path.join(dir, name);
-      // Linked (rename and reject policies): the staging name goes once the file is safe under its final one. Set
-      // `placed` first, so a failure here removes the file again instead of leaving a failed upload in place.
-      await fsp.rm(this.store.partPath(u.guid), { force: true });
-      await this.store.syncDir(dir);
+      const folder = await this.#openTargetDir(await this.resolveTargetDir(u.targetPath));
+      const dir = folder.path;
+      let name: string;
+      try {
+        name = await this.#place(u, folder);
+        placed = path.join(dir, name);
+        // Linked (rename and reject policies): the staging name goes once the file is safe under its final one. Set
+        // `placed` first, so a failure here removes the file again instead of leaving a failed upload in place.
+        await fsp.rm(this.store.partPath(u.guid), { force: true });
+        await this.store.syncDir(dir);
+      } finally {
+        await closeFd(folder.fd).catch(() => {});
+      }
       await this.store.syncDir();
       u.finalName = name;
       if (this.options.onUploadComplete) {
@@ -434,16 +443,38 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
   }
 
+  /**
+   * The target folder, opened: the file is placed through `/proc/self/fd/N` (`via`), which names the folder that was
+   * opened whatever happens to the path afterwards, and that folder's real path (`path`, from the kernel) is checked
+   * to be inside the root. Resolving the path again at the link would follow a folder swapped for a symlink after
+   * resolveTargetDir checked it, and could place the file outside the root. Without /proc, the path is used as is.
+   */
+  async #openTargetDir(dir: string): Promise<{ fd: number; path: string; via: string }> {
+    const fd = await openFd(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY).catch((e: unknown) => {
+      throw storageFailure(e);
+    });
+    const via = `/proc/self/fd/${fd}`;
+    const real = await fsp.readlink(via).catch(() => null);
+    if (real === null) return { fd, path: dir, via: dir };
+    if (!this.#insideRoot(real) || path.resolve(real) === path.resolve(this.#rootReal, STAGING_DIR_NAME)) {
+      await closeFd(fd).catch(() => {});
+      throw new UploadError('ERR_INVALID_TARGET_PATH', 'Target path leaves the upload root');
+    }
+    return { fd, path: real, via };
+  }
+
   /** Moves the staging file to its final name under the conflict policy; returns the name used. */
-  async #place(u: Upload, dir: string): Promise<string> {
+  async #place(u: Upload, folder: { path: string; via: string }): Promise<string> {
     const staging = this.store.partPath(u.guid);
     const policy = this.options.onConflict;
     if (policy === 'overwrite') {
       u.finalName = u.fileName;
       await this.store.writeMeta(u.toMeta());
-      const target = path.join(dir, u.fileName);
+      const target = path.join(folder.via, u.fileName);
       // Under the name's lock: a failing upload checks whose file is there and removes it in one step (#removePlaced).
-      await this.#underNameLock(target, () => fsp.rename(staging, target)).catch((e) => {
+      await this.#underNameLock(path.join(folder.path, u.fileName), () => fsp.rename(staging, target)).catch((e: NodeJS.ErrnoException) => {
+        // A folder of that name appeared after the init's check: overwriting means files, never folders.
+        if (e.code === 'EISDIR' || e.code === 'ENOTEMPTY' || e.code === 'EEXIST') throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS);
         throw storageFailure(e);
       });
       return u.fileName;
@@ -451,7 +482,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     for (let i = 0; i < 10_000; i++) {
       const name = i === 0 ? u.fileName : withCounter(u.fileName, i);
       if (Buffer.byteLength(name) > 255) break;
-      const target = path.join(dir, name);
+      const target = path.join(folder.via, name);
       if (await exists(target)) {
         if (policy === 'reject') throw new UploadError('ERR_FILE_EXISTS');
         continue;
@@ -807,6 +838,8 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     return u;
   }
 }
+
+const FOLDER_EXISTS = 'A folder with that name exists in the target folder';
 
 /** A file's identity as link and rename keep it: "dev:ino". */
 function fileId(st: fs.BigIntStats): string {

@@ -20,6 +20,7 @@ export interface ErrorSpec {
 export const ERRORS = {
   // --- request shape -------------------------------------------------------------------------------------------
   ERR_INVALID_JSON: { status: 400, message: 'Request body is not valid JSON', retryable: false },
+  ERR_BAD_REQUEST: { status: 400, message: 'The request is malformed', retryable: false },
   ERR_BODY_TOO_LARGE: { status: 413, message: 'Request body is too large', retryable: false },
   ERR_UNKNOWN_ACTION: { status: 400, message: 'Unknown action', retryable: false },
   ERR_INVALID_FIELD: { status: 400, message: 'A field is missing or has an invalid value', retryable: false },
