@@ -34,7 +34,7 @@ import {
   encodePsControl,
   parsePsControl,
 } from '../protocol/codec.js';
-import { UploadError } from '../protocol/errors.js';
+import { ERRORS, UploadError } from '../protocol/errors.js';
 import type { ErrorCode } from '../protocol/errors.js';
 import { CLOSE_NORMAL, CLOSE_POLICY, NATIVE_PROTOCOL_VERSION, NATIVE_SUBPROTOCOL, closeCodeForError } from '../protocol/messages.js';
 import type { PsServerControl, ServerMessage, WireChecksum } from '../protocol/messages.js';
@@ -841,7 +841,13 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
     for (const s of hub.sessionsOf(info.guid)) s.fail(new UploadError('ERR_UPLOAD_EXPIRED'));
   });
   registry.on('failed', (info) => {
-    for (const s of hub.sessionsOf(info.guid)) s.fail(new UploadError('ERR_UPLOAD_FAILED', `Upload failed: ${info.message}`));
+    // The failure's own code and message, as a PUT of the last chunk hears them (ERR_HOOK_FAILED, a hook's own
+    // UploadError, ERR_FILE_EXISTS, ERR_STORAGE_FAILED, ...), and so the close code closeCodeForError gives that code
+    // (docs/PROTOCOL.md, Close codes). This event is the only place a connection hears it: the registry emits it
+    // before the failed completion rejects the last chunk's write, whose reply then finds the connection closing.
+    const code = Object.hasOwn(ERRORS, info.code) ? (info.code as ErrorCode) : 'ERR_UPLOAD_FAILED';
+    const err = new UploadError(code, info.message);
+    for (const s of hub.sessionsOf(info.guid)) s.fail(err);
   });
 
   const upgrade = (res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void => {

@@ -156,8 +156,8 @@ export const MAX_FRAME_HEADER = 4096;
  *   - variableMapSize: fixmap for small maps (msgpack's "preferred" form) instead of always map16;
  *   - int64AsType 'bigint': a 64-bit integer decodes exactly (a number would silently round past 2^53); the field
  *     readers below accept a bigint only when it is a safe integer.
- * Decoding is not `trusted`, so record definitions a peer embeds are dropped after each message and cannot leak
- * into the next connection's decoding.
+ * Peer headers reach it only after `checkPlainMsgpack`, which refuses msgpackr's record extension; decoding is not
+ * `trusted` as well, so a record definition would be dropped after its message and never reach the next one.
  */
 const packr = new Packr({ useRecords: false, variableMapSize: true, int64AsType: 'bigint' });
 
@@ -342,6 +342,152 @@ function asBytes(frame: Uint8Array | ArrayBuffer): Uint8Array {
   return ArrayBuffer.isView(frame) ? new Uint8Array(frame.buffer, frame.byteOffset, frame.byteLength) : new Uint8Array(frame);
 }
 
+/**
+ * Containers open while `checkPlainMsgpack` walks a header: the values each still holds, and 1 for a map. Each one
+ * opened takes a byte of the header, so MAX_FRAME_HEADER entries are enough; shared, as the walk never re-enters.
+ */
+const openLeft = new Uint32Array(MAX_FRAME_HEADER);
+const openIsMap = new Uint8Array(MAX_FRAME_HEADER);
+
+/** The big-endian unsigned integer of `width` bytes at `p` (the length or count field after a type byte). */
+function uintAt(b: Uint8Array, p: number, width: number): number {
+  if (p + width > b.length) invalid('header is not one complete msgpack value');
+  let n = 0;
+  for (let i = 0; i < width; i++) n = n * 256 + b[p + i]!;
+  return n;
+}
+
+/**
+ * Checks that `b` is one plain msgpack value whose maps all have string keys, with no reserved byte 0xc1 and no
+ * extension type but the timestamp (-1), at any depth (docs/PROTOCOL.md, Framing). msgpackr's decoding hides all
+ * three: a nested 0xc1 becomes a marker object, an integer (nil, boolean, float) key becomes a string ("1"), and
+ * its own extension types (records, bundled strings, structured-clone references, Set, Error, RegExp) read bytes
+ * past their payload, so msgpackr would not even read the structure checked here. One pass over the header's bytes
+ * (at most 4096) that allocates nothing; it runs on every frame.
+ */
+function checkPlainMsgpack(b: Uint8Array): void {
+  const end = b.length;
+  let p = 0;
+  let depth = 0;
+  let left = 1; // values still to read in the innermost open container; at depth 0, the one header value
+  let inMap = false; // that container is a map: its values alternate key, value (a key first)
+  for (;;) {
+    while (left === 0) {
+      if (depth === 0) {
+        if (p !== end) invalid('header is not one complete msgpack value');
+        return;
+      }
+      depth--;
+      left = openLeft[depth]!;
+      inMap = openIsMap[depth] === 1;
+    }
+    if (p >= end) invalid('header is not one complete msgpack value');
+    const key = inMap && (left & 1) === 0;
+    left--;
+    const t = b[p++]!;
+    if (key && (t < 0xa0 || t > 0xbf) && (t < 0xd9 || t > 0xdb)) invalid('a map key is not a string');
+    let skip = 0; // bytes of the value after its type byte (and length field)
+    let count = 0; // entries of a map or array
+    let map = false;
+    if (t <= 0x7f || t >= 0xe0) {
+      // positive or negative fixint
+    } else if (t <= 0x8f) {
+      count = t & 0x0f;
+      map = true;
+    } else if (t <= 0x9f) {
+      count = t & 0x0f;
+    } else if (t <= 0xbf) {
+      skip = t & 0x1f;
+    } else {
+      switch (t) {
+        case 0xc0: // nil, false, true
+        case 0xc2:
+        case 0xc3:
+          break;
+        case 0xc4: // bin, str
+        case 0xd9:
+          skip = uintAt(b, p, 1);
+          p += 1;
+          break;
+        case 0xc5:
+        case 0xda:
+          skip = uintAt(b, p, 2);
+          p += 2;
+          break;
+        case 0xc6:
+        case 0xdb:
+          skip = uintAt(b, p, 4);
+          p += 4;
+          break;
+        case 0xc7: // ext 8/16/32: length, type, data
+        case 0xc8:
+        case 0xc9: {
+          const width = 1 << (t - 0xc7);
+          skip = uintAt(b, p, width) + 1;
+          p += width;
+          if (p < end && b[p] !== 0xff) invalid('header uses a msgpack extension other than the timestamp');
+          break;
+        }
+        case 0xd4: // fixext 1/2/4/8/16: type, data
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
+          skip = 1 + (1 << (t - 0xd4));
+          if (p < end && b[p] !== 0xff) invalid('header uses a msgpack extension other than the timestamp');
+          break;
+        case 0xca: // float 32/64, uint 8-64, int 8-64
+          skip = 4;
+          break;
+        case 0xcb:
+          skip = 8;
+          break;
+        case 0xcc:
+        case 0xcd:
+        case 0xce:
+        case 0xcf:
+          skip = 1 << (t - 0xcc);
+          break;
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3:
+          skip = 1 << (t - 0xd0);
+          break;
+        case 0xdc: // array 16/32
+        case 0xdd: {
+          const width = t === 0xdc ? 2 : 4;
+          count = uintAt(b, p, width);
+          p += width;
+          break;
+        }
+        case 0xde: // map 16/32
+        case 0xdf: {
+          const width = t === 0xde ? 2 : 4;
+          count = uintAt(b, p, width);
+          p += width;
+          map = true;
+          break;
+        }
+        default: // 0xc1, never used
+          invalid('header uses the reserved byte 0xc1');
+      }
+    }
+    p += skip;
+    if (p > end) invalid('header is not one complete msgpack value');
+    if (count > 0) {
+      const values = map ? 2 * count : count;
+      // Every value takes at least a byte: a larger count is truncated (and cannot outgrow the stack).
+      if (values > end - p) invalid('header is not one complete msgpack value');
+      openLeft[depth] = left;
+      openIsMap[depth] = inMap ? 1 : 0;
+      depth++;
+      left = values;
+      inMap = map;
+    }
+  }
+}
+
 /** Splits a frame into its decoded header map and a view of its payload. */
 function splitFrame(frame: Uint8Array | ArrayBuffer): { header: Header; payload: Uint8Array } {
   const bytes = asBytes(frame);
@@ -351,15 +497,17 @@ function splitFrame(frame: Uint8Array | ArrayBuffer): { header: Header; payload:
   if (FRAME_LENGTH_SIZE + h > bytes.length) {
     invalid(`header length ${h} runs past the end of a ${bytes.length}-byte frame`);
   }
+  // A fresh subarray: msgpackr caches a DataView on the object it reads, which must not be the caller's array.
+  const header = bytes.subarray(FRAME_LENGTH_SIZE, FRAME_LENGTH_SIZE + h);
+  checkPlainMsgpack(header);
   let value: unknown;
   try {
-    // A fresh subarray: msgpackr caches a DataView on the object it reads, which must not be the caller's array.
-    value = packr.unpack(bytes.subarray(FRAME_LENGTH_SIZE, FRAME_LENGTH_SIZE + h));
+    value = packr.unpack(header);
   } catch {
     invalid('header is not one complete msgpack value');
   }
-  // mapsAsObjects yields plain objects for maps; anything else (array, Date from the timestamp extension, a
-  // msgpackr class instance for reserved bytes) is not a header.
+  // mapsAsObjects yields plain objects for maps; anything else (array, string, Date from the timestamp extension)
+  // is not a header.
   if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== Object.prototype) {
     invalid('header is not a msgpack map');
   }

@@ -10,6 +10,8 @@ import { crc32 } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AckMessage, ErrorMessage, HelloMessage, ServerMessage } from '../../src/protocol/messages.js';
 import { encodeFrame } from '../../src/protocol/codec.js';
+import { ERRORS, UploadError } from '../../src/index.js';
+import type { ErrorCode, UploadEngineOptions } from '../../src/index.js';
 import { PREFIX, bytesOf, call, initUpload, putChunk, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket } from '../fixtures/ws-client.js';
@@ -136,6 +138,45 @@ function expectCompleteTail(tail: ServerMessage[], fileName: string, size: numbe
     { t: 'complete', fileName, size },
   ]);
 }
+
+/**
+ * Ways an upload's completion fails once its last chunk is in: [label, engine options, what to do to the upload root
+ * before the last chunk (`name` is the upload's file name), code, message, close code (docs/PROTOCOL.md, Close codes)].
+ */
+const completionFailures: Array<[string, UploadEngineOptions, (dir: string, name: string) => Promise<void>, ErrorCode, string, number]> = [
+  [
+    'onUploadComplete throws',
+    { onUploadComplete: () => { throw new Error('virus scanner down at /srv/scan'); } },
+    async () => {},
+    'ERR_HOOK_FAILED',
+    'The server refused to complete the upload',
+    1011,
+  ],
+  [
+    'onUploadComplete throws its own UploadError (4xx)',
+    { onUploadComplete: () => { throw new UploadError('ERR_UPLOAD_REFUSED', 'Quota exceeded'); } },
+    async () => {},
+    'ERR_UPLOAD_REFUSED',
+    'Quota exceeded',
+    4000,
+  ],
+  [
+    'onUploadComplete throws its own UploadError (ERR_STORAGE_FAILED)',
+    { onUploadComplete: () => { throw new UploadError('ERR_STORAGE_FAILED', 'Archive copy failed'); } },
+    async () => {},
+    'ERR_STORAGE_FAILED',
+    'Archive copy failed',
+    1011,
+  ],
+  [
+    'the name appeared meanwhile under onConflict reject',
+    { onConflict: 'reject' },
+    (dir, name) => fsp.writeFile(path.join(dir, name), 'taken'),
+    'ERR_FILE_EXISTS',
+    'A file with that name already exists in the target folder',
+    4000,
+  ],
+];
 
 describe('WebSocket, updraft.v1', () => {
   it('uploads 256 MiB in 8 MiB chunks with window 8, byte for byte', async () => {
@@ -385,6 +426,28 @@ describe('WebSocket, updraft.v1', () => {
     const r = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(r.json.data).toMatchObject({ uploadStatus: 'cancelled', missingChunks: [] });
   });
+
+  // A refused completion used to reach every connection as ERR_UPLOAD_FAILED with 4009, whatever refused it; a PUT
+  // of the same last chunk hears the real code. The connections must hear that code, its message, and its close code.
+  it.each(completionFailures)(
+    'tells every connection of an upload whose completion fails the real code and its close code: %s',
+    async (_label, options, prepare, code, message, close) => {
+      server = await startServer(options);
+      const data = bytesOf(2 * CS);
+      const { guid } = await init(data.length, CS, 'done.bin');
+      await prepare(server.dir, 'done.bin');
+      const a = await open(guid);
+      const b = await open(guid);
+      a.s.nativeChunk(0, slice(data, CS, 0));
+      expect(await a.s.nextFrame()).toEqual({ t: 'ack', c: 0, rc: 1, rb: CS });
+      a.s.nativeChunk(1, slice(data, CS, 1));
+      for (const { s } of [a, b]) {
+        expect(await s.nextFrame()).toEqual({ t: 'error', code, message, retry: ERRORS[code].retryable });
+        expect(await s.closed).toEqual({ code: close, reason: message });
+      }
+      expect(await status(guid)).toMatchObject({ uploadStatus: 'failed' });
+    },
+  );
 });
 
 describe('WebSocket, updraft.v1 parts', () => {

@@ -8,7 +8,8 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { serveOptions } from '../../src/cli/main.js';
-import { OptionsError, resolveOptions } from '../../src/index.js';
+import { OptionsError, UploadError, resolveOptions } from '../../src/index.js';
+import type { ErrorCode, UploadEngineOptions } from '../../src/index.js';
 import { PREFIX, bytesOf, call, initUpload, putChunks, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket, UpgradeRefused } from '../fixtures/ws-client.js';
@@ -96,6 +97,45 @@ async function serial(s: TestSocket, data: Uint8Array, order: number[]): Promise
   }
   return replies;
 }
+
+/**
+ * Ways an upload's completion fails once its last chunk is in: [label, engine options, what to do to the upload root
+ * before the last chunk (`name` is the upload's file name), code, message, close code (docs/PROTOCOL.md, Close codes)].
+ */
+const completionFailures: Array<[string, UploadEngineOptions, (dir: string, name: string) => Promise<void>, ErrorCode, string, number]> = [
+  [
+    'onUploadComplete throws',
+    { onUploadComplete: () => { throw new Error('virus scanner down at /srv/scan'); } },
+    async () => {},
+    'ERR_HOOK_FAILED',
+    'The server refused to complete the upload',
+    1011,
+  ],
+  [
+    'onUploadComplete throws its own UploadError (4xx)',
+    { onUploadComplete: () => { throw new UploadError('ERR_UPLOAD_REFUSED', 'Quota exceeded'); } },
+    async () => {},
+    'ERR_UPLOAD_REFUSED',
+    'Quota exceeded',
+    4000,
+  ],
+  [
+    'onUploadComplete throws its own UploadError (ERR_STORAGE_FAILED)',
+    { onUploadComplete: () => { throw new UploadError('ERR_STORAGE_FAILED', 'Archive copy failed'); } },
+    async () => {},
+    'ERR_STORAGE_FAILED',
+    'Archive copy failed',
+    1011,
+  ],
+  [
+    'the name appeared meanwhile under onConflict reject',
+    { onConflict: 'reject' },
+    (dir, name) => fsp.writeFile(path.join(dir, name), 'taken'),
+    'ERR_FILE_EXISTS',
+    'A file with that name already exists in the target folder',
+    4000,
+  ],
+];
 
 describe('WebSocket, PSWebHost protocol', () => {
   it('uploads serially; progress after each chunk; complete only once the file is in place; then close 1000', async () => {
@@ -282,6 +322,26 @@ describe('WebSocket, PSWebHost protocol', () => {
     expect(replies).toBeLessThan(asked);
     expect(await status(guid)).toMatchObject({ uploadStatus: 'active' });
   });
+
+  // A refused completion used to reach every connection as ERR_UPLOAD_FAILED with 4009, whatever refused it; a PUT
+  // of the same last chunk hears the real code. The connections must hear that code, its message, and its close code.
+  it.each(completionFailures)(
+    'tells every connection of an upload whose completion fails the real code and its close code: %s',
+    async (_label, options, prepare, code, message, close) => {
+      server = await startServer(options);
+      const data = bytesOf(2 * CS);
+      const { guid } = await init(data.length, 'done.bin');
+      await prepare(server.dir, 'done.bin');
+      const a = await open(guid);
+      const b = await open(guid);
+      await serial(a, data, [0, 1]);
+      for (const s of [a, b]) {
+        expect(await s.nextJson()).toEqual({ type: 'error', code, message });
+        expect(await s.closed).toEqual({ code: close, reason: message });
+      }
+      expect(await status(guid)).toMatchObject({ uploadStatus: 'failed' });
+    },
+  );
 
   it('sends a plain GET on the upload URL to the status route, not to the WebSocket', async () => {
     server = await startServer();

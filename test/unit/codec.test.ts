@@ -502,6 +502,53 @@ describe('updraft.v1 frames', () => {
     expect(codeOf(() => decodeClientFrame(frame))).toBe('ERR_CHUNK_HEADER_INVALID');
   });
 
+  /** A header map of `entries` (each a key's bytes then its value's), as a fixmap or, with `wide`, a map16. */
+  const mapOf = (entries: number[][], wide = false): number[] => [
+    ...(wide ? [0xde, 0x00, entries.length] : [0x80 | entries.length]),
+    ...entries.flat(),
+  ];
+  // PROTOCOL.md "Framing": the header is a map with string keys and never uses 0xc1, also below its top level.
+  // msgpackr decodes a nested 0xc1 to a marker object and an integer key 1 to the string "1", so these headers
+  // read as valid ones unless the decoder checks the bytes themselves.
+  const nestedViolations: Array<[string, number[], boolean?]> = [
+    ['0xc1 as the value of an unknown key', [...str('x'), 0xc1]],
+    ['0xc1 inside an array value', [...str('x'), 0x92, 0x01, 0xc1]],
+    ['0xc1 inside a nested map value', [...str('x'), 0x81, ...str('y'), 0xc1]],
+    ['0xc1 as a map key', [0xc1, 0x00]],
+    ['an integer key next to t', [0x01, 0x00]],
+    ['a negative integer key', [0xff, 0x00]],
+    ['a uint16 key', [0xcd, 0x01, 0x00, 0x00]],
+    ['a float key', [0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x00]],
+    ['a nil key', [0xc0, 0x00]],
+    ['a boolean key', [0xc3, 0x00]],
+    ['an integer key in a nested map', [...str('x'), 0x81, 0x07, 0x00]],
+    ['an integer key in a map16 header', [0x01, 0x00], true],
+  ];
+
+  it.each(nestedViolations)('refuses a header with 0xc1 or a non-string key below its top level: %s', (_label, entry, wide) => {
+    const e = thrown(() => decodeClientFrame(rawFrame(mapOf([entry, [...str('t'), ...str('status')]], wide))));
+    expect(e.code).toBe('ERR_CHUNK_HEADER_INVALID');
+    expect(closeCodeForError(e.code)).toBe(CLOSE_PROTOCOL_ERROR);
+    const window = mapOf([entry, [...str('t'), ...str('window')], [...str('window'), 0x01]], wide);
+    expect(codeOf(() => decodeServerFrame(rawFrame(window)))).toBe('ERR_CHUNK_HEADER_INVALID');
+  });
+
+  it('refuses msgpackr`s own extensions, which read past their payload: a record as the header, a Set as a value', () => {
+    const record = [0xd4, 0x72, 0x40, 0x92, ...str('t'), ...str('c'), ...str('chunk'), 0x05];
+    expect(codeOf(() => decodeClientFrame(rawFrame(record, [1])))).toBe('ERR_CHUNK_HEADER_INVALID');
+    const set = mapOf([[...str('x'), 0xd4, 0x73, 0x00, 0x91, 0x01], [...str('t'), ...str('status')]]);
+    expect(codeOf(() => decodeClientFrame(rawFrame(set)))).toBe('ERR_CHUNK_HEADER_INVALID');
+  });
+
+  it('still takes string keys of every width, and nested arrays, maps, binary and timestamps under unknown keys', () => {
+    const str8 = [0xd9, 0x01, 0x74];
+    const str16 = [0xda, 0x00, 0x01, 0x63];
+    const str32 = [0xdb, 0x00, 0x00, 0x00, 0x01, 0x78];
+    const nested = [0x93, 0x81, ...str('y'), 0x92, 0xc0, 0xc3, 0xc4, 0x02, 0xc1, 0xc1, 0xd6, 0xff, 0, 0, 0, 1];
+    const header = [0x83, ...str8, ...str('chunk'), ...str16, 0x05, ...str32, ...nested];
+    expect(decodeClientFrame(rawFrame(header, [9])).message).toEqual({ t: 'chunk', c: 5 });
+  });
+
   /** A valid {t: 'status', p: 'xxx...'} header of exactly `size` bytes. */
   function paddedStatus(size: number): Uint8Array {
     const overhead = pack({ t: 'status', p: 'x'.repeat(1000) }).length - 1000; // str16 length form
