@@ -34,6 +34,7 @@ import type { CompletionInfo } from './upload.js';
 const fdatasync = promisify(fs.fdatasync);
 const closeFd = promisify(fs.close);
 const ftruncate = promisify(fs.ftruncate);
+const fstat = promisify(fs.fstat);
 // A plain numeric fd (not a FileHandle, which would close it when garbage-collected): workers write through it.
 const openFd = promisify(fs.open) as (p: string, flags: string | number, mode?: number) => Promise<number>;
 
@@ -751,6 +752,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     return u;
   }
 
+  /** An upload whose bytes a reload cannot trust: recorded failed (ERR_STORAGE_FAILED), its data removed. */
+  async #lostOnReload(meta: UploadMeta, message: string): Promise<Upload> {
+    const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message } }, null);
+    await this.store.writeMeta(u.toMeta());
+    await this.store.removeAll(meta.guid, true);
+    return u;
+  }
+
   async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
     const staging = this.store.partPath(meta.guid);
     if (meta.status === 'finalizing' && meta.finalName !== undefined) {
@@ -790,11 +799,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         // there is no file for it).
         return this.#endedOnReload({ ...meta, status: 'completed', endTime: Date.now() });
       }
-      if (!part) {
-        const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);
-        await this.store.writeMeta(u.toMeta());
-        return u;
-      }
+      if (!part) return this.#lostOnReload(meta, 'Staging file lost');
       // Not moved yet: every chunk was durable before 'finalizing' was recorded, so finish the completion.
       journal = Array.from({ length: meta.totalChunks }, (_, i) => i);
       meta = { ...meta, status: 'active' };
@@ -809,10 +814,16 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         this.log.error({ err: e, guid: meta.guid }, 'could not open a staging file; the upload is left on disk for the next start');
         return null;
       }
-      const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message: 'Staging file lost' } }, null);
-      await this.store.writeMeta(u.toMeta());
-      await this.store.removeAll(meta.guid, true);
-      return u;
+      return this.#lostOnReload(meta, 'Staging file lost');
+    }
+    // The staging file is made fileSize long at init and never changes length. Shorter now (cut by something outside
+    // the engine, or a damaged filesystem), the chunks the journal claims past its end are gone, and holes in it would
+    // read as zeros: the upload cannot be finished truthfully.
+    const size = await fstat(fd).then((st) => st.size, () => -1);
+    if (size !== meta.fileSize) {
+      await closeFd(fd).catch(() => {});
+      this.log.error({ guid: meta.guid, size, fileSize: meta.fileSize }, 'a staging file has the wrong length; the upload fails');
+      return this.#lostOnReload(meta, 'Staging file damaged');
     }
     const shared = createSharedState(meta.totalChunks, meta.chunkSize, this.options.lockMode);
     // No worker sees this state yet; Atomics are used only to keep one way of touching it.

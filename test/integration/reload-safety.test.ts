@@ -212,6 +212,24 @@ describe('a completion and a reload touch only what is theirs', () => {
     await next.registry.close();
   });
 
+  it('a staging file cut short while the server was down fails its upload instead of completing it with zeros', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(3 * CS);
+    const u = await first.registry.create('anonymous', { fileName: 'cut.bin', fileSize: data.length, chunkSize: CS, totalChunks: 3, targetPath: [] });
+    for (const c of [0, 1]) await writeWholeChunk(first.ctx, u, c, data.subarray(c * CS, (c + 1) * CS));
+    await first.registry.close();
+    await fsp.truncate(first.registry.store.partPath(u.guid), CS);
+
+    const next = await open(dir);
+    const v = next.registry.find(u.guid, 'anonymous', true);
+    expect(v.status).toBe('failed');
+    expect(v.failure).toMatchObject({ code: 'ERR_STORAGE_FAILED', message: 'Staging file damaged' });
+    await expect(fsp.stat(next.registry.store.partPath(u.guid))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(fsp.stat(path.join(dir, 'cut.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await next.registry.close();
+  });
+
   it('a stop waits for an init under way: it is refused, and leaves no open file and no staging files', async () => {
     const dir = await rootDir();
     const { registry } = await open(dir);
