@@ -15,7 +15,7 @@ export function requestId(headers: Readonly<Record<string, string>>): string {
 /**
  * CORS headers for a cross-origin request whose Origin is allowed (`allowedOrigins`, or '*'). Same-origin requests
  * and requests without Origin need none. Credentials (cookies, Authorization from a credentialed fetch) are allowed
- * only with `corsCredentials`, and then never together with a wildcard: the exact origin is echoed.
+ * only with `corsCredentials`, which the options refuse together with '*': the exact (listed) origin is echoed.
  */
 export function corsHeaders(o: ResolvedOptions, headers: Readonly<Record<string, string>>): Record<string, string> {
   const origin = headers['origin'];

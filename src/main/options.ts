@@ -182,7 +182,7 @@ export interface UploadEngineOptions {
   maxInFlightBytesPerUser?: number;
   /** Open uploads on this server; the next init gets 503. Default 10,000. */
   maxUploads?: number;
-  /** Allow credentialed cross-origin requests (cookies) from `allowedOrigins`. Default false. */
+  /** Allow credentialed cross-origin requests (cookies) from `allowedOrigins`, which must then list origins, not '*'. Default false. */
   corsCredentials?: boolean;
   /** Serve Prometheus metrics at `GET /metrics`. Default true. */
   metrics?: boolean;
@@ -277,6 +277,18 @@ export class OptionsError extends Error {
   }
 }
 
+/**
+ * Credentials only for origins listed by name: with '*' every site a user visits could send requests carrying the
+ * user's cookies (corsHeaders echoes the caller's origin when credentials are on), which is what CORS forbids.
+ */
+function corsCredentials(o: UploadEngineOptions): boolean {
+  if (o.corsCredentials !== true) return false;
+  if (Array.isArray(o.allowedOrigins) && o.allowedOrigins.includes('*')) {
+    throw new OptionsError('corsCredentials', "cannot be combined with allowedOrigins '*': list the origins that may send credentials");
+  }
+  return true;
+}
+
 function int(field: string, v: unknown, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined) return def;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
@@ -359,7 +371,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     maxUploadsPerUser: int('maxUploadsPerUser', o.maxUploadsPerUser, 100, 1),
     maxInFlightBytesPerUser: int('maxInFlightBytesPerUser', o.maxInFlightBytesPerUser, 256 * MiB, 1),
     maxUploads: int('maxUploads', o.maxUploads, 10_000, 1),
-    corsCredentials: o.corsCredentials === true,
+    corsCredentials: corsCredentials(o),
     metrics: o.metrics !== false,
     metricsToken: resolveMetricsToken(o.metricsToken),
     onUploadCreate: hook('onUploadCreate', o.onUploadCreate),

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/cli/args.js';
 import { optionErrorMessage, serveOptions } from '../../src/cli/main.js';
-import { createUploadEngine } from '../../src/index.js';
+import { createUploadEngine, resolveOptions } from '../../src/index.js';
 import type { UploadEngineOptions } from '../../src/index.js';
 
 const thrown = (f: () => unknown): Error => {
@@ -60,5 +60,12 @@ describe('updraft serve options', () => {
     expect(engineError([], { UPDRAFT_TRUST_PROXY: 'not-an-address' })).toMatch(/^UPDRAFT_TRUST_PROXY: /);
     expect(engineError(['--token', 'alice:short'], {})).toBe('--token: each token needs at least 8 non-space characters');
     expect(engineError([], { UPDRAFT_WORKERS: '0' })).toBe('UPDRAFT_WORKERS: expected an integer from 1 to 256, got 0');
+  });
+
+  it('refuses credentialed CORS for every origin (an embedder option the engine checks)', () => {
+    expect(() => createUploadEngine({ allowedOrigins: ['*'], corsCredentials: true })).toThrow(
+      "invalid option corsCredentials: cannot be combined with allowedOrigins '*': list the origins that may send credentials",
+    );
+    expect(resolveOptions({ allowedOrigins: ['*'] }).corsCredentials).toBe(false);
   });
 });
