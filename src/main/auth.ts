@@ -15,7 +15,7 @@ export function authMode(o: ResolvedOptions): 'hook' | 'tokens' | 'anonymous' {
   return o.tokens.size > 0 ? 'tokens' : 'anonymous';
 }
 
-function bearer(header: string | undefined): string | undefined {
+export function bearer(header: string | undefined): string | undefined {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
   return m?.[1];
 }

@@ -12,7 +12,7 @@ import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
 import { checkChunkInRange, parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
-import { authenticate, sameSecret } from './auth.js';
+import { authenticate, bearer, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
 import type { ClientView } from './forwarded.js';
 import { corsHeaders, logValue, preflightHeaders, requestId } from './http-policy.js';
@@ -336,7 +336,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
     app.get('/metrics', (res, req) => {
       const info = readRequest(res, req, o);
       const st = begin(res, info);
-      if (o.metricsToken !== undefined && !sameSecret(`Bearer ${o.metricsToken}`, info.headers['authorization'])) {
+      // The scheme is case-insensitive (RFC 9110), as on the API routes; the token is compared in constant time.
+      if (o.metricsToken !== undefined && !sameSecret(o.metricsToken, bearer(info.headers['authorization']))) {
         sendError(res, st, new UploadError('ERR_UNAUTHORIZED'), log);
         return;
       }

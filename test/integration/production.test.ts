@@ -183,6 +183,9 @@ describe('metrics', () => {
     const ok = await fetch(`${server.base}/metrics`, { headers: { authorization: 'Bearer metrics-secret-1' } });
     expect(ok.status).toBe(200);
     expect(await ok.text()).toContain('updraft_uploads_total');
+    // The scheme is case-insensitive, as on the API routes; a wrong token is still refused.
+    expect((await fetch(`${server.base}/metrics`, { headers: { authorization: 'bearer metrics-secret-1' } })).status).toBe(200);
+    expect((await fetch(`${server.base}/metrics`, { headers: { authorization: 'Bearer metrics-secret-2' } })).status).toBe(401);
   });
 });
 
