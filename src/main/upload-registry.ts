@@ -195,7 +195,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   readonly #creations = new Set<Promise<Upload>>();
 
   async #create(user: string, req: InitRequest, requestId: string | undefined, place: CreationPlace | undefined): Promise<Upload> {
-    if (req.targetPath.length === 0 && req.fileName.toLowerCase().startsWith('.updraft')) {
+    if (req.targetPath.length === 0 && reservedName(req.fileName)) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
     }
     // The final path, with room for a conflict suffix, must fit the system's limit, or the move would fail after
@@ -257,7 +257,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * the root before any check could run, so it is not used.
    */
   async resolveTargetDir(segments: readonly string[]): Promise<string> {
-    if (segments.length > 0 && segments[0]!.toLowerCase().startsWith('.updraft')) {
+    if (segments.length > 0 && reservedName(segments[0]!)) {
       throw new UploadError('ERR_INVALID_TARGET_PATH', `Target folders starting with ".updraft" are reserved`);
     }
     let cur = this.#rootReal;
@@ -848,6 +848,14 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     }
     return u;
   }
+}
+
+/**
+ * A root entry named like the engine's own (".updraft-staging"), also once NFKC-normalized and case-folded: a layer
+ * that normalizes names later (a sync tool, a case-insensitive share) must not see it as the staging folder.
+ */
+function reservedName(name: string): boolean {
+  return name.toLowerCase().startsWith('.updraft') || name.normalize('NFKC').toLowerCase().startsWith('.updraft');
 }
 
 const FOLDER_EXISTS = 'A folder with that name exists in the target folder';

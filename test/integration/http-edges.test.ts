@@ -164,4 +164,16 @@ describe('HTTP edges', () => {
       await fsp.rm(outside, { recursive: true, force: true });
     }
   });
+
+  it('reserves the staging folder\'s name at the root also in its NFKC and case-folded forms', async () => {
+    server = await startServer();
+    for (const name of ['.UPDRAFT-staging', '\uFF0Eupdraft-staging', '\uFF0E\uFF35pdraft']) {
+      const asFile = await initUpload(server.base, { fileName: name, fileSize: 10 });
+      expect(asFile.status, name).toBe(400);
+      expect(asFile.json.code).toBe('ERR_INVALID_FILE_NAME');
+      const asFolder = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath: `${name}/x` });
+      expect(asFolder.json.code, name).toBe('ERR_INVALID_TARGET_PATH');
+    }
+    expect((await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath: 'a/\uFF0Eupdraft' })).status).toBe(200);
+  });
 });
