@@ -3,6 +3,7 @@
  * serving everyone else (checked with a full upload at the end).
  */
 import fsp from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PREFIX, bytesOf, call, initUpload, listFiles, psBody, putChunk, slice, startServer, tempDir } from '../fixtures/server.js';
@@ -26,6 +27,28 @@ afterAll(async () => {
   await server.close();
   await fsp.rm(outside, { recursive: true, force: true });
 });
+
+/** Sends `head` and then `body` on a raw socket and parses the reply (uWS answers with Content-Length). */
+async function rawRequest(head: string, body: Uint8Array | string): Promise<{ status: number; json: Record<string, any> }> {
+  const s = net.connect(Number(new URL(server.base).port), '127.0.0.1');
+  try {
+    await new Promise<void>((resolve, reject) => s.once('connect', resolve).once('error', reject));
+    const got: Buffer[] = [];
+    const closed = new Promise<void>((resolve, reject) => {
+      s.on('data', (b: Buffer) => got.push(b)).once('end', resolve).once('close', resolve).once('error', reject);
+    });
+    s.write(head);
+    s.write(body);
+    // Connection: close in `head`: the reply ends with the connection. Bounded either way.
+    await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('no reply in 10 s')), 10_000))]);
+    const text = Buffer.concat(got).toString('latin1');
+    const split = text.indexOf('\r\n\r\n');
+    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
+    return { status, json: JSON.parse(text.slice(split + 4)) as Record<string, any> };
+  } finally {
+    s.destroy();
+  }
+}
 
 function noPath(text: string): void {
   expect(text).not.toContain(server.dir);
@@ -119,6 +142,24 @@ describe('target paths', () => {
       noPath(JSON.stringify(r.json));
     }
     expect(await fsp.readdir(outside)).toEqual([]);
+  });
+
+  it('refuses a symlink to a sibling whose name starts with the root\'s ("<root>-evil" is not inside "<root>")', async () => {
+    const sibling = `${await fsp.realpath(server.dir)}-evil`;
+    const link = path.join(server.dir, 'prefix-escape');
+    await fsp.mkdir(sibling);
+    try {
+      await fsp.symlink(sibling, link);
+      for (const targetPath of ['prefix-escape', 'prefix-escape/new']) {
+        const r = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath });
+        expect([r.status, r.json.code], JSON.stringify(r.json)).toEqual([400, 'ERR_INVALID_TARGET_PATH']);
+        noPath(JSON.stringify(r.json));
+      }
+      expect(await fsp.readdir(sibling)).toEqual([]);
+    } finally {
+      await fsp.rm(link, { force: true });
+      await fsp.rm(sibling, { recursive: true, force: true });
+    }
   });
 });
 
@@ -226,6 +267,8 @@ describe('chunks', () => {
   });
 
   it('a body cut short by a client abort leaves the chunk unset', async () => {
+    const before = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(before.json.data!.missingChunks).toContain(1);
     const ac = new AbortController();
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
@@ -243,6 +286,27 @@ describe('chunks', () => {
     await new Promise((r) => setTimeout(r, 100));
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(st.json.data!.missingChunks).toContain(1);
+    // Nothing of the half body is counted, and the aborted writer's claim is released: the chunk can be sent again
+    // at once (a claim left behind would answer ERR_CHUNK_BUSY after chunkBusyTimeout).
+    expect(st.json.data!.receivedBytes).toBe(before.json.data!.receivedBytes);
+    const again = await putChunk(server.base, guid, 1, slice(data, CS, 1));
+    expect([again.status, again.json.message], JSON.stringify(again.json)).toEqual([200, 'Chunk received']);
+    const after = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(after.json.data!.missingChunks).not.toContain(1);
+    expect(after.json.data!.receivedBytes).toBe(before.json.data!.receivedBytes + CS);
+  });
+
+  it('a chunked (no Content-Length) body shorter than its chunk -> 400 ERR_CHUNK_TOO_SMALL, chunk still missing', async () => {
+    // Every other short-body test sends Content-Length, which the route checks before reading; here only the end of
+    // the body tells, so the receiver itself must refuse it.
+    const body = Buffer.concat([Buffer.from(`${(CS - 1).toString(16)}\r\n`), Buffer.from(slice(data, CS, 2).subarray(0, CS - 1)), Buffer.from('\r\n0\r\n\r\n')]);
+    const r = await rawRequest(
+      `PUT ${PREFIX}/upload-chunk?guid=${guid}&chunk=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
+      body,
+    );
+    expect([r.status, r.json.code], JSON.stringify(r.json)).toEqual([400, 'ERR_CHUNK_TOO_SMALL']);
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data!.missingChunks).toContain(2);
   });
 });
 

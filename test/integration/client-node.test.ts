@@ -311,6 +311,41 @@ describe('client: resume, cancel, pause', () => {
     await expectStored(server, 'resume.bin', data);
   });
 
+  it("resumes over 'http' alone (no WebSocket hello to learn from): PUTs only the chunks the server is missing", async () => {
+    const CS = 64 * KiB;
+    // The second session sends a token of its own, so its PUTs are told apart from late ones of the first.
+    const secondPuts: number[] = [];
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'PUT') {
+          if (req.headers.authorization === 'Bearer second') secondPuts.push(Number(req.query.get('chunk')));
+          await new Promise((r) => setTimeout(r, 15));
+        }
+        return 'anonymous';
+      },
+    });
+    const data = bytesOf(2 * MiB);
+    const file = await writeTemp(data, 'resume-http.bin');
+    const opts: UploadOptions = { endpoint: endpoint(server.base), chunkSize: CS, transport: 'http', parallel: 2 };
+    const ac = new AbortController();
+    const first = upload(file, { ...opts, signal: ac.signal });
+    await whenLoaded(first, data.length / 3);
+    ac.abort();
+    await expect(first.done).rejects.toMatchObject({ code: 'ERR_ABORTED', guid: first.guid });
+    const before = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${first.guid}`);
+    const storedBefore = before.json.data!.receivedBytes as number;
+    expect(storedBefore).toBeGreaterThanOrEqual(data.length / 3);
+
+    const r = await upload(file, { ...opts, guid: first.guid!, token: 'second' }).done;
+    expect(r.guid).toBe(first.guid);
+    // The plan starts from upload-status: what the server had counts as resumed and is not sent again.
+    expect(r.resumedBytes).toBeGreaterThanOrEqual(storedBefore);
+    expect(r.bytesByTransport).toEqual({ websocket: 0, http: data.length - r.resumedBytes });
+    expect(new Set(secondPuts).size).toBe(secondPuts.length);
+    expect(secondPuts.length * CS).toBe(data.length - r.resumedBytes);
+    await expectStored(server, 'resume-http.bin', data);
+  });
+
   it('refuses to resume a guid with a source of another size', async () => {
     server = await startServer();
     const init = await upload(bytesOf(10), { endpoint: endpoint(server.base), fileName: 'm.bin', chunkSize: 4 * KiB });
@@ -506,6 +541,24 @@ describe('client: retries and errors', () => {
     const h = upload(bytesOf(100 * KiB), { endpoint: endpoint(proxy.base), fileName: 'never.bin', transport: 'http', retry: { attempts: 2, baseDelayMs: 5 } });
     await expect(h.done).rejects.toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
     expect(proxy.stats.injected503).toBeGreaterThanOrEqual(3);
+  });
+
+  it('makes exactly the configured attempts: the first try and `attempts` retries, no more', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { failPuts: 1000 });
+    // One chunk, one PUT at a time: every 503 the proxy counts is a try of the same request.
+    const retries: RetryEvent[] = [];
+    const h = upload(bytesOf(100 * KiB), {
+      endpoint: endpoint(proxy.base),
+      fileName: 'never-once.bin',
+      transport: 'http',
+      parallel: 1,
+      retry: { attempts: 2, baseDelayMs: 5 },
+    });
+    h.on('retry', (e) => retries.push(e));
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
+    expect(proxy.stats.injected503).toBe(3);
+    expect(retries.map((e) => e.attempt)).toEqual([1, 2]);
   });
 
   it('fails at once on a 4xx with the server code and message', async () => {

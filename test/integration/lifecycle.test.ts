@@ -153,6 +153,62 @@ describe('upload lifecycle races', () => {
     }
   });
 
+  it('a name taken between the free-name check and the link is not replaced: the upload takes the next free name', async () => {
+    const { options, registry, ctx, data, u } = await setUp();
+    const taken = path.join(options.dir, 'f.bin');
+    const theirs = Buffer.from('another upload or user put this here first\n');
+    const writeMeta = registry.store.writeMeta.bind(registry.store);
+    let raced = false;
+    registry.store.writeMeta = async (meta) => {
+      // f.bin was free when the name was chosen; it appears once 'finalizing' names it, before the link.
+      if (!raced && meta.status === 'finalizing' && meta.finalName === 'f.bin') {
+        raced = true;
+        await fsp.writeFile(taken, theirs, { flag: 'wx' });
+      }
+      return writeMeta(meta);
+    };
+    for (const c of [0, 1]) await writeWholeChunk(ctx, u, c, chunkOf(data, c));
+    const done = await writeWholeChunk(ctx, u, 2, chunkOf(data, 2));
+    expect(raced).toBe(true);
+    // onConflict 'rename' (the default): a link fails with EEXIST and the next name is tried; a rename would have
+    // replaced the other file silently.
+    expect(done.completion?.fileName).toBe('f (1).bin');
+    expect(u.status).toBe('completed');
+    expect(Buffer.compare(await fsp.readFile(taken), theirs)).toBe(0);
+    expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'f (1).bin')), data)).toBe(0);
+    await registry.close();
+  });
+
+  it('the reaper does not expire an idle upload while a chunk is claimed and its body is still arriving', async () => {
+    const { options, registry, ctx, data, u } = await setUp({ uploadTtl: 1000, reapInterval: 3_600_000 });
+    const writer = nextWriterId();
+    expect(await claimChunk(ctx, u, 1, writer)).toBeNull();
+    const body = new ChunkReceiver(ctx, u, 1, writer, () => {}, () => {});
+    body.push(chunkOf(data, 1).subarray(0, CS / 2));
+    // Long past the TTL by the clock, but a writer holds chunk 1 (and half of it may be in a worker): not idle.
+    await registry.reap(Date.now() + options.uploadTtl + 60_000);
+    expect(u.status).toBe('active');
+    body.push(chunkOf(data, 1).subarray(CS / 2));
+    expect((await body.finish()).duplicate).toBe(false);
+    await writeWholeChunk(ctx, u, 0, chunkOf(data, 0));
+    const done = await writeWholeChunk(ctx, u, 2, chunkOf(data, 2));
+    expect(done.completion?.fileName).toBe('f.bin');
+    expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'f.bin')), data)).toBe(0);
+    await registry.close();
+  });
+
+  it('a chunk restarts the idle clock: the reaper measures the TTL from the last chunk, not from the init', async () => {
+    const { options, registry, ctx, data, u } = await setUp({ uploadTtl: 1000, reapInterval: 3_600_000 });
+    const t0 = Date.now(); // after the init, which started the clock
+    await new Promise((r) => setTimeout(r, 50));
+    await writeWholeChunk(ctx, u, 0, chunkOf(data, 0)); // at t0 + 50 ms or later
+    // TTL + 20 ms after the init, but at most TTL - 30 ms after the chunk.
+    await registry.reap(t0 + options.uploadTtl + 20);
+    expect(u.status).toBe('active');
+    expect(u.statusData().missingChunks).toEqual([1, 2]);
+    await registry.close();
+  });
+
   it('restarts the idle clock of a reloaded upload: a crash does not expire an upload that was busy until then', async () => {
     const { options, registry, ctx, data, u } = await setUp({ uploadTtl: 60_000, reapInterval: 3_600_000 });
     await writeWholeChunk(ctx, u, 0, chunkOf(data, 0));

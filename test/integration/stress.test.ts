@@ -128,13 +128,17 @@ describe('regressions found by the stress harness', () => {
     const first = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
     // The first copy is written and its bit set; its fdatasync (the durability of the ack) is held.
     await until(() => heldSyncs > 0, 'the first copy to reach its fdatasync');
+    // The journal lists a chunk only once its bytes are durable: while the .part's fdatasync is held, the journal is
+    // still its 4-byte header alone. A record written first would name a chunk a crash can take away (state-store.ts).
+    const journalPath = path.join(server.dir, '.updraft-staging', `${guid}.journal`);
+    expect((await fsp.readFile(journalPath)).length, 'journal bytes before the data sync').toBe(4);
     const dup = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
     // A "Chunk already received" now would acknowledge bytes a crash can still take away (durability.md 4).
     expect(await settledWithin(dup, 300)).toBe('pending');
     releaseSyncs();
     expect((await first).json.message).toBe('Chunk received');
     expect((await dup).json.message).toBe('Chunk already received');
-    const journal = await fsp.readFile(path.join(server.dir, '.updraft-staging', `${guid}.journal`));
+    const journal = await fsp.readFile(journalPath);
     expect(journal.readUInt32LE(4)).toBe(0); // the first record, after the journal's 4-byte header: chunk 0
   });
 

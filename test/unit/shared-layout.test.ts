@@ -1,4 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { Piscina } from 'piscina';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { workerSpec } from '../../src/main/worker-spec.js';
 import {
   B_RECEIVED_BYTES,
   H_CHUNK_SIZE,
@@ -18,6 +20,7 @@ import {
   snapshotBitmap,
   viewSharedState,
 } from '../../src/workers/shared-layout.js';
+import type { SetBitsReply, SetBitsRequest } from '../fixtures/shared-layout-worker.js';
 
 describe('shared layout', () => {
   it('creates a state with the geometry in the header and nothing received', () => {
@@ -142,4 +145,63 @@ describe('shared layout', () => {
     expect(chunkLength(big, size, last)).toBe(7);
     expect(chunkLength(big, size, last - 1)).toBe(size);
   });
+});
+
+describe('shared layout, real worker threads', () => {
+  const THREADS = 2;
+  let pool: Piscina;
+
+  beforeAll(() => {
+    // One task per thread, both threads started up front, so the two tasks run at the same time on distinct threads.
+    // `name` must be an export of the worker module (see test/unit/lock-table.test.ts and src/main/worker-spec.ts).
+    pool = new Piscina({
+      ...workerSpec('../fixtures/shared-layout-worker', import.meta.url),
+      name: 'setBits',
+      minThreads: THREADS,
+      maxThreads: THREADS,
+      concurrentTasksPerWorker: 1,
+    });
+  });
+
+  afterAll(async () => {
+    // destroy, not close: a worker left at the barrier by a failed test must not hold the run up.
+    await pool.destroy();
+  });
+
+  /** Resolves once word `index` of `words` equals `value`; the test thread never blocks (Atomics.waitAsync). */
+  async function until(words: Int32Array, index: number, value: number): Promise<void> {
+    for (;;) {
+      const seen = Atomics.load(words, index);
+      if (seen === value) return;
+      const r = Atomics.waitAsync(words, index, seen, 5_000);
+      if (r.async) await r.value;
+    }
+  }
+
+  it('setChunkBit loses no bit and counts each once when two threads set neighbours in the same words', async () => {
+    // Worker 0 sets the even chunks, worker 1 the odd ones, so every bitmap word is written by both threads, and each
+    // sets its share many times over (duplicate chunks). A read-modify-write that is not one atomic step (Atomics.or)
+    // lets one thread store a stale word over a bit the other just set: the chunk is lost, or is counted again when
+    // its duplicate flips it back. A small bitmap (128 words) keeps the threads on the same words all the time; eight
+    // fresh states, which the workers start together.
+    const chunks = 2 ** 12;
+    const passes = 64;
+    const states = Array.from({ length: 8 }, () => createSharedState(chunks, 1, 'upload'));
+    const ctl = new SharedArrayBuffer(12);
+    const done = Array.from({ length: THREADS }, (_, first) => {
+      const req: SetBitsRequest = { ctl, states: states.map((s) => s.sab), first, stride: THREADS, threads: THREADS, passes, seed: 0x9e3779b9 * (first + 1) };
+      return pool.run(req, { name: 'setBits' }) as Promise<SetBitsReply>;
+    });
+    // Handshake: start only when both workers sit at the barrier; a worker that fails first must not hang the test.
+    await Promise.race([until(new Int32Array(ctl), 0, THREADS), Promise.all(done).then(() => expect.fail('workers returned before the barrier'))]);
+    Atomics.store(new Int32Array(ctl), 1, 1);
+    Atomics.notify(new Int32Array(ctl), 1);
+    const replies = await Promise.all(done);
+    for (const [i, state] of states.entries()) {
+      expect(missingChunks(state).slice(0, 5), `state ${i}: chunks lost`).toEqual([]);
+      expect(allChunksSet(state), `state ${i}`).toBe(true);
+      // Only the call that flipped a bit counts it: each worker exactly its share, however many duplicates it sent.
+      expect(replies.map((r) => r.flips[i]), `state ${i}: flips per worker`).toEqual([chunks / 2, chunks / 2]);
+    }
+  }, 30_000);
 });
