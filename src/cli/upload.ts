@@ -16,7 +16,7 @@ Uploads files to an Updraft server: over the updraft.v1 WebSocket, falling back 
 WebSocket cannot connect or drops for good. Progress goes to stderr, one summary line per file to stdout.
 
   --url URL             the server's API prefix, e.g. http://127.0.0.1:8080/api/v1/files; a URL with no path
-                        gets the default prefix /api/v1/files; no query string (UPDRAFT_URL)
+                        gets the default prefix /api/v1/files; no query or fragment (UPDRAFT_URL)
   --token TOKEN         bearer token (UPDRAFT_TOKEN)
   --parallel N          HTTP PUTs in flight per file (default 4)
   --transport MODE      auto | websocket | http (default auto)

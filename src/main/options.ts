@@ -89,7 +89,10 @@ export interface UploadEngineOptions {
    * `upload`: chunks are acknowledged once written; only completion is durable (checkpoints every second).
    */
   durability?: Durability;
-  /** What completion does when the target name exists: `rename` (default, "name (1).ext"), `overwrite`, `reject` (409). */
+  /**
+   * What completion does when the target name exists: `rename` (default, "name (1).ext"), `overwrite` (files only: a
+   * folder of that name is refused with 409), `reject` (409).
+   */
   onConflict?: ConflictPolicy;
   /** Lock granularity in the workers: `chunk` (default, distinct chunks write in parallel) or `upload`. */
   lockMode?: LockMode;
@@ -108,8 +111,8 @@ export interface UploadEngineOptions {
   /**
    * Request bodies read at once; the others wait paused, first come first served, each until a reader ends its body.
    * uWS reads up to 512 KiB from each ready socket per turn of the event loop, so this bounds how long one turn
-   * lasts (4 x 512 KiB) however many uploads arrive at once. A body that sends nothing for 250 ms while
-   * others wait gives its place up. Default 4.
+   * lasts (4 x 512 KiB) however many uploads arrive at once. A body that sends nothing for 250 ms, or is still
+   * filling the same slab after 1 s, while others wait gives its place up and queues again. Default 4.
    */
   maxReadingBodies?: number;
   /**
@@ -122,8 +125,9 @@ export interface UploadEngineOptions {
   /**
    * A PUT body that sends nothing for this long (ms), while the server is reading it, is answered ERR_CHUNK_INCOMPLETE
    * and its connection closed, freeing its claim, memory and reading place. Time the server itself holds the request
-   * paused (waiting for memory or for another writer) does not count. uWS's own 10 s idle timeout would do this, but
-   * every resume restarts it. Default 10 s.
+   * paused (waiting for memory or for another writer) does not count, except the wait after it lost its reading place
+   * for sending nothing (until its next byte). uWS's own 10 s idle timeout would do this, but every resume restarts
+   * it. Default 10 s.
    */
   bodyIdleTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
