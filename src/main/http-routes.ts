@@ -457,22 +457,23 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   const resume = (): void => {
     if (busy || budgetPaused || st.aborted || st.done || !st.paused) return;
     st.paused = false;
-    if (!silentPause) lastLife = performance.now();
+    // After a yield for silence, the silence before it still counts (see below); after any other pause, none does.
+    lastLife = performance.now() - (silentFor ?? 0);
+    silentFor = null;
     res.resume();
   };
 
-  // The body idle watchdog (bodyIdleTimeout): time spent reading without a byte counts, and so does the wait after
-  // the body lost its reading place for sending nothing (`silentPause`, until its next byte): a silent body would
-  // otherwise live forever, taking a place again and again while others wait. A pause for any other reason (the
-  // budget spent, an async step) does not count: the client could not send.
+  // The body idle watchdog (bodyIdleTimeout) counts time spent reading without a byte, never time the request is
+  // paused: then the client's bytes wait unread in the kernel. But a body that lost its reading place for sending
+  // nothing keeps the silence it had (`silentFor`, carried over the wait until its next byte): a silent body would
+  // otherwise start from zero at every turn and live forever, taking a place again and again while others wait.
   let lastLife = performance.now();
-  let silentPause = false;
+  let silentFor: number | null = null;
   const watchIdle = (): void => {
     const idle = performance.now() - lastLife;
     if (phase === 'over' || st.aborted || st.done) return;
-    const counting = !st.paused || silentPause;
-    if (!counting || idle < o.bodyIdleTimeout) {
-      setTimeout(watchIdle, counting ? o.bodyIdleTimeout - idle : o.bodyIdleTimeout).unref?.();
+    if (st.paused || idle < o.bodyIdleTimeout) {
+      setTimeout(watchIdle, st.paused ? o.bodyIdleTimeout : o.bodyIdleTimeout - idle).unref?.();
       return;
     }
     fail(new UploadError('ERR_CHUNK_INCOMPLETE', `No body bytes for ${Math.round(idle / 1000)} s`));
@@ -540,7 +541,15 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
       writerId,
       (silent) => {
         budgetPaused = true;
-        if (silent) silentPause = true;
+        if (silent) {
+          silentFor = performance.now() - lastLife;
+          // Its silence may reach the limit only at a yield (it is read for a moment between waits): answer then,
+          // once the receiver has finished pausing.
+          if (silentFor >= o.bodyIdleTimeout) {
+            const idle = silentFor;
+            queueMicrotask(() => fail(new UploadError('ERR_CHUNK_INCOMPLETE', `No body bytes for ${Math.round(idle / 1000)} s`)));
+          }
+        }
         pause();
       },
       () => {
@@ -614,7 +623,7 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   res.onData((ab, isLast) => {
     if (phase === 'over') return;
     lastLife = performance.now();
-    silentPause = false;
+    silentFor = null;
     const piece = new Uint8Array(ab);
     if (busy) {
       queue.push({ bytes: piece.slice(), isLast }); // copy: `ab` is only valid during this callback

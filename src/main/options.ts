@@ -125,9 +125,9 @@ export interface UploadEngineOptions {
   /**
    * A PUT body that sends nothing for this long (ms), while the server is reading it, is answered ERR_CHUNK_INCOMPLETE
    * and its connection closed, freeing its claim, memory and reading place. Time the server itself holds the request
-   * paused (waiting for memory or for another writer) does not count, except the wait after it lost its reading place
-   * for sending nothing (until its next byte). uWS's own 10 s idle timeout would do this, but every resume restarts
-   * it. Default 10 s.
+   * paused (waiting for memory or for another writer) does not count; a body that lost its reading place for sending
+   * nothing keeps the silence it had, so its turns add up until its next byte. uWS's own 10 s idle timeout would do
+   * this, but every resume restarts it. Default 10 s.
    */
   bodyIdleTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */

@@ -107,7 +107,7 @@ describe('bodies read at once (maxReadingBodies)', () => {
   it('silent bodies that keep losing their place to each other are still dropped after bodyIdleTimeout', async () => {
     // Each took a reading place again after every yield, and the wait in between did not count as idle, so they
     // lived forever, holding their claims and the user's budget, while everyone else's bodies waited behind them.
-    server = await startServer({ maxReadingBodies: 1, bodyIdleTimeout: 1500, batchSize: 64 * KIB, chunkSize: CS });
+    server = await startServer({ maxReadingBodies: 1, bodyIdleTimeout: 1000, batchSize: 64 * KIB, chunkSize: CS });
     const data = bytesOf(4 * CS);
     const a = await initUpload(server.base, { fileName: 'quiet.bin', fileSize: data.length, chunkSize: CS });
     const guid = a.json.data!.guid as string;
@@ -125,6 +125,36 @@ describe('bodies read at once (maxReadingBodies)', () => {
       expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'quiet.bin')), data)).toBe(0);
     } finally {
       for (const b of silent) b.socket.destroy();
+    }
+  });
+
+  it('a body that paused once and then sent everything is not failed for the time it waits in line afterwards', async () => {
+    // Its bytes wait unread in the kernel while the server holds it paused: that wait is not the client's silence.
+    server = await startServer({ maxReadingBodies: 1, bodyIdleTimeout: 1000, batchSize: 64 * KIB, chunkSize: CS });
+    const slowData = bytesOf(3 * CS);
+    const s = await initUpload(server.base, { fileName: 'busy.bin', fileSize: slowData.length, chunkSize: CS });
+    const data = bytesOf(CS);
+    const a = await initUpload(server.base, { fileName: 'gap.bin', fileSize: data.length, chunkSize: CS });
+    const gap = rawPut(server.base, a.json.data!.guid as string, 0, CS);
+    // Three bodies trickle steadily (never silent for 250 ms), each keeping the one place up to 1 s per turn.
+    const trickles = [0, 1, 2].map((c) => rawPut(server!.base, s.json.data!.guid as string, c, CS));
+    let sent = 0;
+    const timer = setInterval(() => {
+      for (const [c, t] of trickles.entries()) t.send(slice(slowData, CS, c).subarray(sent, sent + 16));
+      sent += 16;
+    }, 50);
+    const stop = setTimeout(() => clearInterval(timer), 9000);
+    try {
+      gap.send(data.subarray(0, 100));
+      await new Promise((r) => setTimeout(r, 400)); // silent long enough to lose its place to the waiting ones
+      gap.send(data.subarray(100));
+      const reply = await Promise.race([gap.reply, new Promise<null>((r) => setTimeout(() => r(null), 9000))]);
+      expect(reply).toMatchObject({ status: 200, body: { data: { complete: true } } });
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'gap.bin')), data)).toBe(0);
+    } finally {
+      clearInterval(timer);
+      clearTimeout(stop);
+      for (const t of [gap, ...trickles]) t.socket.destroy();
     }
   });
 
