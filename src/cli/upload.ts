@@ -66,7 +66,7 @@ export function parseUploadArgs(argv: string[], env: NodeJS.ProcessEnv): UploadA
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`${urlLabel}: expected http:// or https://`);
   // The client appends the route (`/upload-chunk?guid=...`) to the prefix; a query would land before it.
-  if (url.search !== '' || url.hash !== '') throw new UsageError(`${urlLabel}: expected the API prefix alone, without a query string or fragment`);
+  if (url.href.includes('?') || url.href.includes('#')) throw new UsageError(`${urlLabel}: expected the API prefix alone, without a query string or fragment`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = DEFAULT_PREFIX;
   const options: UploadArgs['options'] = { endpoint: url.href };
   const token = values.token ?? env.UPDRAFT_TOKEN;

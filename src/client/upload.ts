@@ -126,7 +126,7 @@ function resolveEndpoint(endpoint: string | URL): URL {
     throw new TypeError(`endpoint must be an absolute URL (or relative, in a browser): ${String(endpoint)}`);
   }
   // Every request URL is `<endpoint>/upload-chunk?...`: a query or fragment would end up before the route's path.
-  if (url.search !== '' || url.hash !== '') throw new TypeError(`endpoint must be the API prefix alone, without a query string or fragment: ${url.origin}${url.pathname}`);
+  if (url.href.includes('?') || url.href.includes('#')) throw new TypeError(`endpoint must be the API prefix alone, without a query string or fragment: ${url.origin}${url.pathname}`);
   return url;
 }
 

@@ -36,7 +36,7 @@ import {
 } from '../protocol/codec.js';
 import { ERRORS, UploadError } from '../protocol/errors.js';
 import type { ErrorCode } from '../protocol/errors.js';
-import { CLOSE_NORMAL, CLOSE_POLICY, NATIVE_PROTOCOL_VERSION, NATIVE_SUBPROTOCOL, closeCodeForError } from '../protocol/messages.js';
+import { CLOSE_NORMAL, CLOSE_POLICY, CLOSE_UPLOAD_FAILED, NATIVE_PROTOCOL_VERSION, NATIVE_SUBPROTOCOL, closeCodeForError } from '../protocol/messages.js';
 import type { PsServerControl, ServerMessage, WireChecksum } from '../protocol/messages.js';
 import { checkChunkInRange } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
@@ -51,6 +51,18 @@ import { sendError, toUploadError } from './respond.js';
 import type { ResponseState } from './respond.js';
 import type { CompletionInfo, Upload } from './upload.js';
 import { WindowScheduler } from './ws-windows.js';
+
+/**
+ * The error that failed an upload, as its connections hear it: never `retry: true`, whatever the code (the upload is
+ * over), and the close code of that code unless it is one that says "come back later" (a hook's ERR_SERVER_BUSY,
+ * ERR_INTERNAL...): then 4009, the upload failed.
+ */
+class UploadFailure extends UploadError {
+  override readonly retryable: boolean = false;
+  get closeCode(): number {
+    return ERRORS[this.code].retryable ? CLOSE_UPLOAD_FAILED : closeCodeForError(this.code);
+  }
+}
 
 /** The PSWebHost subprotocol name a browser may offer (next to `bearer.<token>`); no subprotocol means the same. */
 export const PS_SUBPROTOCOL = 'json';
@@ -337,7 +349,7 @@ abstract class Session {
     if (this.ending) return;
     const err = toUploadError(e, this.hub.log);
     this.sendError(err, undefined, true);
-    this.#close(closeCodeForError(err.code), err.message);
+    this.#close(err instanceof UploadFailure ? err.closeCode : closeCodeForError(err.code), err.message);
   }
 
   /** A chunk's or a message's error: fatal ones close the connection, the rest leave it open. */
@@ -826,6 +838,7 @@ function checksumOf(k: WireChecksum): ChunkChecksum {
 }
 
 /** Mounts the upload WebSocket on `<prefix>/upload-chunk`. uWS routes an Upgrade request here and a plain GET to the status route. */
+
 export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes {
   const { options: o, registry, log } = ctx;
   const hub = new Hub(ctx);
@@ -846,7 +859,7 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
     // (docs/PROTOCOL.md, Close codes). This event is the only place a connection hears it: the registry emits it
     // before the failed completion rejects the last chunk's write, whose reply then finds the connection closing.
     const code = Object.hasOwn(ERRORS, info.code) ? (info.code as ErrorCode) : 'ERR_UPLOAD_FAILED';
-    const err = new UploadError(code, info.message);
+    const err = new UploadFailure(code, info.message);
     for (const s of hub.sessionsOf(info.guid)) s.fail(err);
   });
 

@@ -434,7 +434,10 @@ function checkPlainMsgpack(b: Uint8Array): void {
         case 0xd7:
         case 0xd8:
           skip = 1 + (1 << (t - 0xd4));
-          if (p < end && b[p] !== 0xff) invalid('header uses a msgpack extension other than the timestamp');
+          // The timestamp (-1), and msgpackr's `undefined` (fixext 1, type 0, data 0: a JS encoder's absent field).
+          if (p < end && b[p] !== 0xff && !(t === 0xd4 && b[p] === 0 && p + 1 < end && b[p + 1] === 0)) {
+            invalid('header uses a msgpack extension other than the timestamp');
+          }
           break;
         case 0xca: // float 32/64, uint 8-64, int 8-64
           skip = 4;

@@ -10,11 +10,10 @@ import { crc32 } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AckMessage, ErrorMessage, HelloMessage, ServerMessage } from '../../src/protocol/messages.js';
 import { encodeFrame } from '../../src/protocol/codec.js';
-import { ERRORS, UploadError } from '../../src/index.js';
-import type { ErrorCode, UploadEngineOptions } from '../../src/index.js';
 import { PREFIX, bytesOf, call, initUpload, putChunk, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket } from '../fixtures/ws-client.js';
+import { completionFailures } from '../fixtures/completion-failures.js';
 
 const MiB = 1024 * 1024;
 const CS = 64 * 1024;
@@ -139,44 +138,6 @@ function expectCompleteTail(tail: ServerMessage[], fileName: string, size: numbe
   ]);
 }
 
-/**
- * Ways an upload's completion fails once its last chunk is in: [label, engine options, what to do to the upload root
- * before the last chunk (`name` is the upload's file name), code, message, close code (docs/PROTOCOL.md, Close codes)].
- */
-const completionFailures: Array<[string, UploadEngineOptions, (dir: string, name: string) => Promise<void>, ErrorCode, string, number]> = [
-  [
-    'onUploadComplete throws',
-    { onUploadComplete: () => { throw new Error('virus scanner down at /srv/scan'); } },
-    async () => {},
-    'ERR_HOOK_FAILED',
-    'The server refused to complete the upload',
-    1011,
-  ],
-  [
-    'onUploadComplete throws its own UploadError (4xx)',
-    { onUploadComplete: () => { throw new UploadError('ERR_UPLOAD_REFUSED', 'Quota exceeded'); } },
-    async () => {},
-    'ERR_UPLOAD_REFUSED',
-    'Quota exceeded',
-    4000,
-  ],
-  [
-    'onUploadComplete throws its own UploadError (ERR_STORAGE_FAILED)',
-    { onUploadComplete: () => { throw new UploadError('ERR_STORAGE_FAILED', 'Archive copy failed'); } },
-    async () => {},
-    'ERR_STORAGE_FAILED',
-    'Archive copy failed',
-    1011,
-  ],
-  [
-    'the name appeared meanwhile under onConflict reject',
-    { onConflict: 'reject' },
-    (dir, name) => fsp.writeFile(path.join(dir, name), 'taken'),
-    'ERR_FILE_EXISTS',
-    'A file with that name already exists in the target folder',
-    4000,
-  ],
-];
 
 describe('WebSocket, updraft.v1', () => {
   it('uploads 256 MiB in 8 MiB chunks with window 8, byte for byte', async () => {
@@ -442,7 +403,7 @@ describe('WebSocket, updraft.v1', () => {
       expect(await a.s.nextFrame()).toEqual({ t: 'ack', c: 0, rc: 1, rb: CS });
       a.s.nativeChunk(1, slice(data, CS, 1));
       for (const { s } of [a, b]) {
-        expect(await s.nextFrame()).toEqual({ t: 'error', code, message, retry: ERRORS[code].retryable });
+        expect(await s.nextFrame()).toEqual({ t: 'error', code, message, retry: false });
         expect(await s.closed).toEqual({ code: close, reason: message });
       }
       expect(await status(guid)).toMatchObject({ uploadStatus: 'failed' });

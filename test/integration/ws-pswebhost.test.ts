@@ -8,11 +8,11 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { serveOptions } from '../../src/cli/main.js';
-import { OptionsError, UploadError, resolveOptions } from '../../src/index.js';
-import type { ErrorCode, UploadEngineOptions } from '../../src/index.js';
+import { OptionsError, resolveOptions } from '../../src/index.js';
 import { PREFIX, bytesOf, call, initUpload, putChunks, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket, UpgradeRefused } from '../fixtures/ws-client.js';
+import { completionFailures } from '../fixtures/completion-failures.js';
 
 const CS = 64 * 1024;
 const ALICE = 'alice-token-0001';
@@ -98,44 +98,6 @@ async function serial(s: TestSocket, data: Uint8Array, order: number[]): Promise
   return replies;
 }
 
-/**
- * Ways an upload's completion fails once its last chunk is in: [label, engine options, what to do to the upload root
- * before the last chunk (`name` is the upload's file name), code, message, close code (docs/PROTOCOL.md, Close codes)].
- */
-const completionFailures: Array<[string, UploadEngineOptions, (dir: string, name: string) => Promise<void>, ErrorCode, string, number]> = [
-  [
-    'onUploadComplete throws',
-    { onUploadComplete: () => { throw new Error('virus scanner down at /srv/scan'); } },
-    async () => {},
-    'ERR_HOOK_FAILED',
-    'The server refused to complete the upload',
-    1011,
-  ],
-  [
-    'onUploadComplete throws its own UploadError (4xx)',
-    { onUploadComplete: () => { throw new UploadError('ERR_UPLOAD_REFUSED', 'Quota exceeded'); } },
-    async () => {},
-    'ERR_UPLOAD_REFUSED',
-    'Quota exceeded',
-    4000,
-  ],
-  [
-    'onUploadComplete throws its own UploadError (ERR_STORAGE_FAILED)',
-    { onUploadComplete: () => { throw new UploadError('ERR_STORAGE_FAILED', 'Archive copy failed'); } },
-    async () => {},
-    'ERR_STORAGE_FAILED',
-    'Archive copy failed',
-    1011,
-  ],
-  [
-    'the name appeared meanwhile under onConflict reject',
-    { onConflict: 'reject' },
-    (dir, name) => fsp.writeFile(path.join(dir, name), 'taken'),
-    'ERR_FILE_EXISTS',
-    'A file with that name already exists in the target folder',
-    4000,
-  ],
-];
 
 describe('WebSocket, PSWebHost protocol', () => {
   it('uploads serially; progress after each chunk; complete only once the file is in place; then close 1000', async () => {

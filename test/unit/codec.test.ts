@@ -549,6 +549,15 @@ describe('updraft.v1 frames', () => {
     expect(decodeClientFrame(rawFrame(header, [9])).message).toEqual({ t: 'chunk', c: 5 });
   });
 
+  it('takes a field msgpackr encodes as undefined (fixext 1, type 0) as absent, as msgpackr itself reads it', () => {
+    const header = pack({ t: 'chunk', c: 5, k: undefined });
+    expect(Buffer.from(header).includes(Buffer.from([0xd4, 0x00, 0x00]))).toBe(true);
+    expect(decodeClientFrame(rawFrame([...header], [9])).message).toEqual({ t: 'chunk', c: 5 });
+    // Any other fixext 1 of type 0 is still an extension the doc refuses.
+    const other = mapOf([[...str('t'), ...str('status')], [...str('x'), 0xd4, 0x00, 0x01]]);
+    expect(codeOf(() => decodeClientFrame(rawFrame(other)))).toBe('ERR_CHUNK_HEADER_INVALID');
+  });
+
   /** A valid {t: 'status', p: 'xxx...'} header of exactly `size` bytes. */
   function paddedStatus(size: number): Uint8Array {
     const overhead = pack({ t: 'status', p: 'x'.repeat(1000) }).length - 1000; // str16 length form

@@ -20,7 +20,8 @@ const thrown = (f: () => unknown): Error => {
 describe('API prefix URLs', () => {
   it('the client refuses an endpoint with a query string or fragment, and takes a plain one', () => {
     const file = new Blob([new Uint8Array(4)]);
-    for (const endpoint of ['http://127.0.0.1:9/api/v1/files?tenant=a', 'http://127.0.0.1:9/api/v1/files#x']) {
+    // A bare '?' or '#' too: URL's search and hash are empty for them, but href keeps them.
+    for (const endpoint of ['http://127.0.0.1:9/api/v1/files?tenant=a', 'http://127.0.0.1:9/api/v1/files#x', 'http://127.0.0.1:9/api/v1/files?', 'http://127.0.0.1:9/api/v1/files#']) {
       const e = thrown(() => upload(file, { endpoint, fileName: 'a.bin' }));
       expect(e, endpoint).toBeInstanceOf(TypeError);
       expect(e.message).toBe('endpoint must be the API prefix alone, without a query string or fragment: http://127.0.0.1:9/api/v1/files');
@@ -31,6 +32,7 @@ describe('API prefix URLs', () => {
     const e = thrown(() => parseUploadArgs(['a.bin', '--url', 'http://127.0.0.1:9/api/v1/files?x=1'], {}));
     expect(e).toBeInstanceOf(UsageError);
     expect(e.message).toBe('--url: expected the API prefix alone, without a query string or fragment');
+    expect(thrown(() => parseUploadArgs(['a.bin', '--url', 'http://127.0.0.1:9/api/v1/files?'], {}))).toBeInstanceOf(UsageError);
     expect(thrown(() => parseUploadArgs(['a.bin'], { UPDRAFT_URL: 'http://127.0.0.1:9/#top' })).message).toBe(
       'UPDRAFT_URL: expected the API prefix alone, without a query string or fragment',
     );
