@@ -18,7 +18,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Packr } from 'msgpackr';
-import { totalChunksFor, validateFileName, validateTargetPath } from '../protocol/validate.js';
+import { MAX_NAME_BYTES, MAX_TARGET_DEPTH, totalChunksFor } from '../protocol/validate.js';
 
 export type UploadStatus = 'active' | 'finalizing' | 'completed' | 'cancelled' | 'failed' | 'expired';
 
@@ -45,7 +45,8 @@ export interface UploadMeta {
   /** onUploadComplete refused the file (recorded before the file is removed): a crash then still ends it failed. */
   hookRefused?: boolean;
   /**
-   * The staging file's identity, "dev:ino" (kept by link and rename), recorded with `finalName`: a file found
+   * The staging file's identity, "ino:birthtime" (kept by link and rename, and across reboots, unlike the device
+   * number), recorded with `finalName`: a file found
    * under that name after a crash, or removed when a completion fails, is this upload's only if it matches. Another
    * upload may have taken the name once this one's file left it.
    */
@@ -63,31 +64,19 @@ const MAX_CHUNKS = 16_777_216;
 
 /**
  * A decoded meta that the engine could have written for upload `guid`: every field of the right type and range, and
- * the names valid as at init. A damaged or foreign record must neither stop the start (a bitmap sized from a
- * negative or huge chunk count throws) nor name a file outside the root (`finalName: '../x'`).
+ * every name a single harmless path segment. A damaged or foreign record must neither stop the start (a bitmap sized
+ * from a negative or huge chunk count throws) nor name a file outside the root (`finalName: '../x'`).
  */
 export function validMeta(m: unknown, guid: string): m is UploadMeta {
   if (typeof m !== 'object' || m === null) return false;
   const r = m as Record<string, unknown>;
   const int = (v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): boolean => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max;
   const time = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v);
-  const name = (v: unknown): boolean => {
-    try {
-      validateFileName(v);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  const segments = (v: unknown): boolean => {
-    if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) return false;
-    try {
-      const again = validateTargetPath(v.join('/'));
-      return again.length === v.length;
-    } catch {
-      return false;
-    }
-  };
+  // What a name needs to be harmless as one path segment. Not the init rules (validateFileName): those may grow
+  // stricter between versions, and a record written under older rules must still reload, not be deleted.
+  const name = (v: unknown): boolean =>
+    typeof v === 'string' && v !== '' && v !== '.' && v !== '..' && !v.includes('/') && !v.includes('\0') && Buffer.byteLength(v) <= MAX_NAME_BYTES;
+  const segments = (v: unknown): boolean => Array.isArray(v) && v.length <= MAX_TARGET_DEPTH && v.every(name);
   return (
     r.v === 1 &&
     r.guid === guid &&

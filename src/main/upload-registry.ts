@@ -520,7 +520,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 
   /**
    * Removes a file this upload placed, and syncs the removal, but only if the file under that name is still this
-   * upload's (`id`, its "dev:ino"): once it left the name (a hook moved it, a refusal or an earlier try removed it),
+   * upload's (`id`, its "ino:birthtime"): once it left the name (a hook moved it, a refusal or an earlier try removed it),
    * another upload may have completed under the same name. Without a recorded identity nothing is removed.
    */
   async #removePlaced(file: string, id: string | undefined): Promise<void> {
@@ -784,7 +784,8 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         // The stop may have come while onUploadComplete ran (it runs after the move, before 'completed' is
         // recorded): run it again, so a file the hook refuses does not stay in place (at least once per upload).
         if (this.options.onUploadComplete) {
-          const pending = new Upload(meta, null);
+          // A record from before fileId: the file was recognized above (its staging inode), so it is this one.
+          const pending = new Upload({ ...meta, fileId: meta.fileId ?? fileId(target) }, null);
           try {
             await this.#completeHook(pending, dir!, meta.finalName);
           } catch (e) {
@@ -820,6 +821,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     // the engine, or a damaged filesystem), the chunks the journal claims past its end are gone, and holes in it would
     // read as zeros: the upload cannot be finished truthfully.
     const size = await fstat(fd).then((st) => st.size, () => -1);
+    if (size === -1) {
+      await closeFd(fd).catch(() => {});
+      this.log.error({ guid: meta.guid }, 'could not stat a staging file; the upload is left on disk for the next start');
+      return null;
+    }
     if (size !== meta.fileSize) {
       await closeFd(fd).catch(() => {});
       this.log.error({ guid: meta.guid, size, fileSize: meta.fileSize }, 'a staging file has the wrong length; the upload fails');
@@ -860,9 +866,13 @@ function reservedName(name: string): boolean {
 
 const FOLDER_EXISTS = 'A folder with that name exists in the target folder';
 
-/** A file's identity as link and rename keep it: "dev:ino". */
+/**
+ * A file's identity as link and rename keep it: "ino:birthtime" (ns; 0 where the filesystem keeps none). Every file
+ * compared is on the upload root's filesystem; its device number is left out because it may change across a reboot
+ * or remount (device-mapper, btrfs subvolumes), which would make a placed file look foreign after a crash.
+ */
 function fileId(st: fs.BigIntStats): string {
-  return `${st.dev}:${st.ino}`;
+  return `${st.ino}:${st.birthtimeNs}`;
 }
 
 /** Linux PATH_MAX (bytes, with the terminating NUL), and the longest suffix withCounter adds (" (9999)"). */

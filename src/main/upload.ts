@@ -69,7 +69,7 @@ export class Upload {
   lastActivityTime: number;
   #status: UploadStatus;
   finalName: string | undefined;
-  /** The staging file's "dev:ino", taken when finalizing begins (UploadMeta.fileId). */
+  /** The staging file's "ino:birthtime", taken when finalizing begins (UploadMeta.fileId). */
   fileId: string | undefined;
   endTime: number | undefined;
   failure: { code: ErrorCode; message: string } | undefined;

@@ -212,6 +212,62 @@ describe('a completion and a reload touch only what is theirs', () => {
     await next.registry.close();
   });
 
+  it('reloads a record whose names older rules allowed (a right-to-left mark), instead of deleting the upload', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(2 * CS);
+    const u = await first.registry.create('anonymous', { fileName: 'a.bin', fileSize: data.length, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    await writeWholeChunk(first.ctx, u, 0, data.subarray(0, CS));
+    await first.registry.close();
+    // As an earlier version recorded it: its init rules allowed U+200F, today's refuse it at init.
+    await first.registry.store.writeMeta({ ...u.toMeta(), fileName: 'report\u200F.bin', targetPath: ['\u200Fdocs'] });
+
+    const next = await open(dir);
+    const v = next.registry.find(u.guid, 'anonymous');
+    expect(v.statusData()).toMatchObject({ uploadStatus: 'active', missingChunks: [1] });
+    await writeWholeChunk(next.ctx, v, 1, data.subarray(CS));
+    await next.registry.finalize(v);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, '\u200Fdocs', 'report\u200F.bin')), data)).toBe(0);
+    await next.registry.close();
+  });
+
+  it('a placed file is recognized after a crash by inode and birth time, not the device number (it may change at a reboot)', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(CS + 3);
+    const u = await first.registry.create('anonymous', { fileName: 'f.bin', fileSize: data.length, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    for (const c of [0, 1]) await writeWholeChunk(first.ctx, u, c, data.subarray(c * CS, (c + 1) * CS));
+    await first.registry.finalize(u);
+    const st = await fsp.stat(path.join(dir, 'f.bin'), { bigint: true });
+    // The process died after the move, before `completed` was recorded; the id is the file's, the device aside.
+    await first.registry.store.writeMeta({ ...u.toMeta(), status: 'finalizing', finalName: 'f.bin', fileId: `${st.ino}:${st.birthtimeNs}` });
+    await first.registry.close();
+
+    const next = await open(dir);
+    expect(next.registry.find(u.guid, 'anonymous').status).toBe('completed');
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'f.bin')), data)).toBe(0);
+    await next.registry.close();
+  });
+
+  it('a record from before fileId: the hook run again at restart can still refuse, and its file is removed', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(CS + 3);
+    const u = await first.registry.create('anonymous', { fileName: 'old.bin', fileSize: data.length, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    for (const c of [0, 1]) await writeWholeChunk(first.ctx, u, c, data.subarray(c * CS, (c + 1) * CS));
+    await first.registry.finalize(u);
+    await first.registry.close();
+    // Died after the move, before `completed`, under a version that recorded no fileId.
+    const { fileId: _none, ...old } = { ...u.toMeta(), status: 'finalizing' as const, finalName: 'old.bin', hookStarted: true };
+    void _none;
+    await first.registry.store.writeMeta(old);
+
+    const next = await open(dir, { onUploadComplete: () => { throw new Error('refused now'); } });
+    expect(next.registry.find(u.guid, 'anonymous', true).status).toBe('failed');
+    await expect(fsp.stat(path.join(dir, 'old.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await next.registry.close();
+  });
+
   it('a staging file cut short while the server was down fails its upload instead of completing it with zeros', async () => {
     const dir = await rootDir();
     const first = await open(dir);
