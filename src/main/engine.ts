@@ -56,6 +56,8 @@ export class UploadEngine {
   #app: TemplatedApp | null = null;
   #ws: WsRoutes | null = null;
   #ownsApp = false;
+  /** attach()/listen() has begun: one app per engine. */
+  #mounting = false;
   #listenSocket: us_listen_socket | null = null;
   #started: Promise<void> | null = null;
   /** This engine's hold on its upload root (root-guard.ts): null before start, after close, or where unguarded. */
@@ -70,7 +72,12 @@ export class UploadEngine {
       pino({ level: this.options.logLevel, base: { name: 'updraft' }, redact: ['req.headers.authorization'] }, pino.destination(2));
     this.#registry = new UploadRegistry(this.options, this.log);
     this.#pool = new WritePool({ workers: this.options.workers, onError: (err) => this.log.error({ err }, 'write pool error') });
-    this.#slabs = new SlabPool({ slabSize: this.options.batchSize, maxBytes: this.options.maxInFlightBytes, maxFilling: this.options.maxReadingBodies });
+    this.#slabs = new SlabPool({
+      slabSize: this.options.batchSize,
+      maxBytes: this.options.maxInFlightBytes,
+      arenaBytes: Math.max(16 * 1024 * 1024, this.options.batchSize), // an arena holds at least one slab
+      maxFilling: this.options.maxReadingBodies,
+    });
     // 1 ms ticks: enough samples for a p99 over a one-second upload, a few microseconds each. The histogram records
     // the interval between ticks, which includes the resolution; figures below report only the excess (lateness).
     this.#eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
@@ -156,14 +163,22 @@ export class UploadEngine {
    * Mounts the upload routes on the host's uWS app (under the prefix; `/healthz` too). If the engine cannot start
    * (its root in use, the reload failing), it is closed, so its root is free for another engine.
    */
-  async attach(app: TemplatedApp): Promise<void> {
-    if (this.#app) throw new Error('engine is already attached to an app');
+  attach(app: TemplatedApp): Promise<void> {
+    return this.#mount(app, false);
+  }
+
+  /** One app per engine, and none once close() has begun (checked before any await, so a racing call is refused). */
+  async #mount(app: TemplatedApp, ownApp: boolean): Promise<void> {
+    if (this.#closing !== null) throw new Error('engine is closed');
+    if (this.#mounting) throw new Error('engine is already attached to an app');
+    this.#mounting = true;
     try {
       await this.#start();
+      if (this.#closing !== null) throw new Error('engine is closed');
       this.#app = app;
       // The demo page and client bundle (issue 4) go first: registerHttpRoutes ends with the catch-all 404.
       if (this.options.demo) await registerStaticRoutes(app, this.#context());
-      registerHttpRoutes(app, this.#context());
+      registerHttpRoutes(app, this.#context(), ownApp);
       // uWS sends an Upgrade request on <prefix>/upload-chunk to the ws route whatever the registration order, and a
       // plain GET there to the status handler (verified with uWS 20.30; test/integration/ws-pswebhost.test.ts).
       this.#ws = registerWsRoutes(app, this.#context());
@@ -175,9 +190,11 @@ export class UploadEngine {
 
   /** Starts the engine's own server. If it cannot (the port is taken, the root is in use), the engine is closed. */
   async listen(port = this.options.port, host = this.options.host): Promise<ListenInfo> {
+    if (this.#closing !== null) throw new Error('engine is closed');
+    if (this.#mounting) throw new Error('engine is already attached to an app');
     const app = uWS.App();
-    await this.attach(app);
     this.#ownsApp = true;
+    await this.#mount(app, true);
     const socket = await new Promise<us_listen_socket | false>((resolve) => app.listen(host, port, resolve));
     if (!socket) {
       await this.close();
@@ -190,8 +207,10 @@ export class UploadEngine {
   }
 
   /**
-   * Graceful stop: refuse new work, let writes in flight finish (up to `graceMs`), commit what was written so every
-   * upload resumes after a restart, close files, threads and sockets.
+   * Graceful stop: refuse new work, let bodies in flight finish (up to `graceMs`), commit what was written so every
+   * upload resumes after a restart, close files, threads and sockets. A completion already under way (its final sync,
+   * the move, `onUploadComplete`) is finished first, however long it takes: it is not cut by `graceMs`. Afterwards the
+   * engine cannot be attached or listen again; make a new one.
    */
   close(graceMs = 5000): Promise<void> {
     this.#closing ??= (async () => {
@@ -205,15 +224,19 @@ export class UploadEngine {
         await new Promise((r) => setTimeout(r, 20));
       }
       if (this.#started) await this.#started.catch(() => {});
+      // Every step runs even if an earlier one fails (its error is the stop's), so no socket, thread or timer stays.
       try {
         await this.#registry.close();
       } finally {
-        await this.#guard?.release();
-        this.#guard = null;
+        try {
+          await this.#guard?.release();
+          this.#guard = null;
+        } finally {
+          if (this.#ownsApp && this.#app) (this.#app as unknown as { close?: () => void }).close?.(); // runtime-only in uWS 20.30
+          this.#eld.disable();
+          await this.#pool.close();
+        }
       }
-      if (this.#ownsApp && this.#app) (this.#app as unknown as { close?: () => void }).close?.(); // runtime-only in uWS 20.30
-      await this.#pool.close();
-      this.#eld.disable();
     })();
     return this.#closing;
   }

@@ -126,7 +126,12 @@ function chunkReply(a: ChunkAck): { message: string; data: Record<string, unknow
 }
 
 
-export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
+/**
+ * `ownApp`: the engine's own server (listen). Mounted on a host's app (attach), the routes outside the prefix are
+ * only GET/HEAD /healthz and GET /metrics: the 405s on those paths and the catch-all 404 would take the host's own
+ * unmatched requests, and uWS aborts the process on a route registered twice.
+ */
+export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp = true): void {
   const { options: o, registry, log } = ctx;
   const chunkRoute = `${o.prefix}/upload-chunk`;
   const statusRoute = `${o.prefix}/upload-status`;
@@ -355,7 +360,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
         (e: unknown) => sendError(res, st, e, log),
       );
     });
-    app.any('/metrics', notAllowed('GET'));
+    if (ownApp) app.any('/metrics', notAllowed('GET'));
   }
   app.any(chunkRoute, notAllowed('GET, HEAD, POST, PUT, DELETE'));
   app.any(statusRoute, notAllowed('GET, HEAD'));
@@ -367,7 +372,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
   };
   app.get('/healthz', health);
   app.head('/healthz', health);
-  app.any('/healthz', notAllowed('GET, HEAD'));
+  if (ownApp) app.any('/healthz', notAllowed('GET, HEAD'));
   if (o.benchEndpoints) {
     app.get('/__bench/eld', (res) => {
       const st = begin(res);
@@ -379,7 +384,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext): void {
       sendJson(res, st, 200, { status: 'success', message: 'reset' });
     });
   }
-  app.any('/*', (res, req) => {
+  if (ownApp) app.any('/*', (res, req) => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
     sendError(res, st, new UploadError('ERR_NOT_FOUND'), log);

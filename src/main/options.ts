@@ -317,8 +317,9 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
   }
   prefix = prefix.replace(/\/+$/, '');
   const maxChunkSize = int('maxChunkSize', o.maxChunkSize, 64 * MiB, 1, 1024 * MiB);
-  const minChunkSize = int('minChunkSize', o.minChunkSize, 1 * KiB, 1, maxChunkSize);
-  const chunkSize = int('chunkSize', o.chunkSize, Math.min(8 * MiB, maxChunkSize), minChunkSize, maxChunkSize);
+  // The defaults follow the limits given, so that min <= chunkSize <= max holds whichever ones are set.
+  const minChunkSize = int('minChunkSize', o.minChunkSize, Math.min(1 * KiB, maxChunkSize), 1, maxChunkSize);
+  const chunkSize = int('chunkSize', o.chunkSize, Math.min(Math.max(8 * MiB, minChunkSize), maxChunkSize), minChunkSize, maxChunkSize);
   const tokens = new Map<string, string>();
   for (const [token, user] of Object.entries(o.tokens ?? {})) {
     if (token.length < 8 || /\s/.test(token)) throw new OptionsError('tokens', 'each token needs at least 8 non-space characters');

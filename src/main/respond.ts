@@ -94,7 +94,8 @@ export function toUploadError(err: unknown, log: Logger, requestId?: string): Up
 
 export function sendError(res: HttpResponse, st: ResponseState, err: unknown, log: Logger, closeConnection = false): void {
   const e = toUploadError(err, log, st.requestId);
-  st.onError?.(e.code);
+  // Counted only when a reply goes out (not for a request whose client is gone, or one already answered).
+  if (!st.aborted && !st.done) st.onError?.(e.code);
   if (e.status >= 500) log.warn({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
   else log.debug({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
   const headers: Record<string, string> = {};

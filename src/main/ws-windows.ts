@@ -166,7 +166,18 @@ export class WindowScheduler {
       return;
     }
     for (const [h, e] of this.#entries) if (e.window > 1) this.#set(h, e, 1);
-    if (added !== null) this.#waiting.push(added);
+    // Windows of 1 can still pass the budget (a reweigh made slots larger): the newest give theirs up and wait, until
+    // the sum fits or one window is left (one chunk always goes through).
+    let open = 0;
+    for (const e of this.#entries.values()) if (e.window > 0) open++;
+    for (const [h, e] of [...this.#entries].reverse()) {
+      if (this.#used <= this.#budget || open <= 1) break;
+      if (e.window === 0 || !this.#entries.has(h)) continue;
+      this.#set(h, e, 0);
+      open--;
+      if (this.#entries.has(h)) this.#waiting.push(h);
+    }
+    if (added !== null && !this.#waiting.includes(added)) this.#waiting.push(added);
     this.#grant();
     if (this.#waiting.length > 0) this.#startSweep();
   }

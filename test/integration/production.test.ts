@@ -7,7 +7,7 @@ import http from 'node:http';
 import path from 'node:path';
 import uWS from 'uWebSockets.js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { UploadError, createUploadEngine } from '../../src/index.js';
+import { UploadError, createUploadEngine, resolveOptions } from '../../src/index.js';
 import { clientView, normalizeIp, parseTrustProxy } from '../../src/main/forwarded.js';
 import { logValue } from '../../src/main/http-policy.js';
 import { PREFIX, bytesOf, call, initUpload, listFiles, putChunk, putChunks, slice, startServer, tempDir } from '../fixtures/server.js';
@@ -290,6 +290,51 @@ describe('embedding', () => {
       uWS.us_listen_socket_close(socket as uWS.us_listen_socket);
       await engine.close();
     }
+  });
+
+  it('attach() leaves the host its own catch-all: the engine adds no route outside its prefix but /healthz and /metrics', async () => {
+    const dir = await tempDir();
+    const app = uWS.App();
+    // A host catch-all registered after the engine's routes: uWS aborted the process on the duplicate '/*'.
+    const engine = createUploadEngine({ dir, logLevel: 'silent', workers: 2 });
+    await engine.attach(app);
+    app.any('/*', (res) => {
+      res.writeStatus('418 I\'m a teapot').end('host fallback');
+    });
+    const socket = await new Promise<uWS.us_listen_socket | false>((r) => app.listen('127.0.0.1', 0, r));
+    const base = `http://127.0.0.1:${uWS.us_socket_local_port(socket as uWS.us_listen_socket)}`;
+    try {
+      const other = await fetch(`${base}/app/page`, { method: 'DELETE' });
+      expect([other.status, await other.text()]).toEqual([418, 'host fallback']);
+      expect((await fetch(`${base}/healthz`)).status).toBe(200);
+      expect((await call(base, 'GET', `${PREFIX}/upload-status?guid=nope`)).json.code).toBe('ERR_UPLOAD_NOT_FOUND');
+    } finally {
+      uWS.us_listen_socket_close(socket as uWS.us_listen_socket);
+      await engine.close();
+    }
+  });
+
+  it('one app per engine: a second listen(), or one after close(), is refused and leaves nothing serving', async () => {
+    const dir = await tempDir();
+    const engine = createUploadEngine({ dir, logLevel: 'silent', workers: 2 });
+    const [first, second] = await Promise.allSettled([engine.listen(0, '127.0.0.1'), engine.listen(0, '127.0.0.1')]);
+    expect(first.status).toBe('fulfilled');
+    expect(second).toMatchObject({ status: 'rejected', reason: { message: 'engine is already attached to an app' } });
+    const { url } = (first as PromiseFulfilledResult<{ url: string }>).value;
+    await engine.close();
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+    await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow('engine is closed');
+    // The root is free again: another engine starts on it.
+    const next = createUploadEngine({ dir, logLevel: 'silent', workers: 2 });
+    await next.listen(0, '127.0.0.1');
+    await next.close();
+  });
+
+  it('takes any batchSize the options allow, and chunk-size defaults that follow the limits given', async () => {
+    // Slabs larger than the 16 MiB arena threw a RangeError from the constructor.
+    await createUploadEngine({ dir: await tempDir(), batchSize: 32 * 1024 * 1024, logLevel: 'silent', workers: 1 }).close();
+    expect(resolveOptions({ maxChunkSize: 512 })).toMatchObject({ minChunkSize: 512, chunkSize: 512, maxChunkSize: 512 });
+    expect(resolveOptions({ minChunkSize: 16 * 1024 * 1024 })).toMatchObject({ chunkSize: 16 * 1024 * 1024 });
   });
 });
 

@@ -98,6 +98,27 @@ describe('WindowScheduler', () => {
     s.remove(waiter);
   });
 
+  it('reweigh that makes windows of 1 pass the budget: the newest gives its slot up and waits (found by review)', () => {
+    // Two connections sending 64 MiB chunks as parts (32 MiB a slot) share 64 MiB; one switches to whole frames.
+    const s = new WindowScheduler(64 * MiB);
+    const a = new Holder('a', 32 * MiB, 2);
+    const b = new Holder('b', 32 * MiB, 2);
+    s.add(a);
+    s.add(b);
+    expect([s.windowOf(a), s.windowOf(b), s.usedBytes / MiB]).toEqual([1, 1, 64]);
+    b.chunkSize = 64 * MiB;
+    b.cap = 1;
+    s.reweigh(b);
+    expect(s.usedBytes).toBeLessThanOrEqual(64 * MiB);
+    expect([s.windowOf(a), s.windowOf(b), s.waiting]).toEqual([1, 0, 1]);
+    // They take turns from then on, and the sum stays within the budget.
+    for (let i = 0; i < 5; i++) {
+      for (const h of [a, b]) if (s.windowOf(h) > 0) s.answering(h);
+      expect(s.usedBytes).toBeLessThanOrEqual(64 * MiB);
+    }
+    expect(s.windowOf(a) + s.windowOf(b)).toBe(1);
+  });
+
   it('reweigh: a connection whose slots start to count half (parts) gets twice the share, and back', () => {
     const s = new WindowScheduler(32 * MiB);
     const a = new Holder('a', 8 * MiB, 2);
