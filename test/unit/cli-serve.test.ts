@@ -7,15 +7,8 @@ import { UsageError } from '../../src/cli/args.js';
 import { optionErrorMessage, serveOptions } from '../../src/cli/main.js';
 import { createUploadEngine, resolveOptions } from '../../src/index.js';
 import type { UploadEngineOptions } from '../../src/index.js';
+import { thrown } from '../fixtures/thrown.js';
 
-const thrown = (f: () => unknown): Error => {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('did not throw');
-};
 
 describe('updraft serve options', () => {
   it('refuses a token given for two users instead of handing it to the last one', () => {

@@ -37,16 +37,9 @@ import {
   type PsClientControl,
   type ServerMessage,
 } from '../../src/protocol/messages.js';
+import { thrownUploadError } from '../fixtures/thrown.js';
 
-function thrown(fn: () => unknown): UploadError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof UploadError) return e;
-    throw e;
-  }
-  throw new Error('expected an UploadError, but the call returned');
-}
+const thrown = thrownUploadError;
 
 function codeOf(fn: () => unknown): ErrorCode {
   return thrown(fn).code;

@@ -7,15 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/cli/args.js';
 import { parseUploadArgs } from '../../src/cli/upload.js';
 import { upload } from '../../src/client/index.js';
+import { thrown } from '../fixtures/thrown.js';
 
-const thrown = (f: () => unknown): Error => {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('did not throw');
-};
 
 describe('API prefix URLs', () => {
   it('the client refuses an endpoint with a query string or fragment, and takes a plain one', () => {

@@ -12,17 +12,9 @@ import {
   validateTargetPath,
   type InitLimits,
 } from '../../src/protocol/validate.js';
+import { thrownUploadError } from '../fixtures/thrown.js';
 
-/** The UploadError a call throws; fails the test when it returns or throws anything else. */
-function thrown(fn: () => unknown): UploadError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof UploadError) return e;
-    throw e;
-  }
-  throw new Error('expected an UploadError, but the call returned');
-}
+const thrown = thrownUploadError;
 
 function codeOf(fn: () => unknown): ErrorCode {
   return thrown(fn).code;
