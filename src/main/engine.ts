@@ -178,6 +178,7 @@ export class UploadEngine {
       this.#app = app;
       // The demo page and client bundle (issue 4) go first: registerHttpRoutes ends with the catch-all 404.
       if (this.options.demo) await registerStaticRoutes(app, this.#context());
+      if (this.#closing !== null) throw new Error('engine is closed'); // closed while the bundle was built
       registerHttpRoutes(app, this.#context(), ownApp);
       // uWS sends an Upgrade request on <prefix>/upload-chunk to the ws route whatever the registration order, and a
       // plain GET there to the status handler (verified with uWS 20.30; test/integration/ws-pswebhost.test.ts).
@@ -195,6 +196,12 @@ export class UploadEngine {
     const app = uWS.App();
     this.#ownsApp = true;
     await this.#mount(app, true);
+    // close() began while the routes were mounted: it has closed (or is closing) this app; do not open a socket.
+    const closing = this.#closing as Promise<void> | null;
+    if (closing !== null) {
+      await closing.catch(() => {});
+      throw new Error('engine is closed');
+    }
     const socket = await new Promise<us_listen_socket | false>((resolve) => app.listen(host, port, resolve));
     if (!socket) {
       await this.close();

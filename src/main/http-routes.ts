@@ -128,8 +128,8 @@ function chunkReply(a: ChunkAck): { message: string; data: Record<string, unknow
 
 /**
  * `ownApp`: the engine's own server (listen). Mounted on a host's app (attach), the routes outside the prefix are
- * only GET/HEAD /healthz and GET /metrics: the 405s on those paths and the catch-all 404 would take the host's own
- * unmatched requests, and uWS aborts the process on a route registered twice.
+ * only GET/HEAD /healthz and GET /metrics (and the demo's, when `demo` is on): the 405s on those paths and the
+ * catch-all 404 would take the host's own unmatched requests, and uWS aborts the process on a route registered twice.
  */
 export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp = true): void {
   const { options: o, registry, log } = ctx;
@@ -384,11 +384,18 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       sendJson(res, st, 200, { status: 'success', message: 'reset' });
     });
   }
-  if (ownApp) app.any('/*', (res, req) => {
+  const notFound = (res: HttpResponse, req: HttpRequest): void => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
     sendError(res, st, new UploadError('ERR_NOT_FOUND'), log);
-  });
+  };
+  if (ownApp) {
+    app.any('/*', notFound);
+  } else if (o.prefix !== '') {
+    // On a host's app the prefix is still the engine's: an unknown route under it is answered like on its own server.
+    app.any(o.prefix, notFound);
+    app.any(`${o.prefix}/*`, notFound);
+  }
 }
 
 /**

@@ -132,7 +132,7 @@ export class WindowScheduler {
     }
     if (e.window === 0) return;
     this.#set(h, e, e.window - 1);
-    if (e.window === 0 && this.#entries.has(h)) this.#waiting.push(h);
+    if (e.window === 0) this.#wait(h, e);
     this.#grant();
   }
 
@@ -175,9 +175,12 @@ export class WindowScheduler {
       if (e.window === 0 || !this.#entries.has(h)) continue;
       this.#set(h, e, 0);
       open--;
-      if (this.#entries.has(h)) this.#waiting.push(h);
+      this.#wait(h, e);
     }
-    if (added !== null && !this.#waiting.includes(added)) this.#waiting.push(added);
+    if (added !== null) {
+      const e = this.#entries.get(added);
+      if (e) this.#wait(added, e);
+    }
     this.#grant();
     if (this.#waiting.length > 0) this.#startSweep();
   }
@@ -237,6 +240,14 @@ export class WindowScheduler {
     this.#sweep = null;
   }
 
+  /**
+   * Queues `h` for a slot: only while it is open, has window 0 and is not queued already (a windowChanged callback
+   * that removes another holder runs a rebalance in between, which may have given `h` a slot again).
+   */
+  #wait(h: WindowHolder, e: Entry): void {
+    if (e.window === 0 && this.#entries.has(h) && !this.#waiting.includes(h)) this.#waiting.push(h);
+  }
+
   /** Connections holding a slot with nothing in flight for idleMs give it to the waiting ones. */
   #takeIdleSlots(): void {
     if (this.#waiting.length === 0) return this.#stopSweep();
@@ -245,7 +256,7 @@ export class WindowScheduler {
       if (this.#waiting.length === 0) break;
       if (e.window === 0 || h.inFlight > 0 || now - e.lastActive < this.#idleMs) continue;
       this.#set(h, e, 0);
-      if (this.#entries.has(h)) this.#waiting.push(h);
+      this.#wait(h, e);
       this.#grant();
     }
   }

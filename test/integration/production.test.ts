@@ -306,6 +306,11 @@ describe('embedding', () => {
     try {
       const other = await fetch(`${base}/app/page`, { method: 'DELETE' });
       expect([other.status, await other.text()]).toEqual([418, 'host fallback']);
+      // Under the prefix the engine still answers an unknown route itself.
+      for (const route of [`${PREFIX}/nope`, PREFIX]) {
+        const r = await call(base, 'GET', route);
+        expect([r.status, r.json.code], route).toEqual([404, 'ERR_NOT_FOUND']);
+      }
       expect((await fetch(`${base}/healthz`)).status).toBe(200);
       expect((await call(base, 'GET', `${PREFIX}/upload-status?guid=nope`)).json.code).toBe('ERR_UPLOAD_NOT_FOUND');
     } finally {
@@ -324,6 +329,11 @@ describe('embedding', () => {
     await engine.close();
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
     await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow('engine is closed');
+    // A close() racing the start of listen(): the listen is refused rather than opening a socket nothing stops.
+    const racing = createUploadEngine({ dir: await tempDir(), logLevel: 'silent', workers: 2, demo: true });
+    const listening = racing.listen(0, '127.0.0.1');
+    await racing.close();
+    await expect(listening).rejects.toThrow('engine is closed');
     // The root is free again: another engine starts on it.
     const next = createUploadEngine({ dir, logLevel: 'silent', workers: 2 });
     await next.listen(0, '127.0.0.1');
