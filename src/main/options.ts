@@ -318,7 +318,8 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
   prefix = prefix.replace(/\/+$/, '');
   const maxChunkSize = int('maxChunkSize', o.maxChunkSize, 64 * MiB, 1, 1024 * MiB);
   // The defaults follow the limits given, so that min <= chunkSize <= max holds whichever ones are set.
-  const minChunkSize = int('minChunkSize', o.minChunkSize, Math.min(1 * KiB, maxChunkSize), 1, maxChunkSize);
+  const givenChunk = Number.isSafeInteger(o.chunkSize) && (o.chunkSize as number) >= 1 ? (o.chunkSize as number) : Number.POSITIVE_INFINITY;
+  const minChunkSize = int('minChunkSize', o.minChunkSize, Math.min(1 * KiB, maxChunkSize, givenChunk), 1, maxChunkSize);
   const chunkSize = int('chunkSize', o.chunkSize, Math.min(Math.max(8 * MiB, minChunkSize), maxChunkSize), minChunkSize, maxChunkSize);
   const tokens = new Map<string, string>();
   for (const [token, user] of Object.entries(o.tokens ?? {})) {

@@ -345,6 +345,8 @@ describe('embedding', () => {
     await createUploadEngine({ dir: await tempDir(), batchSize: 32 * 1024 * 1024, logLevel: 'silent', workers: 1 }).close();
     expect(resolveOptions({ maxChunkSize: 512 })).toMatchObject({ minChunkSize: 512, chunkSize: 512, maxChunkSize: 512 });
     expect(resolveOptions({ minChunkSize: 16 * 1024 * 1024 })).toMatchObject({ chunkSize: 16 * 1024 * 1024 });
+    expect(resolveOptions({ chunkSize: 512 })).toMatchObject({ minChunkSize: 512, chunkSize: 512 });
+    expect(() => resolveOptions({ chunkSize: 512, minChunkSize: 1024 })).toThrow('invalid option chunkSize');
   });
 });
 
