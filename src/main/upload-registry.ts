@@ -123,6 +123,9 @@ export interface CreationPlace {
 }
 
 export class UploadRegistry extends EventEmitter<UploadEvents> {
+  /** How long an end or a stop waits for write tasks to leave an upload's files (ms); tests lower it. */
+  static workersLeftMs = 30_000;
+
   readonly #uploads = new Map<string, Upload>();
   readonly creating = new PendingCreations();
   readonly store: StateStore;
@@ -613,8 +616,19 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const direct = u.directFd;
     u.fd = null;
     u.directFd = null;
-    if (direct !== null) await closeFd(direct).catch(() => {});
-    if (fd !== null) await closeFd(fd).catch(() => {});
+    const closeData = async (): Promise<void> => {
+      if (direct !== null) await closeFd(direct).catch(() => {});
+      if (fd !== null) await closeFd(fd).catch(() => {});
+    };
+    if (u.tasksInFlight === 0) {
+      await closeData();
+    } else if (fd !== null || direct !== null) {
+      // A write task still holds these numbers (the disk stalled past workersLeft's wait). Closed now, a number could
+      // be reused by the next open, and the task's next write would land in that other file: they are closed once
+      // the last task has returned.
+      this.log.error({ guid: u.guid, tasks: u.tasksInFlight }, 'write tasks still running; the staging file is closed when they end');
+      void whenWorkersLeft(u).then(closeData);
+    }
     const j = u.journal;
     u.journal = null;
     if (j) await j.close();
@@ -896,11 +910,25 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /**
- * Waits (up to 30 s) until no write task of the upload is in flight, so its files can be closed or removed without a
- * worker still writing into them (durability.md invariant 9). Polls the shared counter: the main thread never blocks.
+ * Waits (up to UploadRegistry.workersLeftMs, 30 s) until no write task of the upload is in flight, so its files can
+ * be closed or removed without a worker still writing into them (durability.md invariant 9); #closeFiles keeps the
+ * data fds open past that if one still is. Polls the shared counter: the main thread never blocks.
  */
 async function workersLeft(u: Upload): Promise<void> {
-  for (let i = 0; i < 3000 && u.tasksInFlight > 0; i++) await sleep(10);
+  const deadline = performance.now() + UploadRegistry.workersLeftMs;
+  while (u.tasksInFlight > 0 && performance.now() < deadline) await sleep(10);
+}
+
+/** Resolves once no write task of the upload is in flight, however long that takes (polls; never keeps the process up). */
+function whenWorkersLeft(u: Upload): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      if (u.tasksInFlight > 0) return;
+      clearInterval(timer);
+      resolve();
+    }, 100);
+    timer.unref?.();
+  });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -20,6 +20,7 @@ import { SlabPool } from '../../src/main/slab-pool.js';
 import type { UploadMeta } from '../../src/main/state-store.js';
 import { UploadRegistry } from '../../src/main/upload-registry.js';
 import { WritePool } from '../../src/main/write-pool.js';
+import { H_TASKS_IN_FLIGHT } from '../../src/workers/shared-layout.js';
 
 const CS = 64 * 1024;
 const log = pino({ level: 'silent' });
@@ -284,6 +285,37 @@ describe('a completion and a reload touch only what is theirs', () => {
     await expect(fsp.stat(next.registry.store.partPath(u.guid))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(fsp.stat(path.join(dir, 'cut.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
     await next.registry.close();
+  });
+
+  it('a write task still running after the wait keeps the staging fd open until it returns (no fd number reused under it)', async () => {
+    const dir = await rootDir();
+    const { registry } = await open(dir);
+    const u = await registry.create('anonymous', { fileName: 'stall.bin', fileSize: 2 * CS, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    const part = registry.store.partPath(u.guid);
+    const openOnPart = (): number =>
+      fs.readdirSync('/proc/self/fd').filter((n) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${n}`).startsWith(part);
+        } catch {
+          return false;
+        }
+      }).length;
+    expect(openOnPart()).toBeGreaterThan(0);
+    // A task stuck in the disk past the end's wait (shortened here from 30 s).
+    const waitMs = UploadRegistry.workersLeftMs;
+    UploadRegistry.workersLeftMs = 50;
+    Atomics.add(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+    try {
+      await registry.cancel(u);
+      expect(u.status).toBe('cancelled');
+      expect(openOnPart()).toBeGreaterThan(0); // still open (the file itself is already unlinked)
+      Atomics.sub(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+      for (let i = 0; i < 50 && openOnPart() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(openOnPart()).toBe(0);
+    } finally {
+      UploadRegistry.workersLeftMs = waitMs;
+    }
+    await registry.close();
   });
 
   it('a stop waits for an init under way: it is refused, and leaves no open file and no staging files', async () => {
