@@ -329,6 +329,20 @@ describe('embedding', () => {
     await engine.close();
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
     await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow('engine is closed');
+    // attach() with the demo on, closed while it mounts: nothing is mounted on the host's app.
+    const host = uWS.App();
+    const attaching = createUploadEngine({ dir: await tempDir(), logLevel: 'silent', workers: 2, demo: true });
+    const attached = attaching.attach(host);
+    await attaching.close();
+    await expect(attached).rejects.toThrow('engine is closed');
+    host.any('/*', (res) => void res.writeStatus('418 I\'m a teapot').end('host'));
+    const hostSocket = await new Promise<uWS.us_listen_socket | false>((r) => host.listen('127.0.0.1', 0, r));
+    try {
+      const page = await fetch(`http://127.0.0.1:${uWS.us_socket_local_port(hostSocket as uWS.us_listen_socket)}/`);
+      expect(page.status).toBe(418);
+    } finally {
+      uWS.us_listen_socket_close(hostSocket as uWS.us_listen_socket);
+    }
     // A close() racing the start of listen(): the listen is refused rather than opening a socket nothing stops.
     const racing = createUploadEngine({ dir: await tempDir(), logLevel: 'silent', workers: 2, demo: true });
     const listening = racing.listen(0, '127.0.0.1');

@@ -164,6 +164,8 @@ describe('a completion and a reload touch only what is theirs', () => {
         { hookStarted: true, hookRefused: true, finalName: `../${path.basename(outside)}` },
         { targetPath: ['..'] },
         { fileName: 'a/b' },
+        { status: 'active', fileSize: 3, chunkSize: CS, totalChunks: 2 }, // totalChunks is not ceil(fileSize / chunkSize)
+        { status: 'bogus' as UploadMeta['status'] },
       ];
       const guids: string[] = [];
       for (const b of bad) {
@@ -330,11 +332,18 @@ describe('a completion and a reload touch only what is theirs', () => {
       return writeMeta(meta);
     };
     const creating = registry.create('anonymous', { fileName: 'late.bin', fileSize: 10, chunkSize: CS, totalChunks: 1, targetPath: [] });
+    let settled = false;
+    creating.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
     await started;
     await registry.close();
-    await expect(creating).rejects.toMatchObject({ code: 'ERR_SHUTTING_DOWN' });
+    // close() itself waited for the init: it is settled and cleaned up by the time close() resolves.
+    expect(settled).toBe(true);
     const staging = registry.options.stagingDir;
     expect(await fsp.readdir(staging)).toEqual([]);
+    await expect(creating).rejects.toMatchObject({ code: 'ERR_SHUTTING_DOWN' });
     const open_ = (await fsp.readdir('/proc/self/fd')).map((fd) => {
       try {
         return fs.readlinkSync(`/proc/self/fd/${fd}`);

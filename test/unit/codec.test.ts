@@ -546,9 +546,12 @@ describe('updraft.v1 frames', () => {
     const header = pack({ t: 'chunk', c: 5, k: undefined });
     expect(Buffer.from(header).includes(Buffer.from([0xd4, 0x00, 0x00]))).toBe(true);
     expect(decodeClientFrame(rawFrame([...header], [9])).message).toEqual({ t: 'chunk', c: 5 });
-    // Any other fixext 1 of type 0 is still an extension the doc refuses.
-    const other = mapOf([[...str('t'), ...str('status')], [...str('x'), 0xd4, 0x00, 0x01]]);
-    expect(codeOf(() => decodeClientFrame(rawFrame(other)))).toBe('ERR_CHUNK_HEADER_INVALID');
+    // Any other extension is still refused by the header check itself (msgpackr would decode these without complaint):
+    // fixext 1 of type 0 with other data, a fixext 4 of an application type, an ext 8 of type 0.
+    for (const ext of [[0xd4, 0x00, 0x01], [0xd6, 0x74, 0, 0, 0, 0], [0xc7, 0x01, 0x00, 0x01]]) {
+      const other = mapOf([[...str('t'), ...str('status')], [...str('x'), ...ext]]);
+      expect(codeOf(() => decodeClientFrame(rawFrame(other))), ext.join(' ')).toBe('ERR_CHUNK_HEADER_INVALID');
+    }
   });
 
   /** A valid {t: 'status', p: 'xxx...'} header of exactly `size` bytes. */

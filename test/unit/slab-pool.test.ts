@@ -246,6 +246,39 @@ describe('SlabPool', () => {
       expect(pool.filling).toBe(0);
     });
 
+    it('with one waiter, the slow yield goes to the slab held longest (by when it was taken), not the first listed', async () => {
+      const pool = new SlabPool({ slabSize: KIB, maxBytes: 8 * KIB, maxFilling: 2, idleYieldMs: 1000, maxHoldMs: 40 });
+      const calls: string[] = [];
+      const x = pool.tryAcquire()!;
+      const y = pool.tryAcquire()!;
+      let a: Slab | null = null;
+      pool.onAvailable((slab) => (a = slab)); // a waits, so it is listed before b once served
+      pool.release(x);
+      await new Promise((r) => setTimeout(r, 0));
+      expect(a).not.toBeNull();
+      pool.release(y);
+      const b = pool.tryAcquire((reason) => {
+        calls.push(`b:${reason}`);
+        pool.release(b); // as a holder does: its place goes to the waiter
+      })!;
+      await new Promise((r) => setTimeout(r, 20));
+      pool.watchIdle(a!, (reason) => calls.push(`a:${reason}`)); // a's hold restarts here: b is now the older one
+      const keepBusy = setInterval(() => {
+        pool.touch(a!);
+        pool.touch(b);
+      }, 2);
+      try {
+        await new Promise((r) => setTimeout(r, 80));
+        pool.onAvailable((slab) => pool.release(slab));
+        await new Promise((r) => setTimeout(r, 60));
+        expect(calls).toEqual(['b:slow']);
+      } finally {
+        clearInterval(keepBusy);
+      }
+      pool.release(a!);
+      expect(pool.filling).toBe(0);
+    });
+
     it('sealAndTake keeps the holder\'s reading place: a waiter does not get it in between', async () => {
       const pool = new SlabPool({ slabSize: KIB, maxBytes: 3 * KIB, maxFilling: 1 });
       const a = pool.tryAcquire()!;
