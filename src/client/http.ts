@@ -150,9 +150,13 @@ export class HttpApi {
     const retryAfterMs = parseRetryAfter(res.headers.get('retry-after'));
     const code = env?.code ?? (res.status >= 500 ? 'ERR_INTERNAL' : 'ERR_PROTOCOL');
     const message = env?.message ?? `HTTP ${res.status} ${res.statusText}`.trim();
-    const retryableFlag = (env?.data as { retryable?: unknown } | undefined)?.retryable === true;
+    const retryable = (env?.data as { retryable?: unknown } | undefined)?.retryable;
     const error = new ClientError(code, message, { status: res.status });
-    if (res.status >= 500 || res.status === 429 || (retryableFlag && isTransient4xx(code))) {
+    // The server's own word wins: a 5xx it marks `retryable: false` (a refused completion, no disk space) fails at
+    // once with its code; asking again would only hear that the upload has failed. A 5xx or 429 without an envelope
+    // (a proxy's 502) is retried.
+    if (retryable === false) throw error;
+    if (res.status >= 500 || res.status === 429 || (retryable === true && isTransient4xx(code))) {
       throw new RetryableReply(error, retryAfterMs);
     }
     throw error;

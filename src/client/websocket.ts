@@ -66,6 +66,9 @@ function webSocketImpl(): Promise<{ ctor: WebSocketCtor; isWsPackage: boolean }>
   return implementation;
 }
 
+/** How long a client that stops gives the server to answer its close frame before dropping the connection. */
+const CLOSE_GRACE_MS = 1000;
+
 export type WsOutcome =
   | { kind: 'complete'; fileName: string; size: number }
   | { kind: 'connect-failed'; error: ClientError }
@@ -442,6 +445,14 @@ export class WsSession {
   #fail(e: unknown): void {
     if (this.#settled) return;
     this.#closeSocket(1000, 'client stopped');
+    // A peer that never answers the close (a dead route) would keep the socket, and a Node process, up for ws's
+    // 30 s close timeout after `done` settled: give the handshake a second, then drop the connection.
+    const ws = this.#ws as (WebSocketLike & { terminate?: () => void }) | undefined;
+    const drop = setTimeout(() => {
+      // Still not CLOSED: the handshake went unanswered (CLOSING is what a sent, unanswered close looks like).
+      if (ws !== undefined && ws.readyState !== 3 && typeof ws.terminate === 'function') ws.terminate();
+    }, CLOSE_GRACE_MS);
+    (drop as { unref?: () => void }).unref?.();
     this.#finish();
     this.#reject(e);
   }

@@ -99,7 +99,7 @@ export function sendError(res: HttpResponse, st: ResponseState, err: unknown, lo
   if (e.status >= 500) log.warn({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
   else log.debug({ reqId: st.requestId, code: e.code, status: e.status }, e.message);
   const headers: Record<string, string> = {};
-  if (e.status === 429 || e.status === 503 || e.code === 'ERR_CHUNK_BUSY') headers['Retry-After'] = '1';
+  if (e.retryable && (e.status === 429 || e.status === 503 || e.code === 'ERR_CHUNK_BUSY')) headers['Retry-After'] = '1';
   if (e.code === 'ERR_METHOD_NOT_ALLOWED' && e.details?.allow) headers['Allow'] = String(e.details.allow);
   const body: Envelope<unknown> = { status: envelopeStatusFor(e.status), message: e.message, code: e.code };
   const data: Record<string, unknown> = { retryable: e.retryable };

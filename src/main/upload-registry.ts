@@ -409,7 +409,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       this.emit('completed', { ...uploadInfo(u), finalName: name, durationMs });
       return { guid: u.guid, fileName: name, size: u.fileSize, targetPath: u.targetPath.join('/') };
     } catch (e) {
-      const err = e instanceof UploadError ? e : storageFailure(e);
+      // The upload fails with this error: final whatever its code (a hook's ERR_SERVER_BUSY too), so the client that
+      // hears it does not ask again only to learn the upload has failed.
+      const cause = e instanceof UploadError ? e : storageFailure(e);
+      const err = new UploadError(cause.code, cause.message, cause.details, false);
       // A file already placed (its folder could not be synced, the staging name not unlinked) goes again: a failed
       // upload leaves nothing under its final name, as when the hook refuses it.
       if (placed !== null) {

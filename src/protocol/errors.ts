@@ -90,13 +90,14 @@ export class UploadError extends Error {
   /** Extra fields sent to the client in `data` (never paths). */
   readonly details?: Record<string, unknown>;
 
-  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>) {
+  /** `retryable`: overrides the catalogue's flag (a failed upload's error is final whatever its code). */
+  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>, retryable?: boolean) {
     const spec: ErrorSpec = ERRORS[code];
     super(message ?? spec.message);
     this.name = 'UploadError';
     this.code = code;
     this.status = spec.status;
-    this.retryable = spec.retryable;
+    this.retryable = retryable ?? spec.retryable;
     if (details !== undefined) this.details = details;
   }
 }

@@ -15,6 +15,7 @@ import { PREFIX, bytesOf, call, initUpload, startServer, tempDir } from '../fixt
 import type { TestServer } from '../fixtures/server.js';
 import { TestSocket } from '../fixtures/ws-client.js';
 import { startProxy } from './client-fixtures.js';
+import { completionFailures } from '../fixtures/completion-failures.js';
 import type { TestProxy } from './client-fixtures.js';
 
 const KiB = 1024;
@@ -533,6 +534,18 @@ describe('client: retries and errors', () => {
     }
     expect(r.bytesByTransport.http).toBe(data.length);
     await expectStored(server, 'retry.bin', data);
+  });
+
+  it.each(completionFailures)('a completion the server refuses fails at once with its code over PUT, without a retry: %s', async (_label, options, prepare, code) => {
+    // A 5xx the server marks retryable:false was retried, and the retry heard only ERR_UPLOAD_FAILED.
+    server = await startServer(options);
+    const data = bytesOf(256 * KiB + 5);
+    const retries: RetryEvent[] = [];
+    await prepare(server.dir, 'refused.bin');
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'refused.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 1, retry: { baseDelayMs: 5 } });
+    h.on('retry', (e) => retries.push(e));
+    await expect(h.done).rejects.toMatchObject({ code });
+    expect(retries).toEqual([]);
   });
 
   it('gives up after the configured attempts with the server code', async () => {

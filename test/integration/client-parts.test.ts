@@ -16,7 +16,7 @@ const sent = vi.hoisted(() => [] as Array<{ t: string; c?: number; o?: number; l
  * Bad links, per test: `delay` holds back one part frame (and, to keep the order, every frame after it) for `ms`;
  * `blackHole` makes the next connection swallow every frame the client sends after hello, as a dead route would.
  */
-const link = vi.hoisted(() => ({ delay: null as null | { c: number; o: number; ms: number }, blackHole: false, terminated: 0 }));
+const link = vi.hoisted(() => ({ delay: null as null | { c: number; o: number; ms: number }, blackHole: false, deafToClose: false, terminated: 0 }));
 
 // The client loads `ws` on Node 20; this one records each frame's header before sending it.
 vi.mock('ws', async (importOriginal) => {
@@ -29,6 +29,11 @@ vi.mock('ws', async (importOriginal) => {
       super(...args);
       this.#swallow = link.blackHole;
       link.blackHole = false;
+    }
+    /** `deafToClose`: the close handshake never completes, as with a peer that is gone. */
+    override close(...args: Parameters<InstanceType<typeof real.WebSocket>['close']>): void {
+      if (link.deafToClose) return;
+      super.close(...args);
     }
     /** Counted: a dead connection must be terminated, not closed with a handshake that holds the process 30 s. */
     override terminate(): void {
@@ -63,6 +68,7 @@ afterEach(async () => {
   sent.length = 0;
   link.delay = null;
   link.blackHole = false;
+  link.deafToClose = false;
   link.terminated = 0;
   await server?.close();
   server = null;
@@ -118,6 +124,22 @@ describe('client: updraft.v1 parts', () => {
     // 512 KiB parts (the second one late), then, after ERR_CHUNK_INCOMPLETE, the chunk again in 256 KiB parts.
     expect(chunk0.slice(0, 2)).toEqual([[0, 512 * KiB], [512 * KiB, 512 * KiB]]);
     expect(chunk0.slice(-4)).toEqual([0, 1, 2, 3].map((i) => [i * 256 * KiB, 256 * KiB]));
+  });
+
+  it('an aborted upload whose close handshake goes unanswered drops the connection after a second, not ws\'s 30 s', async () => {
+    server = await startServer();
+    const data = bytesOf(8 * MiB);
+    const abort = new AbortController();
+    const handle = upload(data, { endpoint: `${server.base}${PREFIX}`, fileName: 'aborted.bin', chunkSize: MiB, transport: 'websocket', signal: abort.signal });
+    handle.on('progress', (p) => {
+      if (p.loaded === 0 || abort.signal.aborted) return; // a chunk acknowledged: the WebSocket is up
+      link.deafToClose = true;
+      abort.abort();
+    });
+    await expect(handle.done).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expect(link.terminated).toBe(0); // the close is tried first
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(link.terminated).toBe(1);
   });
 
   it('drops a connection that carries nothing while chunks are in flight (stallTimeoutMs) and finishes on a new one', async () => {
