@@ -58,7 +58,9 @@ import { WindowScheduler } from './ws-windows.js';
  * ERR_INTERNAL...): then 4009, the upload failed.
  */
 class UploadFailure extends UploadError {
-  override readonly retryable: boolean = false;
+  constructor(code: ErrorCode, message: string) {
+    super(code, message, undefined, false);
+  }
   get closeCode(): number {
     return ERRORS[this.code].retryable ? CLOSE_UPLOAD_FAILED : closeCodeForError(this.code);
   }

@@ -5,35 +5,23 @@
  */
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ChunkReceiver, claimChunk, nextWriterId, writeWholeChunk } from '../../src/main/chunk-ingest.js';
 import type { IngestContext } from '../../src/main/chunk-ingest.js';
 import { resolveOptions } from '../../src/main/options.js';
 import type { UploadEngineOptions } from '../../src/main/options.js';
 import { SlabPool } from '../../src/main/slab-pool.js';
 import { UploadRegistry } from '../../src/main/upload-registry.js';
-import { WritePool } from '../../src/main/write-pool.js';
 import { UploadError } from '../../src/protocol/errors.js';
+import { registryHarness } from '../fixtures/registry-harness.js';
 
 const CS = 256 * 1024;
 const SLAB = 64 * 1024;
-const log = pino({ level: 'silent' });
-const pool = new WritePool({ workers: 2 });
-const dirs: string[] = [];
-
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await fsp.rm(d, { recursive: true, force: true });
-});
-afterAll(async () => {
-  await pool.close();
-});
+const { log, pool, rootDir } = registryHarness('lifecycle');
 
 async function setUp(extra: UploadEngineOptions = {}) {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'updraft-lifecycle-'));
-  dirs.push(dir);
+  const dir = await rootDir();
   const options = resolveOptions({ dir, chunkSize: CS, batchSize: SLAB, logLevel: 'silent', ...extra });
   const registry = new UploadRegistry(options, log);
   await registry.start();

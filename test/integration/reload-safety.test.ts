@@ -8,10 +8,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { writeWholeChunk } from '../../src/main/chunk-ingest.js';
 import type { IngestContext } from '../../src/main/chunk-ingest.js';
 import { resolveOptions } from '../../src/main/options.js';
@@ -19,26 +17,11 @@ import type { ResolvedOptions, UploadEngineOptions } from '../../src/main/option
 import { SlabPool } from '../../src/main/slab-pool.js';
 import type { UploadMeta } from '../../src/main/state-store.js';
 import { UploadRegistry } from '../../src/main/upload-registry.js';
-import { WritePool } from '../../src/main/write-pool.js';
 import { H_TASKS_IN_FLIGHT } from '../../src/workers/shared-layout.js';
+import { registryHarness } from '../fixtures/registry-harness.js';
 
 const CS = 64 * 1024;
-const log = pino({ level: 'silent' });
-const pool = new WritePool({ workers: 2 });
-const dirs: string[] = [];
-
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await fsp.rm(d, { recursive: true, force: true });
-});
-afterAll(async () => {
-  await pool.close();
-});
-
-async function rootDir(): Promise<string> {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'updraft-reload-'));
-  dirs.push(dir);
-  return dir;
-}
+const { log, pool, rootDir } = registryHarness('reload');
 
 async function open(dir: string, extra: UploadEngineOptions = {}): Promise<{ options: ResolvedOptions; registry: UploadRegistry; ctx: IngestContext }> {
   const options = resolveOptions({ dir, chunkSize: CS, batchSize: CS, logLevel: 'silent', ...extra });

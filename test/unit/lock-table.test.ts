@@ -1,28 +1,18 @@
-import { Piscina } from 'piscina';
+import type { Piscina } from 'piscina';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { workerSpec } from '../../src/main/worker-spec.js';
 import { acquire, forceRelease, holder, release } from '../../src/workers/lock-table.js';
 import type { AcquireReply, AcquireRequest, HammerReply, HammerRequest } from '../fixtures/lock-table-worker.js';
+import { startedThreads } from '../fixtures/thread-pool.js';
 
 const THREADS = 3;
 let pool: Piscina;
 
 beforeAll(() => {
-  // Real worker threads, one task per thread, all started up front so that concurrent tasks run on distinct threads.
-  pool = new Piscina({
-    ...workerSpec('../fixtures/lock-table-worker', import.meta.url),
-    // piscina loads the module at worker start-up through `name` (default: 'default'); when that export is missing it
-    // retries with import(), which has no tsx hooks in a worker on Node 20 and fails. Name an export that exists.
-    name: 'acquireOnce',
-    minThreads: THREADS,
-    maxThreads: THREADS,
-    concurrentTasksPerWorker: 1,
-  });
+  pool = startedThreads('lock-table-worker', 'acquireOnce', THREADS);
 });
 
 afterAll(async () => {
-  // destroy, not close: a worker left asleep by a failed test must not hold the run up.
   await pool.destroy();
 });
 

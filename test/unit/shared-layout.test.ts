@@ -1,6 +1,5 @@
-import { Piscina } from 'piscina';
+import type { Piscina } from 'piscina';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { workerSpec } from '../../src/main/worker-spec.js';
 import {
   B_RECEIVED_BYTES,
   H_CHUNK_SIZE,
@@ -21,6 +20,7 @@ import {
   viewSharedState,
 } from '../../src/workers/shared-layout.js';
 import type { SetBitsReply, SetBitsRequest } from '../fixtures/shared-layout-worker.js';
+import { startedThreads } from '../fixtures/thread-pool.js';
 
 describe('shared layout', () => {
   it('creates a state with the geometry in the header and nothing received', () => {
@@ -152,19 +152,10 @@ describe('shared layout, real worker threads', () => {
   let pool: Piscina;
 
   beforeAll(() => {
-    // One task per thread, both threads started up front, so the two tasks run at the same time on distinct threads.
-    // `name` must be an export of the worker module (see test/unit/lock-table.test.ts and src/main/worker-spec.ts).
-    pool = new Piscina({
-      ...workerSpec('../fixtures/shared-layout-worker', import.meta.url),
-      name: 'setBits',
-      minThreads: THREADS,
-      maxThreads: THREADS,
-      concurrentTasksPerWorker: 1,
-    });
+    pool = startedThreads('shared-layout-worker', 'setBits', THREADS);
   });
 
   afterAll(async () => {
-    // destroy, not close: a worker left at the barrier by a failed test must not hold the run up.
     await pool.destroy();
   });
 
