@@ -12,7 +12,7 @@
  *   - Memory: a chunk frame is copied once, synchronously, by `writeWholeChunk` (uWS neuters the message's
  *     ArrayBuffer when the handler returns). A connection never has more than `wsWindow` chunks between that copy
  *     and its reply; past that, a native client is closed (it broke the window it was given in `hello`) and a
- *     PSWebHost chunk is refused with an error. uWS's `maxPayloadLength` bounds one frame, so a larger one closes the
+ *     PSWebHost chunk is refused with an error. PSWebHost chunks also share a bound in bytes (`Hub.psBudget`). uWS's `maxPayloadLength` bounds one frame, so a larger one closes the
  *     socket before it is buffered (uWS then closes abruptly: code 1006 on both sides, no close frame).
  *   - Lifetime: the uWS WebSocket object is dead once `close` has fired (touching it aborts the process). Every send
  *     goes through `Session.#send`, which checks `closed` after whatever await preceded it.
@@ -182,10 +182,19 @@ class Hub {
    * uWS's buffer while it arrives and then copied into the slabs, so both stay within maxInFlightBytes.
    */
   readonly windows: WindowScheduler;
+  /**
+   * PSWebHost clients are told no window, so their chunk copies share a bound of their own, the other half of the
+   * in-flight budget: a chunk that would go past it is refused with ERR_SERVER_BUSY (sent again after a progress),
+   * unless its connection has nothing in flight, so a serial client is never refused.
+   */
+  readonly psBudget: number;
+  /** Bytes of PSWebHost chunks copied and not yet answered, over all connections. */
+  psHeld = 0;
 
   constructor(readonly ctx: RouteContext) {
     this.maxPayload = ctx.options.maxChunkSize + FRAME_LENGTH_SIZE + MAX_FRAME_HEADER;
     this.windows = new WindowScheduler(Math.max(1, Math.floor(ctx.options.maxInFlightBytes / 2)));
+    this.psBudget = Math.max(1, Math.floor(ctx.options.maxInFlightBytes / 2));
   }
 
   get log(): Logger {
@@ -381,11 +390,13 @@ abstract class Session {
 
   /**
    * Starts writing chunk `c` from `bytes`, a view of the uWS message: `writeWholeChunk` copies it before its first
-   * await, so this must be called synchronously from the message handler.
+   * await, so this must be called synchronously from the message handler. `settled` runs when the write has ended,
+   * before the reply.
    */
-  protected write(c: number, bytes: Uint8Array, checksum?: ChunkChecksum): void {
+  protected write(c: number, bytes: Uint8Array, checksum?: ChunkChecksum, settled?: () => void): void {
     this.inFlight++;
-    this.answer(c, writeWholeChunk(this.ctx, this.upload, c, bytes, checksum));
+    const outcome = writeWholeChunk(this.ctx, this.upload, c, bytes, checksum);
+    this.answer(c, settled ? outcome.finally(settled) : outcome);
   }
 
   /** Replies to chunk `c`, counted in `inFlight` by the caller, once `outcome` settles. */
@@ -468,11 +479,18 @@ class PsSession extends Session {
       if (this.inFlight >= this.window) {
         throw new UploadError('ERR_WINDOW_EXCEEDED', `More than ${this.window} chunks waiting on this connection; wait for their progress`);
       }
+      if (this.inFlight > 0 && this.hub.psHeld + bytes.byteLength > this.hub.psBudget) {
+        throw new UploadError('ERR_SERVER_BUSY', 'Too many chunk bytes are waiting for the disk; send this chunk again after a progress');
+      }
     } catch (e) {
       this.refuse(e, c ?? undefined);
       return;
     }
-    this.write(c, new Uint8Array(bytes));
+    const n = bytes.byteLength;
+    this.hub.psHeld += n;
+    this.write(c, new Uint8Array(bytes), undefined, () => {
+      this.hub.psHeld -= n;
+    });
   }
 
   #progress(chunkNumber: number, complete: boolean): void {

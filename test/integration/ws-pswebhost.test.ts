@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { serveOptions } from '../../src/cli/main.js';
@@ -135,6 +136,60 @@ describe('WebSocket, PSWebHost protocol', () => {
     expect(m).toEqual({ type: 'complete', fileName: 'pipelined.bin', size: data.length });
     expect(await s.closed).toEqual({ code: 1000, reason: 'Upload complete' });
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'pipelined.bin')), data)).toBe(0);
+  });
+
+  /** A PUT of chunk 0 that sends half its body: it holds chunk 0's claim, so WebSocket chunks 0 stay in flight. */
+  async function holdChunk0(guid: string, data: Buffer): Promise<http.ClientRequest> {
+    const url = new URL(`${server!.base}${PREFIX}/upload-chunk?guid=${guid}&chunk=0`);
+    const put = http.request(url, { method: 'PUT', headers: { 'content-length': String(CS) } });
+    put.on('error', () => {});
+    put.write(slice(data, CS, 0).subarray(0, CS / 2));
+    await new Promise((r) => setTimeout(r, 200));
+    return put;
+  }
+
+  it('refuses a chunk past wsWindow with ERR_WINDOW_EXCEEDED and keeps the connection open', async () => {
+    server = await startServer({ wsWindow: 2 });
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, 'window.bin');
+    const put = await holdChunk0(guid, data);
+    const s = await open(guid);
+    for (let i = 0; i < 3; i++) s.psChunk(0, slice(data, CS, 0));
+    expect(await s.nextJson()).toMatchObject({ type: 'error', code: 'ERR_WINDOW_EXCEEDED' });
+    put.destroy();
+    expect([await s.nextJson(), await s.nextJson()].map((m) => [m.type, m.chunkNumber])).toEqual([['progress', 0], ['progress', 0]]);
+    s.psChunk(1, slice(data, CS, 1));
+    expect(await s.nextJson()).toMatchObject({ type: 'progress', chunkNumber: 1, receivedChunks: 2, complete: true });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'window.bin')), data)).toBe(0);
+  });
+
+  it('bounds the bytes of PSWebHost chunks in flight over all connections (ERR_SERVER_BUSY), never refusing a connection its first chunk', async () => {
+    // PSWebHost chunk copies share half of maxInFlightBytes: 2 chunks here, whatever the window (8).
+    server = await startServer({ batchSize: CS, maxInFlightBytes: 4 * CS });
+    const data = bytesOf(2 * CS);
+    const { guid } = await init(data.length, 'bound.bin');
+    const put = await holdChunk0(guid, data);
+    const a = await open(guid);
+    // The first two fill the bound; the third and fourth are within the window but past the bound.
+    for (let i = 0; i < 4; i++) a.psChunk(0, slice(data, CS, 0));
+    expect(await a.nextJson()).toMatchObject({ type: 'error', code: 'ERR_SERVER_BUSY' });
+    expect(await a.nextJson()).toMatchObject({ type: 'error', code: 'ERR_SERVER_BUSY' });
+    // A connection with nothing in flight gets its chunk through even past the bound (a serial client is never
+    // refused); its second is refused.
+    const b = await open(guid);
+    b.psChunk(0, slice(data, CS, 0));
+    b.psChunk(0, slice(data, CS, 0));
+    expect(await b.nextJson()).toMatchObject({ type: 'error', code: 'ERR_SERVER_BUSY' });
+    put.destroy();
+    // Every chunk taken is answered (written once, then duplicates), and the bound is free again.
+    const replies = [await a.nextJson(), await a.nextJson(), await b.nextJson()];
+    expect(replies.map((m) => [m.type, m.chunkNumber])).toEqual([['progress', 0], ['progress', 0], ['progress', 0]]);
+    a.psChunk(1, slice(data, CS, 1));
+    a.psChunk(1, slice(data, CS, 1));
+    const last = [await a.nextJson(), await a.nextJson()];
+    expect(last.map((m) => [m.type, m.chunkNumber])).toEqual([['progress', 1], ['progress', 1]]);
+    expect(last.at(-1)).toMatchObject({ receivedChunks: 2, complete: true });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'bound.bin')), data)).toBe(0);
   });
 
   it('takes chunks out of order and duplicates, answering a duplicate with progress and counting it once', async () => {
