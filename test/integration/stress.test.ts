@@ -1,6 +1,7 @@
 /**
  * The stress harness in CI (a short run, about ten seconds: 100 uploads, faults, both transports, one SIGKILL +
- * restart; STRESS_SEED=N replays another seed), and regression tests for what it found.
+ * restart; STRESS_SEED=N replays another seed), a run against a server that corrupts (the harness must fail it),
+ * and regression tests for what it found.
  *
  * The regression tests need a disk whose syncs can be held open, to stand still inside the window between a write
  * and its durability. `fs.fdatasync` (staging files) is wrapped before the engine is imported (its modules capture
@@ -307,6 +308,55 @@ describe('regressions found by the stress harness', () => {
     expect(status.json.data).toMatchObject({ uploadStatus: 'completed', finalName: 'done.bin' });
     expect(Buffer.compare(await fsp.readFile(path.join(dir, 'done.bin')), data)).toBe(0);
   });
+});
+
+describe('the harness fails a server that corrupts', () => {
+  it('reports a completed file with a flipped byte as corrupted and a file nobody uploaded as stray, and the run fails', async () => {
+    let completions = 0;
+    let flipped = 0;
+    // A server that breaks its promise after the fact: every third non-empty completed file gets one byte changed,
+    // and the first completion leaves a file nobody uploaded beside it.
+    server = await fx.startServer({
+      chunkSize: 64 * 1024,
+      onUploadComplete: async (info) => {
+        if (completions++ === 0) await fsp.writeFile(path.join(path.dirname(info.path), 'stray.bin'), 'not uploaded');
+        if (info.size === 0 || completions % 3 !== 1) return;
+        const fh = await fsp.open(info.path, 'r+');
+        try {
+          const b = Buffer.alloc(1);
+          const at = Math.floor(info.size / 2);
+          await fh.read(b, 0, 1, at);
+          b[0] = b[0]! ^ 0xff;
+          await fh.write(b, 0, 1, at);
+        } finally {
+          await fh.close();
+        }
+        flipped++;
+      },
+    });
+    const result = await runStress(
+      {
+        ...DEFAULTS,
+        seed: 7,
+        url: server.base,
+        dir: server.dir,
+        uploads: 15,
+        concurrency: 4,
+        chunkSize: 64 * 1024,
+        maxSize: 512 * 1024,
+        faultScale: 0,
+        durationMs: 30_000,
+        requestTimeoutMs: 10_000,
+        progress: false,
+      },
+      () => {},
+    );
+    const detail = JSON.stringify({ counts: result.counts, corrupted: result.corrupted, stray: result.strayFiles, flipped }, null, 2);
+    expect(flipped, detail).toBeGreaterThan(0);
+    expect(result.counts.corrupted, detail).toBe(flipped);
+    expect(result.strayFiles, detail).toEqual([expect.stringMatching(/\/stray\.bin$/)]);
+    expect(result.ok, detail).toBe(false);
+  }, 60_000);
 });
 
 describe('stress (short run)', () => {
