@@ -575,9 +575,10 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
   const finish = (): void => {
     const r = receiver!;
     phase = 'finishing';
+    // Counted once the body is read to its end, whatever becomes of it (as a WebSocket chunk is when it arrives).
+    ctx.metrics?.bytesReceived.inc(r.received);
     step(async () => {
       const a = await r.finish().finally(unreserve);
-      ctx.metrics?.bytesReceived.inc(r.received);
       receiver = null;
       phase = 'over';
       const { message, data } = chunkReply(a);

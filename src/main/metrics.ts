@@ -42,7 +42,7 @@ export class Metrics {
         this.set(src.activeUploads());
       },
     });
-    this.bytesReceived = new client.Counter({ name: 'updraft_bytes_received_total', help: 'Chunk bytes read from clients', registers });
+    this.bytesReceived = new client.Counter({ name: 'updraft_bytes_received_total', help: 'Chunk bytes read from clients, counted when a whole chunk has arrived', registers });
     this.bytesWritten = new client.Counter({ name: 'updraft_bytes_written_total', help: 'Chunk bytes written to staging files by the workers', registers });
     this.chunkWrite = new client.Histogram({
       name: 'updraft_chunk_write_seconds',
