@@ -1,8 +1,8 @@
 /**
  * Browser resume (issue 4): the guid of an unfinished upload is kept in localStorage under a key made of the
- * endpoint, the file's name, size and lastModified, so the same file picked again after a reload or a crash
- * continues where it stopped. A different file with the same name has another size or lastModified, so it starts
- * fresh. The entry is removed when the upload completes, is cancelled or fails for good.
+ * endpoint, the file's name, size and lastModified, and the target folder asked for (when there is one), so the same
+ * file picked again after a reload or a crash continues where it stopped. A different file with the same name has
+ * another size or lastModified, and the same file sent to another folder has another key, so they start fresh. The entry is removed when the upload completes, is cancelled or fails for good.
  *
  * Everything here tolerates a missing or refusing localStorage (Node, private modes, storage quota, sandboxed
  * iframes): resume is then simply unavailable.
@@ -15,6 +15,8 @@ export interface ResumeKeyParts {
   fileName: string;
   size: number;
   lastModified: number;
+  /** The `targetPath` option as given; absent for the upload root (keys without it are those of earlier versions). */
+  targetPath?: string;
 }
 
 function storage(): Storage | undefined {
@@ -27,7 +29,9 @@ function storage(): Storage | undefined {
 }
 
 export function resumeKey(p: ResumeKeyParts): string {
-  return `${PREFIX}${JSON.stringify([p.endpoint, p.fileName, p.size, p.lastModified])}`;
+  const parts: Array<string | number> = [p.endpoint, p.fileName, p.size, p.lastModified];
+  if (p.targetPath !== undefined) parts.push(p.targetPath);
+  return `${PREFIX}${JSON.stringify(parts)}`;
 }
 
 export function loadGuid(key: string): string | undefined {
@@ -61,6 +65,8 @@ export interface ResumableUpload {
   fileName: string;
   size: number;
   lastModified: number;
+  /** The target folder the upload was started for; absent: the upload root. */
+  targetPath?: string;
   guid: string;
 }
 
@@ -76,11 +82,14 @@ export function listResumable(endpoint?: string | URL): ResumableUpload[] {
       if (key === null || !key.startsWith(PREFIX)) continue;
       const parts: unknown = JSON.parse(key.slice(PREFIX.length));
       const guid = s.getItem(key);
-      if (!Array.isArray(parts) || parts.length !== 4 || !guid) continue;
-      const [ep, fileName, size, lastModified] = parts as [unknown, unknown, unknown, unknown];
+      if (!Array.isArray(parts) || (parts.length !== 4 && parts.length !== 5) || !guid) continue;
+      const [ep, fileName, size, lastModified, targetPath] = parts as [unknown, unknown, unknown, unknown, unknown];
       if (typeof ep !== 'string' || typeof fileName !== 'string' || typeof size !== 'number' || typeof lastModified !== 'number') continue;
+      if (parts.length === 5 && typeof targetPath !== 'string') continue;
       if (want !== undefined && ep !== want) continue;
-      out.push({ endpoint: ep, fileName, size, lastModified, guid });
+      const r: ResumableUpload = { endpoint: ep, fileName, size, lastModified, guid };
+      if (typeof targetPath === 'string') r.targetPath = targetPath;
+      out.push(r);
     }
   } catch {
     // A foreign or corrupt entry: ignore what could not be read.

@@ -391,7 +391,13 @@ export class UploadHandle {
     const src = (this.#src = await openSource(this.#source));
     this.#fileName = o.fileName ?? src.name;
     if (src.isBlob && src.lastModified !== undefined && o.resume !== false) {
-      this.#storeKey = resumeKey({ endpoint: this.#endpoint.href, fileName: this.#fileName, size: src.size, lastModified: src.lastModified });
+      this.#storeKey = resumeKey({
+        endpoint: this.#endpoint.href,
+        fileName: this.#fileName,
+        size: src.size,
+        lastModified: src.lastModified,
+        ...(o.targetPath === undefined ? {} : { targetPath: o.targetPath }),
+      });
     }
 
     let completion = await this.#findOrCreate(src);

@@ -127,6 +127,8 @@ interface Row {
   cancel: HTMLButtonElement;
   error: HTMLElement;
   dirty: boolean;
+  /** Cancel was clicked: the ERR_UPLOAD_CANCELLED that follows is ours, and the row goes. */
+  cancelling: boolean;
 }
 
 const rows = new Set<Row>();
@@ -168,7 +170,7 @@ function createRow(file: File): Row {
   error.hidden = true;
   li.append(head, bar, stats, error);
 
-  const row: Row = { file, handle: undefined, progress: undefined, startedAt: 0, li, meta, fill, pct, bytes, speed, eta, badge, pause, cancel, error, dirty: true };
+  const row: Row = { file, handle: undefined, progress: undefined, startedAt: 0, li, meta, fill, pct, bytes, speed, eta, badge, pause, cancel, error, dirty: true, cancelling: false };
   pause.addEventListener('click', () => onPauseClick(row));
   cancel.addEventListener('click', () => onCancelClick(row));
   return row;
@@ -180,7 +182,15 @@ function start(row: Row): void {
   row.pause.textContent = 'Pause';
   row.cancel.textContent = 'Cancel';
   row.li.dataset.state = 'starting';
-  const h = upload(row.file, { endpoint, ...currentOptions() });
+  let h: UploadHandle;
+  try {
+    h = upload(row.file, { endpoint, ...currentOptions() });
+  } catch (e) {
+    // Options the client refuses (e.g. a chunk size that rounds to 0 bytes): this row fails, the other files go on.
+    row.handle = undefined;
+    fail(row, e);
+    return;
+  }
   row.handle = h;
   h.on('progress', (p) => {
     row.progress = p;
@@ -192,6 +202,7 @@ function start(row: Row): void {
   );
   forgetResumableNotice(row.file);
   schedule(row);
+  updateCounts();
 }
 
 function onPauseClick(row: Row): void {
@@ -208,12 +219,25 @@ function onPauseClick(row: Row): void {
 }
 
 function onCancelClick(row: Row): void {
-  if (row.li.dataset.state === 'failed') {
+  const h = row.handle;
+  if (row.li.dataset.state === 'failed' || h === undefined) {
     removeRow(row);
     return;
   }
+  row.cancelling = true;
   row.cancel.disabled = true;
-  void row.handle?.cancel().finally(() => removeRow(row));
+  h.cancel().then(
+    () => removeRow(row),
+    (e: unknown) => {
+      row.cancelling = false;
+      if (e instanceof ClientError && e.code === 'ERR_UPLOAD_FINALIZING') {
+        // Too late: the server is finishing the file (or has). finish() moves the row to Completed.
+        if (rows.has(row)) row.eta.textContent = 'too late to cancel: finishing…';
+        return;
+      }
+      removeRow(row);
+    },
+  );
 }
 
 function removeRow(row: Row): void {
@@ -313,7 +337,9 @@ function finish(row: Row, r: UploadResult): void {
 
 function fail(row: Row, e: unknown): void {
   const err = e instanceof ClientError ? e : undefined;
-  if (err?.code === 'ERR_UPLOAD_CANCELLED') return; // the row is removed by onCancelClick
+  // Our own cancel: onCancelClick removes the row. A cancel from elsewhere (another tab, an admin's DELETE) is shown.
+  if (err?.code === 'ERR_UPLOAD_CANCELLED' && row.cancelling) return;
+  if (!rows.has(row)) return;
   render(row);
   row.li.dataset.state = 'failed';
   row.li.dataset.error = err?.code ?? 'ERR_UNKNOWN';
@@ -327,11 +353,14 @@ function fail(row: Row, e: unknown): void {
   row.pause.textContent = 'Retry';
   row.cancel.disabled = false;
   row.cancel.textContent = 'Dismiss';
+  updateCounts();
 }
 
 function updateCounts(): void {
   els.activeEmpty.hidden = rows.size > 0;
-  els.activeCount.textContent = rows.size > 0 ? `${rows.size} active` : '';
+  const failed = [...rows].filter((r) => r.li.dataset.state === 'failed').length;
+  const counts = [rows.size - failed > 0 ? `${rows.size - failed} active` : '', failed > 0 ? `${failed} failed` : ''];
+  els.activeCount.textContent = counts.filter((c) => c !== '').join(', ');
   els.doneEmpty.hidden = completedCount > 0;
   els.doneCount.textContent = completedCount > 0 ? `${completedCount} file${completedCount === 1 ? '' : 's'}` : '';
 }

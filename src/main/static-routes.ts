@@ -158,7 +158,13 @@ export async function registerStaticRoutes(app: TemplatedApp, ctx: { options: Re
       if (a === null) {
         res.writeStatus('503 Service Unavailable');
         res.writeHeader('Content-Type', 'text/plain; charset=utf-8');
-        res.end('The demo page is not built: run "npm run build:client" (or install dev dependencies for esbuild).\n');
+        const message = Buffer.from('The demo page is not built: run "npm run build:client" (or install dev dependencies for esbuild).\n');
+        if (head) {
+          res.writeHeader('Content-Length', String(message.length));
+          res.endWithoutBody();
+        } else {
+          res.end(message);
+        }
         return;
       }
       // RFC 9110 13.1.2: a list of tags, compared weakly (a proxy may have marked ours W/), or `*`.

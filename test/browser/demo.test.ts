@@ -157,6 +157,79 @@ describe.runIf(haveChromium)('demo page in Chromium', () => {
     await page.close();
   });
 
+  /** Slow PUTs (the server's auth hook waits), so a test can act mid-upload without timing itself. */
+  const slowPuts = async (req: { method: string }): Promise<string> => {
+    if (req.method === 'PUT') await new Promise((r) => setTimeout(r, 40));
+    return 'anonymous';
+  };
+
+  async function rowState(page: Page, name: string): Promise<Record<string, string>> {
+    return page.locator(`#active li.row[data-name="${name}"]`).evaluate((e) => ({ ...(e as HTMLElement).dataset }) as Record<string, string>);
+  }
+
+  it('shows an upload cancelled elsewhere as failed with its code (Retry and Dismiss), not as still running', async () => {
+    server = await startServer({ demo: true, authenticate: slowPuts });
+    const f = await makeFile('elsewhere.bin', 8 * MiB);
+    const { page, errors } = await openPage(`${server.base}/?transport=http&parallel=2&chunkSize=${256 * 1024}`);
+    await page.locator('#picker').setInputFiles([f.file]);
+    await page.waitForFunction(() => Number(document.querySelector('#active li.row')?.getAttribute('data-loaded') ?? 0) > 0, undefined, { timeout: 30_000 });
+    const guid = (await rowState(page, 'elsewhere.bin')).guid!;
+    // Another client (an admin, another tab) cancels it.
+    expect((await fetch(`${server.base}/api/v1/files/upload-chunk?guid=${guid}`, { method: 'DELETE' })).status).toBe(200);
+    await page.waitForFunction(() => document.querySelector('#active li.row')?.getAttribute('data-state') === 'failed', undefined, { timeout: 30_000 });
+    expect(await rowState(page, 'elsewhere.bin')).toMatchObject({ state: 'failed', error: 'ERR_UPLOAD_CANCELLED' });
+    const row = page.locator('#active li.row');
+    expect(await row.locator('.error-text').isVisible()).toBe(true);
+    expect(await row.locator('button').allTextContents()).toEqual(['Retry', 'Dismiss']);
+    expect(await page.locator('#active-count').textContent()).toBe('1 failed');
+    await row.locator('button', { hasText: 'Dismiss' }).click();
+    expect(await page.locator('#active-empty').isVisible()).toBe(true);
+    // The only console error is Chromium reporting the 410 of a chunk sent after the cancel.
+    expect(errors.filter((e) => !/status of 410/.test(e))).toEqual([]);
+    await page.close();
+  });
+
+  it('fails only the rows whose options the client refuses, keeps adding the other files, and Cancel removes such a row', async () => {
+    server = await startServer({ demo: true });
+    const a = await makeFile('bad-a.bin', 1000);
+    const b = await makeFile('bad-b.bin', 2000);
+    const { page, errors } = await openPage(`${server.base}/`);
+    await page.locator('#settings-form summary').click();
+    await page.locator('#opt-chunk').fill('0.0000001'); // rounds to a 0-byte chunk size
+    await page.locator('#picker').setInputFiles([a.file, b.file]);
+    for (const name of ['bad-a.bin', 'bad-b.bin']) {
+      await page.locator(`#active li.row[data-name="${name}"][data-state="failed"]`).waitFor({ timeout: 10_000 });
+      expect(await page.locator(`#active li.row[data-name="${name}"] .error-text`).textContent()).toMatch(/chunkSize/);
+    }
+    expect(await page.locator('#active-count').textContent()).toBe('2 failed');
+    await page.locator('#active li.row[data-name="bad-a.bin"] button', { hasText: 'Dismiss' }).click();
+    expect(await page.locator('#active li.row').count()).toBe(1);
+    // With the setting fixed, Retry uploads it.
+    await page.locator('#opt-chunk').fill('');
+    await page.locator('#active li.row[data-name="bad-b.bin"] button', { hasText: 'Retry' }).click();
+    await completedItem(page, 'bad-b.bin');
+    expect(await shaOf(path.join(server.dir, 'bad-b.bin'))).toBe(b.sha);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('does not resume a file picked again for another folder into the folder of its first upload', async () => {
+    server = await startServer({ demo: true, authenticate: slowPuts });
+    const size = 8 * MiB;
+    const f = await makeFile('moved.bin', size);
+    const { page, errors } = await openPage(`${server.base}/?transport=http&parallel=2&chunkSize=${256 * 1024}&target=folder-a`);
+    await page.locator('#picker').setInputFiles([f.file]);
+    await page.waitForFunction((min) => Number(document.querySelector('#active li.row')?.getAttribute('data-loaded') ?? 0) >= min, size / 4, { timeout: 30_000 });
+    await page.goto(`${server.base}/?transport=http&parallel=4&chunkSize=${256 * 1024}&target=folder-b`);
+    await page.locator('#picker').setInputFiles([f.file]);
+    const done = await completedItem(page, 'moved.bin', 60_000);
+    expect(done).toMatchObject({ resumed: '0', http: String(size) });
+    expect(await shaOf(path.join(server.dir, 'folder-b', 'moved.bin'))).toBe(f.sha);
+    expect(fs.existsSync(path.join(server.dir, 'folder-a', 'moved.bin'))).toBe(false);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
   it('resumes after a page reload mid-upload instead of restarting', async () => {
     // Slow PUTs (the server's auth hook waits) so the reload lands mid-upload, without timing the test itself.
     server = await startServer({
