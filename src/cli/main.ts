@@ -205,7 +205,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return;
     }
     engine.log.info({ event: 'server.stopping', signal }, 'stopping');
-    const timer = setTimeout(() => resolveExit(1), 15_000);
+    const timer = setTimeout(() => {
+      engine.log.error({ event: 'server.stop_timeout' }, 'the stop took over 15 s: exiting without waiting for it (the state on disk is crash-safe)');
+      resolveExit(1);
+    }, 15_000);
     timer.unref();
     engine.close().then(
       () => {

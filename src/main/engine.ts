@@ -9,6 +9,8 @@ import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
 import { authMode } from './auth.js';
 import { registerHttpRoutes } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
@@ -129,6 +131,9 @@ export class UploadEngine {
       // Held before the reload, which takes over every upload in the staging folder; a failed start is closed by
       // attach(), which lets go of it.
       this.#guard = await holdRoot(this.options.stagingDir, this.options.dir, this.log);
+      // A read-only volume, or a root the server's user cannot write to, would otherwise be found only by the first
+      // init (staging) or, worse, by the first completion, after every byte of that upload was sent (the root).
+      await checkWritable(this.options.stagingDir, this.options.dir);
       await this.#registry.start();
       this.#eld.enable();
       const mode = authMode(this.options);
@@ -202,10 +207,15 @@ export class UploadEngine {
       await closing.catch(() => {});
       throw new Error('engine is closed');
     }
-    const socket = await new Promise<us_listen_socket | false>((resolve) => app.listen(host, port, resolve));
+    // Exclusive: without it uWS sets SO_REUSEPORT on a fixed port, so a second server (or any SO_REUSEPORT listener)
+    // on the same port started too, and the kernel split connections between them (uploads answered 404 at random).
+    // The 4-argument form is in uWS 20.30 (index.d.ts lists only (port, options, cb)).
+    const listenExclusive = app.listen as unknown as (h: string, p: number, o: number, cb: (s: us_listen_socket | false) => void) => void;
+    const socket = await new Promise<us_listen_socket | false>((resolve) => listenExclusive.call(app, host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, resolve));
     if (!socket) {
+      const why = await listenError(host, port);
       await this.close();
-      throw new Error(`could not listen on ${host}:${port}`);
+      throw new Error(`could not listen on ${host}:${port}${why ? ` (${why})` : ''}`);
     }
     this.#listenSocket = socket;
     this.#port = uWS.us_socket_local_port(socket);
@@ -252,3 +262,45 @@ export class UploadEngine {
 export function createUploadEngine(options: UploadEngineOptions = {}): UploadEngine {
   return new UploadEngine(options);
 }
+
+/** uWS ListenOptions.LIBUS_LISTEN_EXCLUSIVE_PORT (a type-only enum in index.d.ts; the value is what the binding takes). */
+const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
+
+/**
+ * Creates, syncs and removes a file in each folder; throws "upload root ... is not writable (CODE)" when a folder
+ * refuses (EROFS, EACCES, EPERM, ENOSPC...). The name starts with `.updraft`, which upload names may not (no client
+ * file is ever in the way), and is fixed, so a crash in between leaves one file that the next start reuses; the root
+ * guard keeps other engines out meanwhile. Whatever has the name is unlinked first (a symlink is never followed).
+ */
+async function checkWritable(...dirs: string[]): Promise<void> {
+  for (const dir of dirs) {
+    const probe = path.join(dir, '.updraft-write-check');
+    try {
+      await fsp.unlink(probe).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      });
+      const fh = await fsp.open(probe, 'wx', 0o600);
+      try {
+        await fh.write('x');
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.unlink(probe);
+    } catch (e) {
+      await fsp.unlink(probe).catch(() => {});
+      const code = (e as NodeJS.ErrnoException).code ?? 'error';
+      throw new Error(`upload root ${dir} is not writable (${code})`);
+    }
+  }
+}
+
+/** Why a listen failed, asked of the OS with node:net (uWS says only that it failed); '' when that bind works. */
+async function listenError(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'EADDRINUSE' ? 'the port is in use' : (e.code ?? e.message)));
+    s.listen({ host, port, exclusive: true }, () => s.close(() => resolve('')));
+  });
+}
+

@@ -6,6 +6,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -261,6 +262,105 @@ describe('restart', () => {
     const next = await startServer({ dir });
     expect((await call(next.base, 'GET', '/healthz')).status).toBe(200);
     await next.close();
+  });
+
+  it('npm start: a SIGTERM to npm reaches the server, which stops gracefully (no orphan left holding the port and root)', async () => {
+    const dir = await tempDir();
+    const npm = spawn('npm', ['start', '--silent', '--', '--port', '0', '--dir', dir], {
+      cwd: ROOT,
+      env: { ...process.env, UPDRAFT_LOG_LEVEL: 'info', UPDRAFT_DEMO: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    npm.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const base = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const timer = setTimeout(() => reject(new Error(`npm start did not start: ${err}`)), 60_000);
+        npm.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = /listening on (http:\/\/\S+)/.exec(out);
+          if (m) {
+            clearTimeout(timer);
+            resolve(m[1]!);
+          }
+        });
+      });
+      expect((await call(base, 'GET', '/healthz')).status).toBe(200);
+      npm.kill('SIGTERM');
+      await waitExit(npm);
+      // The server got the signal: it stopped (logged), and nothing answers on its port any more.
+      const end = Date.now() + 10_000;
+      while (Date.now() < end && !/"event":"server.stopped"/.test(err)) await new Promise((r) => setTimeout(r, 50));
+      expect(err).toMatch(/"event":"server.stopped"/);
+      await expect(fetch(`${base}/healthz`)).rejects.toThrow();
+    } finally {
+      // Whatever is left of this run (found by its own temp folder), so a failure leaves no server behind.
+      let left = '';
+      try {
+        left = execFileSync('pgrep', ['-f', dir]).toString();
+      } catch {
+        // pgrep exits 1 when nothing matches
+      }
+      for (const pid of left.trim().split('\n').filter((p) => p !== '')) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  }, 90_000);
+
+  it('refuses a fixed port another engine listens on (no silent SO_REUSEPORT sharing), saying it is in use', async () => {
+    // A fixed port (the engine on port 0 would get an exclusive one anyway): find a free one, then take it twice.
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const first = createUploadEngine({ dir: await tempDir(), logLevel: 'silent', workers: 1 });
+    await first.listen(port, '127.0.0.1');
+    try {
+      const second = createUploadEngine({ dir: await tempDir(), logLevel: 'silent', workers: 1 });
+      await expect(second.listen(port, '127.0.0.1')).rejects.toThrow(`could not listen on 127.0.0.1:${port} (the port is in use)`);
+      // Every request still reaches the first engine.
+      for (let i = 0; i < 8; i++) expect((await call(`http://127.0.0.1:${port}`, 'GET', '/healthz')).status).toBe(200);
+    } finally {
+      await first.close();
+    }
+  });
+
+  // A read-only bind mount needs root and mount(8); elsewhere (an unprivileged CI) the test says so and is skipped.
+  const canMount = (() => {
+    if (process.getuid?.() !== 0) return false;
+    try {
+      execFileSync('mount', ['--version'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  it.runIf(canMount)('refuses to start on a read-only root whose staging folder exists, instead of failing every init or completion', async () => {
+    const src = await tempDir();
+    await fsp.mkdir(path.join(src, '.updraft-staging'), { mode: 0o700 });
+    const mnt = await tempDir();
+    try {
+      execFileSync('mount', ['--bind', src, mnt]);
+    } catch {
+      return; // no mount in this container: nothing to test here
+    }
+    try {
+      execFileSync('mount', ['-o', 'remount,ro,bind', mnt]);
+      const engine = createUploadEngine({ dir: mnt, logLevel: 'silent', workers: 1 });
+      await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`upload root ${path.join(mnt, '.updraft-staging')} is not writable (EROFS)`);
+      // The CLI says it on one line and exits 1.
+      await expect(startCli(['--dir', mnt])).rejects.toThrow(/CLI exited with 1: updraft serve: upload root .* is not writable \(EROFS\)/);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    expect(await fsp.readdir(src)).toEqual(['.updraft-staging']);
   });
 
   it('removes staging files that have no state at start', async () => {
