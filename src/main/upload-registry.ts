@@ -234,7 +234,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const u = new Upload(meta, createSharedState(req.totalChunks, req.chunkSize, this.options.lockMode));
     try {
       // 'wx': a fresh file, never append mode, so every write lands at the position it names (invariant 10).
-      u.fd = await openFd(this.store.partPath(guid), 'wx', 0o600);
+      // Mode 0666 less the umask, like any file a program creates: it becomes the completed file, which other
+      // readers (a web server, a scanner) may need. Nobody else reaches it before: the staging folder is 0700.
+      u.fd = await openFd(this.store.partPath(guid), 'wx', 0o666);
       u.directFd = await this.#openDirect(this.store.partPath(guid));
       await ftruncate(u.fd, req.fileSize);
       u.journal = await Journal.open(this.store.journalPath(guid));

@@ -246,11 +246,16 @@ describe('restart', () => {
     expect(failed).toMatch(/^CLI exited with 1: updraft serve: EEXIST: file already exists, mkdir '.*a-file'\n$/);
   });
 
-  it('creates a new root with the default mode (readers of completed files need it) and the staging folder 0700', async () => {
+  it('creates a new root and completed files with the default mode (their readers need it) and the staging folder 0700', async () => {
     const dir = path.join(await tempDir(), 'fresh', 'root');
     server = await startServer({ dir });
     expect((await fsp.stat(dir)).mode & 0o777).toBe(0o777 & ~process.umask());
     expect((await fsp.stat(path.join(dir, '.updraft-staging'))).mode & 0o777).toBe(0o700);
+    const data = bytesOf(3000);
+    const init = await initUpload(server.base, { fileName: 'readable.bin', fileSize: data.length, chunkSize: 1024, targetPath: 'sub' });
+    await putChunks(server.base, init.json.data!.guid, data, 1024, [0, 1, 2]);
+    expect((await fsp.stat(path.join(dir, 'sub', 'readable.bin'))).mode & 0o777).toBe(0o666 & ~process.umask());
+    expect((await fsp.stat(path.join(dir, 'sub'))).mode & 0o777).toBe(0o777 & ~process.umask());
   });
 
   it('an engine that cannot listen (port taken) lets go of its root: the next engine on it starts', async () => {
