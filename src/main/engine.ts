@@ -124,7 +124,11 @@ export class UploadEngine {
   #start(): Promise<void> {
     this.#started ??= (async () => {
       // The root with the default mode (the umask's; readers of completed files need it), the staging folder 0700.
-      await fsp.mkdir(this.options.dir, { recursive: true });
+      await fsp.mkdir(this.options.dir, { recursive: true }).catch((e: NodeJS.ErrnoException) => {
+        // A file where the root should be (or on its path): say so rather than "EEXIST ... mkdir".
+        if (e.code === 'EEXIST' || e.code === 'ENOTDIR') throw new Error(`upload root ${this.options.dir} is not a folder (${e.code})`);
+        throw e;
+      });
       await fsp.mkdir(this.options.stagingDir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'EEXIST') throw e;
       });

@@ -243,7 +243,7 @@ describe('restart', () => {
       () => 'started',
       (e: Error) => e.message,
     );
-    expect(failed).toMatch(/^CLI exited with 1: updraft serve: EEXIST: file already exists, mkdir '.*a-file'\n$/);
+    expect(failed).toMatch(/^CLI exited with 1: updraft serve: upload root .*a-file is not a folder \(EEXIST\)\n$/);
   });
 
   it('creates a new root and completed files with the default mode (their readers need it) and the staging folder 0700', async () => {
