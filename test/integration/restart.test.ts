@@ -12,6 +12,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   PREFIX,
   ROOT,
+  awaitListening,
+  collect,
   bytesOf,
   call,
   initUpload,
@@ -276,28 +278,16 @@ describe('restart', () => {
       env: { ...process.env, UPDRAFT_LOG_LEVEL: 'info', UPDRAFT_DEMO: '0' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let err = '';
-    npm.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const stderr = collect(npm);
     try {
-      const base = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        const timer = setTimeout(() => reject(new Error(`npm start did not start: ${err}`)), 60_000);
-        npm.stdout!.on('data', (d: Buffer) => {
-          out += d.toString();
-          const m = /listening on (http:\/\/\S+)/.exec(out);
-          if (m) {
-            clearTimeout(timer);
-            resolve(m[1]!);
-          }
-        });
-      });
+      const base = await awaitListening(npm, stderr, 60_000);
       expect((await call(base, 'GET', '/healthz')).status).toBe(200);
       npm.kill('SIGTERM');
       await waitExit(npm);
       // The server got the signal: it stopped (logged), and nothing answers on its port any more.
       const end = Date.now() + 10_000;
-      while (Date.now() < end && !/"event":"server.stopped"/.test(err)) await new Promise((r) => setTimeout(r, 50));
-      expect(err).toMatch(/"event":"server.stopped"/);
+      while (Date.now() < end && !/"event":"server.stopped"/.test(stderr())) await new Promise((r) => setTimeout(r, 50));
+      expect(stderr()).toMatch(/"event":"server.stopped"/);
       await expect(fetch(`${base}/healthz`)).rejects.toThrow();
     } finally {
       // Whatever is left of this run (found by its own temp folder), so a failure leaves no server behind.
