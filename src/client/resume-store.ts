@@ -15,7 +15,7 @@ export interface ResumeKeyParts {
   fileName: string;
   size: number;
   lastModified: number;
-  /** The `targetPath` option as given; absent for the upload root (keys without it are those of earlier versions). */
+  /** The `targetPath` option as given; absent for the upload root. */
   targetPath?: string;
 }
 
@@ -29,9 +29,9 @@ function storage(): Storage | undefined {
 }
 
 export function resumeKey(p: ResumeKeyParts): string {
-  const parts: Array<string | number> = [p.endpoint, p.fileName, p.size, p.lastModified];
-  if (p.targetPath !== undefined) parts.push(p.targetPath);
-  return `${PREFIX}${JSON.stringify(parts)}`;
+  // Always 5 parts ('' for the root). Keys of 4 parts, from versions that did not record the folder, never match
+  // one made now, so such an entry is never resumed into a folder it may not have been started for.
+  return `${PREFIX}${JSON.stringify([p.endpoint, p.fileName, p.size, p.lastModified, p.targetPath ?? ''])}`;
 }
 
 export function loadGuid(key: string): string | undefined {
@@ -82,13 +82,13 @@ export function listResumable(endpoint?: string | URL): ResumableUpload[] {
       if (key === null || !key.startsWith(PREFIX)) continue;
       const parts: unknown = JSON.parse(key.slice(PREFIX.length));
       const guid = s.getItem(key);
-      if (!Array.isArray(parts) || (parts.length !== 4 && parts.length !== 5) || !guid) continue;
+      // Entries of 4 parts (no folder recorded, from earlier versions) can no longer be resumed: not listed.
+      if (!Array.isArray(parts) || parts.length !== 5 || !guid) continue;
       const [ep, fileName, size, lastModified, targetPath] = parts as [unknown, unknown, unknown, unknown, unknown];
-      if (typeof ep !== 'string' || typeof fileName !== 'string' || typeof size !== 'number' || typeof lastModified !== 'number') continue;
-      if (parts.length === 5 && typeof targetPath !== 'string') continue;
+      if (typeof ep !== 'string' || typeof fileName !== 'string' || typeof size !== 'number' || typeof lastModified !== 'number' || typeof targetPath !== 'string') continue;
       if (want !== undefined && ep !== want) continue;
       const r: ResumableUpload = { endpoint: ep, fileName, size, lastModified, guid };
-      if (typeof targetPath === 'string') r.targetPath = targetPath;
+      if (targetPath !== '') r.targetPath = targetPath;
       out.push(r);
     }
   } catch {

@@ -381,8 +381,9 @@ function showResumable(): void {
   const list = listResumable(endpoint);
   els.resumableList.replaceChildren(
     ...list.map((r) => {
-      const li = el('li', undefined, `${r.fileName} (${formatBytes(r.size)})`);
-      li.dataset.key = `${r.fileName}|${r.size}|${r.lastModified}`;
+      const folder = r.targetPath === undefined ? '' : ` → ${r.targetPath}`;
+      const li = el('li', undefined, `${r.fileName} (${formatBytes(r.size)})${folder}`);
+      li.dataset.key = `${r.fileName}|${r.size}|${r.lastModified}|${r.targetPath ?? ''}`;
       return li;
     }),
   );
@@ -390,7 +391,7 @@ function showResumable(): void {
 }
 
 function forgetResumableNotice(file: File): void {
-  const key = `${file.name}|${file.size}|${file.lastModified}`;
+  const key = `${file.name}|${file.size}|${file.lastModified}|${currentOptions().targetPath ?? ''}`;
   for (const li of els.resumableList.querySelectorAll<HTMLLIElement>('li')) if (li.dataset.key === key) li.remove();
   els.resumable.hidden = els.resumableList.childElementCount === 0;
 }

@@ -137,7 +137,11 @@ export class UploadEngine {
       this.#guard = await holdRoot(this.options.stagingDir, this.options.dir, this.log);
       // A read-only volume, or a root the server's user cannot write to, would otherwise be found only by the first
       // init (staging) or, worse, by the first completion, after every byte of that upload was sent (the root).
-      await checkWritable(this.options.stagingDir, this.options.dir);
+      await checkWritable('staging folder', this.options.stagingDir);
+      await checkWritable('upload root', this.options.dir);
+      // A staging folder made before (a restore, a provisioning script) may be wider than 0700: files in progress are
+      // private only behind it.
+      await fsp.chmod(this.options.stagingDir, 0o700);
       await this.#registry.start();
       this.#eld.enable();
       const mode = authMode(this.options);
@@ -200,6 +204,7 @@ export class UploadEngine {
 
   /** Starts the engine's own server. If it cannot (the port is taken, the root is in use), the engine is closed. */
   async listen(port = this.options.port, host = this.options.host): Promise<ListenInfo> {
+    if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new RangeError(`port must be an integer from 0 to 65535, got ${port}`);
     if (this.#closing !== null) throw new Error('engine is closed');
     if (this.#mounting) throw new Error('engine is already attached to an app');
     const app = uWS.App();
@@ -217,7 +222,7 @@ export class UploadEngine {
     const listenExclusive = app.listen as unknown as (h: string, p: number, o: number, cb: (s: us_listen_socket | false) => void) => void;
     const socket = await new Promise<us_listen_socket | false>((resolve) => listenExclusive.call(app, host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, resolve));
     if (!socket) {
-      const why = await listenError(host, port);
+      const why = await listenError(host, port).catch(() => '');
       await this.close();
       throw new Error(`could not listen on ${host}:${port}${why ? ` (${why})` : ''}`);
     }
@@ -271,31 +276,29 @@ export function createUploadEngine(options: UploadEngineOptions = {}): UploadEng
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
 
 /**
- * Creates, syncs and removes a file in each folder; throws "upload root ... is not writable (CODE)" when a folder
+ * Creates, syncs and removes a file in `dir`; throws "<what> <dir> is not writable (CODE)" when the folder
  * refuses (EROFS, EACCES, EPERM, ENOSPC...). The name starts with `.updraft`, which upload names may not (no client
  * file is ever in the way), and is fixed, so a crash in between leaves one file that the next start reuses; the root
  * guard keeps other engines out meanwhile. Whatever has the name is unlinked first (a symlink is never followed).
  */
-async function checkWritable(...dirs: string[]): Promise<void> {
-  for (const dir of dirs) {
-    const probe = path.join(dir, '.updraft-write-check');
+async function checkWritable(what: string, dir: string): Promise<void> {
+  const probe = path.join(dir, '.updraft-write-check');
+  try {
+    await fsp.unlink(probe).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+    const fh = await fsp.open(probe, 'wx', 0o600);
     try {
-      await fsp.unlink(probe).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ENOENT') throw e;
-      });
-      const fh = await fsp.open(probe, 'wx', 0o600);
-      try {
-        await fh.write('x');
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      await fsp.unlink(probe);
-    } catch (e) {
-      await fsp.unlink(probe).catch(() => {});
-      const code = (e as NodeJS.ErrnoException).code ?? 'error';
-      throw new Error(`upload root ${dir} is not writable (${code})`);
+      await fh.write('x');
+      await fh.datasync();
+    } finally {
+      await fh.close();
     }
+    await fsp.unlink(probe);
+  } catch (e) {
+    await fsp.unlink(probe).catch(() => {});
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    throw new Error(`${what} ${dir} is not writable (${code})`);
   }
 }
 

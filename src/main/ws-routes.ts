@@ -523,8 +523,8 @@ class PsSession extends Session {
     });
   }
 
-  protected sendError(err: UploadError): void {
-    this.#sendControl({ type: 'error', code: err.code, message: err.message });
+  protected sendError(err: UploadError, chunk: number | undefined): void {
+    this.#sendControl(chunk === undefined ? { type: 'error', code: err.code, message: err.message } : { type: 'error', code: err.code, message: err.message, chunkNumber: chunk });
   }
 
   protected sendCompletion(info: CompletionInfo): void {

@@ -741,6 +741,10 @@ export function encodePsControl(message: PsClientControl | PsServerControl): str
     case 'complete':
       return JSON.stringify({ type: 'complete', fileName: message.fileName, size: message.size });
     case 'error':
-      return JSON.stringify({ type: 'error', code: message.code, message: message.message });
+      return JSON.stringify(
+        message.chunkNumber === undefined
+          ? { type: 'error', code: message.code, message: message.message }
+          : { type: 'error', code: message.code, message: message.message, chunkNumber: message.chunkNumber },
+      );
   }
 }

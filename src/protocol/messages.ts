@@ -254,6 +254,8 @@ export interface PsErrorControl {
   type: 'error';
   code: string;
   message: string;
+  /** The chunk refused, when the error is about one (extra field: PSWebHost's client ignores it). */
+  chunkNumber?: number;
 }
 
 export type PsServerControl = PsProgressControl | PsCompleteControl | PsErrorControl;

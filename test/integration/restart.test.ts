@@ -307,6 +307,25 @@ describe('restart', () => {
     }
   }, 90_000);
 
+  it('listen() refuses a port out of range before taking anything: the root stays free', async () => {
+    const dir = await tempDir();
+    for (const port of [-1, 65536, 1.5]) {
+      const engine = createUploadEngine({ dir, logLevel: 'silent', workers: 1 });
+      await expect(engine.listen(port, '127.0.0.1')).rejects.toThrow(`port must be an integer from 0 to 65535, got ${port}`);
+      await engine.close();
+    }
+    server = await startServer({ dir });
+    expect((await call(server.base, 'GET', '/healthz')).status).toBe(200);
+  });
+
+  it('makes a staging folder made before with a wider mode 0700 again (files in progress stay private)', async () => {
+    const dir = await tempDir();
+    await fsp.mkdir(path.join(dir, '.updraft-staging'), { mode: 0o755 });
+    await fsp.chmod(path.join(dir, '.updraft-staging'), 0o755);
+    server = await startServer({ dir });
+    expect((await fsp.stat(path.join(dir, '.updraft-staging'))).mode & 0o777).toBe(0o700);
+  });
+
   it('refuses a fixed port another engine listens on (no silent SO_REUSEPORT sharing), saying it is in use', async () => {
     // A fixed port (the engine on port 0 would get an exclusive one anyway): find a free one, then take it twice.
     const port = await new Promise<number>((resolve) => {
@@ -349,9 +368,9 @@ describe('restart', () => {
     try {
       execFileSync('mount', ['-o', 'remount,ro,bind', mnt]);
       const engine = createUploadEngine({ dir: mnt, logLevel: 'silent', workers: 1 });
-      await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`upload root ${path.join(mnt, '.updraft-staging')} is not writable (EROFS)`);
+      await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`staging folder ${path.join(mnt, '.updraft-staging')} is not writable (EROFS)`);
       // The CLI says it on one line and exits 1.
-      await expect(startCli(['--dir', mnt])).rejects.toThrow(/CLI exited with 1: updraft serve: upload root .* is not writable \(EROFS\)/);
+      await expect(startCli(['--dir', mnt])).rejects.toThrow(/CLI exited with 1: updraft serve: staging folder .* is not writable \(EROFS\)/);
     } finally {
       execFileSync('umount', [mnt]);
     }
