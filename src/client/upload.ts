@@ -581,6 +581,11 @@ export class UploadHandle {
         case 'dropped':
           if (outcome.progressed) failures = 0;
           break;
+        case 'parked':
+          // Paused with nothing in flight: the connection was closed on purpose; a new one opens on resume.
+          failures = 0;
+          await this.#whenResumed();
+          continue;
       }
       failures++;
       const error = 'error' in outcome ? outcome.error : new ClientError('ERR_WEBSOCKET_FAILED');

@@ -4,8 +4,10 @@
  * The session waits for `hello`, adopts its bitmap into the shared ChunkPlan, keeps up to `window` chunks
  * unacknowledged, and ends in one of four outcomes the caller decides on: `complete` (the file is final),
  * `connect-failed` (no hello: refused, unreachable, wrong subprotocol, timeout), `dropped` (closed mid-upload after a
- * hello; in-flight chunks are put back into the plan, the next hello or upload-status says which were stored) or
- * `all-stored` (every chunk acknowledged, closed before `complete`: the caller asks upload-status). Errors that no
+ * hello; in-flight chunks are put back into the plan, the next hello or upload-status says which were stored),
+ * `all-stored` (every chunk acknowledged, closed before `complete`: the caller asks upload-status) or `parked`
+ * (paused with nothing in flight for PARK_AFTER_MS: closed so that it holds none of the server's per-user connection
+ * slots; the caller reconnects on resume). Errors that no
  * reconnect can fix (cancelled, not found, expired, failed, unauthorized, a non-retryable chunk error) reject.
  *
  * In Node 20 there is no global WebSocket; the `ws` package is loaded with a dynamic import only then, so the
@@ -69,11 +71,15 @@ function webSocketImpl(): Promise<{ ctor: WebSocketCtor; isWsPackage: boolean }>
 /** How long a client that stops gives the server to answer its close frame before dropping the connection. */
 const CLOSE_GRACE_MS = 1000;
 
+/** A connection paused this long with nothing in flight is closed (`parked`) until the upload resumes. */
+export const PARK_AFTER_MS = 2000;
+
 export type WsOutcome =
   | { kind: 'complete'; fileName: string; size: number }
   | { kind: 'connect-failed'; error: ClientError }
   | { kind: 'dropped'; error: ClientError; progressed: boolean }
-  | { kind: 'all-stored' };
+  | { kind: 'all-stored' }
+  | { kind: 'parked' };
 
 export interface WsSessionOptions {
   /** ws:// or wss:// URL of the upload: `<endpoint>/upload-chunk?guid=G`. */
@@ -140,6 +146,8 @@ export class WsSession {
   #lastBuffered = 0;
   /** When the watchdog last asked for a `status` because nothing was in flight. */
   #lastProbe = 0;
+  /** When the watchdog first saw the upload paused with nothing in flight here (0: not so). */
+  #idlePausedSince = 0;
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #ws: WebSocketLike | undefined;
   #window = 1;
@@ -403,6 +411,16 @@ export class WsSession {
       const buffered = ws.bufferedAmount;
       if (buffered < this.#lastBuffered || this.#o.isPaused()) this.#lastLife = now;
       this.#lastBuffered = buffered;
+      // Paused with nothing in flight (or cooling): close, so that a paused upload keeps none of the server's
+      // per-user connection slots (8 paused uploads would otherwise keep a 9th from connecting).
+      const idlePaused = this.#o.isPaused() && this.#inFlight.size === 0 && this.#cooling.size === 0 && buffered === 0;
+      if (!idlePaused) this.#idlePausedSince = 0;
+      else if (this.#idlePausedSince === 0) this.#idlePausedSince = now;
+      else if (now - this.#idlePausedSince >= PARK_AFTER_MS) {
+        this.#closeSocket(1000, 'paused');
+        this.#settle({ kind: 'parked' });
+        return;
+      }
       if (this.#inFlight.size === 0 && now - this.#lastLife >= limit / 2 && now - this.#lastProbe >= limit / 2) {
         this.#lastProbe = now;
         ws.send(encodeFrame({ t: 'status' }));

@@ -490,6 +490,29 @@ describe('client: resume, cancel, pause', () => {
     await expectStored(server, 'pause.bin', data);
   });
 
+  it('a paused WebSocket upload closes its connection (freeing the per-user slot for another upload) and reconnects on resume()', async () => {
+    server = await startServer({ maxWsConnectionsPerUser: 1 });
+    const wsOpen = async (): Promise<number> => Number(/updraft_websocket_connections (\d+)/.exec(await (await fetch(`${server!.base}/metrics`)).text())![1]);
+    const a = bytesOf(32 * MiB);
+    const ha = upload(a, { endpoint: endpoint(server.base), fileName: 'parked.bin', chunkSize: 64 * KiB, transport: 'websocket' });
+    await whenLoaded(ha, 64 * KiB);
+    ha.pause(); // mid-upload: the chunks in flight are answered, then the connection idles paused
+    expect(await wsOpen()).toBe(1);
+    const end = Date.now() + 10_000;
+    while (Date.now() < end && (await wsOpen()) > 0) await new Promise((r) => setTimeout(r, 100));
+    expect(await wsOpen()).toBe(0);
+    expect(ha.state).toBe('paused');
+    // The slot is free: another upload of the same user connects at once (a refusal would fail it: one attempt).
+    const b = bytesOf(300 * KiB);
+    const rb = await upload(b, { endpoint: endpoint(server.base), fileName: 'other.bin', chunkSize: 64 * KiB, transport: 'websocket', retry: { attempts: 1, baseDelayMs: 50, maxDelayMs: 100 } }).done;
+    expect(rb.bytesByTransport).toEqual({ websocket: b.length, http: 0 });
+    ha.resume();
+    const ra = await ha.done;
+    expect(ra.bytesByTransport).toEqual({ websocket: a.length, http: 0 });
+    await expectStored(server, 'parked.bin', a);
+    await expectStored(server, 'other.bin', b);
+  });
+
   it('a chunk refused for good while paused ends the upload at once: done does not wait for a resume() that may never come', async () => {
     // Chunk 1 takes 1.5 s to be answered, the others 30 ms: when pause() comes, chunk 1 is still in flight and the
     // other workers, done with theirs, wait for resume().
