@@ -204,8 +204,11 @@ export class UploadEngine {
 
   /** Starts the engine's own server. If it cannot (the port is taken, the root is in use), the engine is closed. */
   async listen(port = this.options.port, host = this.options.host): Promise<ListenInfo> {
-    if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new RangeError(`port must be an integer from 0 to 65535, got ${port}`);
     if (this.#closing !== null) throw new Error('engine is closed');
+    if (!Number.isSafeInteger(port) || port < 0 || port > 65535) {
+      if (!this.#mounting) await this.close();
+      throw new RangeError(`port must be an integer from 0 to 65535, got ${port}`);
+    }
     if (this.#mounting) throw new Error('engine is already attached to an app');
     const app = uWS.App();
     this.#ownsApp = true;
