@@ -76,13 +76,15 @@ export function listResumable(endpoint?: string | URL): ResumableUpload[] {
   if (s === undefined) return [];
   const want = endpoint === undefined ? undefined : new URL(String(endpoint), typeof location !== 'undefined' ? location.href : undefined).href;
   const out: ResumableUpload[] = [];
+  const legacy: string[] = [];
   try {
     for (let i = 0; i < s.length; i++) {
       const key = s.key(i);
       if (key === null || !key.startsWith(PREFIX)) continue;
       const parts: unknown = JSON.parse(key.slice(PREFIX.length));
       const guid = s.getItem(key);
-      // Entries of 4 parts (no folder recorded, from earlier versions) can no longer be resumed: not listed.
+      // Entries of 4 parts (no folder recorded, from earlier versions) can no longer be resumed: dropped.
+      if (Array.isArray(parts) && parts.length === 4) legacy.push(key);
       if (!Array.isArray(parts) || parts.length !== 5 || !guid) continue;
       const [ep, fileName, size, lastModified, targetPath] = parts as [unknown, unknown, unknown, unknown, unknown];
       if (typeof ep !== 'string' || typeof fileName !== 'string' || typeof size !== 'number' || typeof lastModified !== 'number' || typeof targetPath !== 'string') continue;
@@ -94,5 +96,6 @@ export function listResumable(endpoint?: string | URL): ResumableUpload[] {
   } catch {
     // A foreign or corrupt entry: ignore what could not be read.
   }
+  for (const key of legacy) forgetGuid(key);
   return out;
 }

@@ -587,11 +587,15 @@ export class UploadHandle {
           await this.#whenResumed();
           continue;
       }
-      failures++;
       const error = 'error' in outcome ? outcome.error : new ClientError('ERR_WEBSOCKET_FAILED');
+      // Every connection slot of the user is taken (4029 before hello), e.g. by uploads started while this one was
+      // parked: in `websocket` mode that is a wait, not a failure (the retries go on at the longest delay until a slot
+      // frees or the caller stops); `auto` goes over PUT after the usual attempts.
+      if (!auto && error.code === 'ERR_RATE_LIMITED' && this.#retry.attempts > 0) failures = Math.min(failures, this.#retry.attempts - 1);
+      failures++;
       if (failures > this.#retry.attempts) {
         if (auto) {
-          this.#fallbackReason = `WebSocket dropped ${failures} times`;
+          this.#fallbackReason = `WebSocket dropped ${failures} times (${error.message})`;
           return 'fallback';
         }
         throw new ClientError('ERR_WEBSOCKET_FAILED', `${error.message} (after ${failures} attempts)`, { cause: error, guid: this.#guid });

@@ -413,11 +413,12 @@ export class WsSession {
       this.#lastBuffered = buffered;
       // Paused with nothing in flight (or cooling): close, so that a paused upload keeps none of the server's
       // per-user connection slots (8 paused uploads would otherwise keep a 9th from connecting).
-      const idlePaused = this.#o.isPaused() && this.#inFlight.size === 0 && this.#cooling.size === 0 && buffered === 0;
+      // Not once every chunk is stored: the completion may still come on this connection.
+      const idlePaused = this.#o.isPaused() && this.#inFlight.size === 0 && this.#cooling.size === 0 && buffered === 0 && !this.#o.plan.allStored;
       if (!idlePaused) this.#idlePausedSince = 0;
       else if (this.#idlePausedSince === 0) this.#idlePausedSince = now;
       else if (now - this.#idlePausedSince >= PARK_AFTER_MS) {
-        this.#closeSocket(1000, 'paused');
+        this.#closeWithGrace(1000, 'paused');
         this.#settle({ kind: 'parked' });
         return;
       }
@@ -460,17 +461,23 @@ export class WsSession {
     else this.#closeSocket(code, reason);
   }
 
-  #fail(e: unknown): void {
-    if (this.#settled) return;
-    this.#closeSocket(1000, 'client stopped');
-    // A peer that never answers the close (a dead route) would keep the socket, and a Node process, up for ws's
-    // 30 s close timeout after `done` settled: give the handshake a second, then drop the connection.
+  /**
+   * Closes with a handshake, and drops the connection if the peer has not answered within CLOSE_GRACE_MS: a peer that
+   * never answers (a dead route) would keep the socket, and a Node process, up for ws's 30 s close timeout.
+   */
+  #closeWithGrace(code: number, reason: string): void {
+    this.#closeSocket(code, reason);
     const ws = this.#ws as (WebSocketLike & { terminate?: () => void }) | undefined;
     const drop = setTimeout(() => {
       // Still not CLOSED: the handshake went unanswered (CLOSING is what a sent, unanswered close looks like).
       if (ws !== undefined && ws.readyState !== 3 && typeof ws.terminate === 'function') ws.terminate();
     }, CLOSE_GRACE_MS);
     (drop as { unref?: () => void }).unref?.();
+  }
+
+  #fail(e: unknown): void {
+    if (this.#settled) return;
+    this.#closeWithGrace(1000, 'client stopped');
     this.#finish();
     this.#reject(e);
   }

@@ -513,6 +513,30 @@ describe('client: resume, cancel, pause', () => {
     await expectStored(server, 'other.bin', b);
   });
 
+  it('a resumed WebSocket upload whose slot another took meanwhile waits for one (retrying past retry.attempts) instead of failing', async () => {
+    server = await startServer({ maxWsConnectionsPerUser: 1 });
+    const a = bytesOf(16 * MiB);
+    const ha = upload(a, { endpoint: endpoint(server.base), fileName: 'waits.bin', chunkSize: 64 * KiB, transport: 'websocket', retry: { attempts: 2, baseDelayMs: 20, maxDelayMs: 50 } });
+    await whenLoaded(ha, 64 * KiB);
+    ha.pause();
+    const wsOpen = async (): Promise<number> => Number(/updraft_websocket_connections (\d+)/.exec(await (await fetch(`${server!.base}/metrics`)).text())![1]);
+    const end = Date.now() + 10_000;
+    while (Date.now() < end && (await wsOpen()) > 0) await new Promise((r) => setTimeout(r, 100));
+    // Parked: another connection of the same user takes the only slot.
+    const other = await initUpload(server.base, { fileName: 'x.bin', fileSize: 2 * MiB, chunkSize: MiB });
+    const busy = await TestSocket.open(server.base, other.json.data!.guid as string, { protocols: ['updraft.v1'] });
+    const retries: string[] = [];
+    ha.on('retry', (e) => {
+      retries.push(`${e.operation} ${e.error.code}`);
+      if (retries.length === 6) busy.ws.terminate(); // three times the attempts allowed, then the slot frees
+    });
+    ha.resume();
+    const r = await ha.done;
+    expect(retries.slice(0, 6)).toEqual(Array(6).fill('websocket ERR_RATE_LIMITED'));
+    expect(r.bytesByTransport).toEqual({ websocket: a.length, http: 0 });
+    await expectStored(server, 'waits.bin', a);
+  });
+
   it('a chunk refused for good while paused ends the upload at once: done does not wait for a resume() that may never come', async () => {
     // Chunk 1 takes 1.5 s to be answered, the others 30 ms: when pause() comes, chunk 1 is still in flight and the
     // other workers, done with theirs, wait for resume().

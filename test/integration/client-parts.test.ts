@@ -142,6 +142,30 @@ describe('client: updraft.v1 parts', () => {
     expect(link.terminated).toBe(1);
   });
 
+  it('a paused connection closed to free its slot is dropped after a second when the close goes unanswered, and the upload resumes', async () => {
+    server = await startServer();
+    const data = bytesOf(16 * MiB);
+    const handle = upload(data, { endpoint: `${server.base}${PREFIX}`, fileName: 'parked-deaf.bin', chunkSize: 256 * 1024, transport: 'websocket' });
+    await new Promise<void>((resolve) => {
+      const off = handle.on('progress', (p) => {
+        if (p.loaded === 0) return;
+        off();
+        handle.pause();
+        link.deafToClose = true; // the route dies while the upload is paused
+        resolve();
+      });
+    });
+    // Parked after 2 s of idle pause (the watchdog checks every second), then terminated a second after its close.
+    const end = Date.now() + 8000;
+    while (Date.now() < end && link.terminated === 0) await new Promise((r) => setTimeout(r, 50));
+    expect(link.terminated).toBe(1);
+    link.deafToClose = false;
+    handle.resume();
+    const r = await handle.done;
+    expect(r.bytesByTransport).toEqual({ websocket: data.length, http: 0 });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'parked-deaf.bin')), data)).toBe(0);
+  });
+
   it('drops a connection that carries nothing while chunks are in flight (stallTimeoutMs) and finishes on a new one', async () => {
     server = await startServer();
     const data = bytesOf(3 * MiB);

@@ -1,7 +1,7 @@
 /**
  * The browser client's resume store (src/client/resume-store.ts) against an in-memory localStorage: the key holds the
  * target folder, so a file picked for another folder never resumes an upload started for the first one, and entries
- * of the earlier key format (no folder recorded) are neither matched nor listed.
+ * of the earlier key format (no folder recorded) are neither matched nor listed, and are dropped.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { listResumable, loadGuid, resumeKey, saveGuid } from '../../src/client/resume-store.js';
@@ -49,12 +49,13 @@ describe('resume store', () => {
     ]);
   });
 
-  it('never matches nor lists an entry of the earlier format, which did not record the folder', () => {
+  it('never matches nor lists an entry of the earlier format, which did not record the folder, and drops it', () => {
     // What a version before this one stored for an upload started for folder "docs".
     const legacy = `updraft:resume:v1:${JSON.stringify([EP, file.fileName, file.size, file.lastModified])}`;
     (g.localStorage as MemoryStorage).setItem(legacy, 'guid-legacy');
     expect(loadGuid(resumeKey(file))).toBeUndefined();
     expect(loadGuid(resumeKey({ ...file, targetPath: 'docs' }))).toBeUndefined();
     expect(listResumable()).toEqual([]);
+    expect((g.localStorage as MemoryStorage).getItem(legacy)).toBeNull();
   });
 });
