@@ -86,7 +86,7 @@ class BytesSource implements ChunkSource {
 /** Minimal shape of node:fs/promises FileHandle that this file uses. */
 interface FileHandleLike {
   read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
-  stat(): Promise<{ size: number; isFile(): boolean }>;
+  stat(): Promise<{ size: number; mtimeMs: number; isFile(): boolean }>;
   close(): Promise<void>;
 }
 
@@ -98,6 +98,8 @@ class PathSource implements ChunkSource {
     readonly name: string,
     readonly size: number,
     readonly fh: FileHandleLike,
+    /** The file's modification time at open: a read that finds another one was made from a file being changed. */
+    private readonly mtimeMs: number,
   ) {}
 
   static async open(path: string | URL): Promise<PathSource> {
@@ -105,9 +107,12 @@ class PathSource implements ChunkSource {
       throw new ClientError('ERR_SOURCE', 'A file path can only be uploaded from Node; in a browser pass a File');
     }
     const fsp = await import('node:fs/promises');
+    const { constants } = await import('node:fs');
     let fh: FileHandleLike;
     try {
-      fh = (await fsp.open(path, 'r')) as unknown as FileHandleLike;
+      // O_NONBLOCK: a FIFO without a writer would block open() (and a thread of the pool, so even Ctrl-C) for good;
+      // it changes nothing for a regular file, and anything else is refused below.
+      fh = (await fsp.open(path, constants.O_RDONLY | constants.O_NONBLOCK)) as unknown as FileHandleLike;
     } catch (e) {
       throw new ClientError('ERR_SOURCE', `Cannot open ${String(path)}: ${(e as Error).message}`, { cause: e });
     }
@@ -118,7 +123,7 @@ class PathSource implements ChunkSource {
     }
     const p = typeof path === 'string' ? path : decodeURIComponent(path.pathname);
     const name = p.split(/[\\/]/).filter(Boolean).pop() ?? 'file';
-    return new PathSource(name, st.size, fh);
+    return new PathSource(name, st.size, fh, st.mtimeMs);
   }
 
   async read(start: number, end: number): Promise<Uint8Array> {
@@ -130,6 +135,12 @@ class PathSource implements ChunkSource {
         throw new ClientError('ERR_SOURCE', `The file shrank while uploading: no bytes at offset ${start + have}`);
       }
       have += bytesRead;
+    }
+    // Checked after the read: these bytes come from the file as it was at open only if it has not been written to
+    // since. Otherwise the upload would store a mix of two versions (or a prefix of a growing file) and call it done.
+    const st = await this.fh.stat();
+    if (st.size !== this.size || st.mtimeMs !== this.mtimeMs) {
+      throw new ClientError('ERR_SOURCE', `The file changed while uploading (${st.size !== this.size ? `its size went from ${this.size} to ${st.size} bytes` : 'it was written to'}); upload a copy that does not change`);
     }
     return out;
   }

@@ -4,7 +4,9 @@
  * guid, cancel, pause, retries through injected 503s, and the errors a caller sees. Every file is compared byte
  * for byte with its source.
  */
+import { execFileSync } from 'node:child_process';
 import { getEventListeners } from 'node:events';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -144,6 +146,35 @@ describe('client: transports and sources', () => {
     expect(loaded.every((l) => l % (64 * KiB) === 0 || l === data.length)).toBe(true); // whole acknowledged chunks
     expect(seen.some((s) => s.rate > 0 && s.eta !== null && s.eta > 0)).toBe(true);
     expect(h.progress).toMatchObject({ state: 'done', fraction: 1, etaSeconds: 0 });
+  });
+
+  it.each([
+    [
+      'written over in place',
+      async (p: string) => {
+        const fh = await fsp.open(p, 'r+'); // no truncation: same size, other bytes
+        await fh.write(bytesOf(2 * MiB), 0, 2 * MiB, 0);
+        await fh.close();
+      },
+    ],
+    ['grown', async (p: string) => fsp.appendFile(p, bytesOf(1000))],
+  ])('fails a file path %s while it uploads with ERR_SOURCE instead of storing a mix of versions', async (_label, change) => {
+    server = await startServer(slowPuts(20));
+    const file = await writeTemp(bytesOf(2 * MiB), 'changing.bin');
+    const h = upload(file, { endpoint: endpoint(server.base), chunkSize: 64 * KiB, transport: 'http', parallel: 2 });
+    await whenLoaded(h, 256 * KiB);
+    await change(file);
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_SOURCE', message: expect.stringMatching(/^The file changed while uploading/) });
+    expect(fs.existsSync(path.join(server.dir, 'changing.bin'))).toBe(false);
+  });
+
+  it('refuses a FIFO path at once, even one nobody writes to (opening it would block for good)', async () => {
+    server = await startServer();
+    const fifo = path.join(await tempDir('updraft-client-src-'), 'pipe');
+    execFileSync('mkfifo', [fifo]);
+    const started = Date.now();
+    await expect(upload(fifo, { endpoint: endpoint(server.base) }).done).rejects.toMatchObject({ code: 'ERR_SOURCE', message: `${fifo} is not a regular file` });
+    expect(Date.now() - started).toBeLessThan(5000);
   });
 });
 
