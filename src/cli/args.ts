@@ -13,8 +13,10 @@ export class UsageError extends Error {}
 export function parseSize(flag: string, v: string): number {
   const m = /^([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)$/i.exec(v.trim());
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-  const n = m && unit !== undefined ? Math.round(Number(m[1]) * unit) : NaN;
-  if (!Number.isSafeInteger(n)) throw new UsageError(`${flag}: expected a size like 8MiB, 64M or 1048576, got "${v}"`);
+  const n = m && unit !== undefined ? Number(m[1]) * unit : NaN;
+  if (!Number.isSafeInteger(Math.round(n))) throw new UsageError(`${flag}: expected a size like 8MiB, 64M or 1048576, got "${v}"`);
+  // 1.5 (bytes) or 1.1MiB name no whole number of bytes: refused rather than rounded behind the user's back.
+  if (!Number.isInteger(n)) throw new UsageError(`${flag}: "${v}" is not a whole number of bytes`);
   return n;
 }
 

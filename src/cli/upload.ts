@@ -132,8 +132,12 @@ export function progressLine(name: string, p: UploadProgress | undefined, column
   return `${shortName(name, nameWidth)} ${bar} ${pct}  ${tail}`.slice(0, Math.max(20, columns - 1));
 }
 
-/** Bars for every file, redrawn in place on a terminal; on a pipe, a line per 10% step and per state change. */
-class ProgressView {
+/**
+ * Bars for every file, redrawn in place on a terminal; on a pipe, a line per 10% step and per state change. Every
+ * other line the command prints while the bars are up goes through `line`, which takes the bars away first: a line
+ * written under them would be overwritten by the next redraw.
+ */
+export class ProgressView {
   readonly #out: NodeJS.WriteStream;
   readonly #tty: boolean;
   readonly #names: string[];
@@ -166,8 +170,13 @@ class ProgressView {
   }
 
   note(text: string): void {
+    this.line(this.#out, text);
+  }
+
+  /** Writes `text` as a line of `out` (stdout or stderr), above the bars. */
+  line(out: { write(s: string): unknown }, text: string): void {
     if (this.#tty) this.#clear();
-    this.#out.write(`${text}\n`);
+    out.write(`${text}\n`);
     if (this.#tty) this.#draw();
   }
 
@@ -188,6 +197,11 @@ class ProgressView {
     clearInterval(this.#timer);
     if (this.#tty) this.#draw();
   }
+}
+
+/** `s` as one shell word: as it is when it is plain, else in single quotes. */
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:@%+=,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 function summary(file: string, r: UploadResult, ms: number): string {
@@ -227,7 +241,7 @@ export async function uploadMain(argv: string[], env: NodeJS.ProcessEnv = proces
     for (let i = 0; i < files.length; i++) {
       const file = files[i]!;
       if (interrupted) {
-        process.stdout.write(`skip  ${file}: interrupted\n`);
+        view.line(process.stdout, `skip  ${file}: interrupted`);
         failed++;
         continue;
       }
@@ -248,13 +262,13 @@ export async function uploadMain(argv: string[], env: NodeJS.ProcessEnv = proces
       try {
         const r = await h.done;
         view.update(i, h.progress);
-        process.stdout.write(`${summary(file, r, performance.now() - t0)}\n`);
+        view.line(process.stdout, summary(file, r, performance.now() - t0));
       } catch (e) {
         failed++;
         view.update(i, h.progress);
         const err = e instanceof ClientError ? e : new ClientError('ERR_NETWORK', (e as Error)?.message ?? String(e));
-        const resume = err.guid && err.code !== 'ERR_UPLOAD_CANCELLED' && err.retryable ? ` (resume: updraft upload ${file} --guid ${err.guid} ...)` : '';
-        process.stdout.write(`FAIL  ${file}: ${err.code} ${err.message}${resume}\n`);
+        const resume = err.guid && err.code !== 'ERR_UPLOAD_CANCELLED' && err.retryable ? ` (resume: updraft upload ${shellQuote(file)} --guid ${err.guid} ...)` : '';
+        view.line(process.stdout, `FAIL  ${file}: ${err.code} ${err.message}${resume}`);
       }
     }
   } finally {
