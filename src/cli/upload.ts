@@ -62,9 +62,9 @@ export function parseUploadArgs(argv: string[], env: NodeJS.ProcessEnv): UploadA
   try {
     url = new URL(rawUrl);
   } catch {
-    throw new UsageError(`${urlLabel}: not a URL: "${rawUrl}"`);
+    throw new UsageError(`${urlLabel}: not a URL: "${rawUrl}" (a URL starts with http:// or https://, e.g. http://127.0.0.1:8080/api/v1/files)`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`${urlLabel}: expected http:// or https://`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`${urlLabel}: expected http:// or https://, got "${rawUrl}"`);
   // The client appends the route (`/upload-chunk?guid=...`) to the prefix; a query would land before it.
   if (url.href.includes('?') || url.href.includes('#')) throw new UsageError(`${urlLabel}: expected the API prefix alone, without a query string or fragment`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = DEFAULT_PREFIX;

@@ -29,7 +29,7 @@ describe('API prefix URLs', () => {
     expect(thrown(() => parseUploadArgs(['a.bin'], { UPDRAFT_URL: 'http://127.0.0.1:9/#top' })).message).toBe(
       'UPDRAFT_URL: expected the API prefix alone, without a query string or fragment',
     );
-    expect(thrown(() => parseUploadArgs(['a.bin'], { UPDRAFT_URL: 'not a url' })).message).toBe('UPDRAFT_URL: not a URL: "not a url"');
+    expect(thrown(() => parseUploadArgs(['a.bin'], { UPDRAFT_URL: 'not a url' })).message).toBe('UPDRAFT_URL: not a URL: "not a url" (a URL starts with http:// or https://, e.g. http://127.0.0.1:8080/api/v1/files)');
     const ok = parseUploadArgs(['a.bin'], { UPDRAFT_URL: 'http://127.0.0.1:9' });
     expect(ok === 'help' ? ok : ok.options.endpoint).toBe('http://127.0.0.1:9/api/v1/files');
   });
