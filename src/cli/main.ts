@@ -43,6 +43,10 @@ Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); du
 (a bare number is milliseconds).
 Prints "listening on http://HOST:PORT" when ready; logs are JSON lines on stderr.
 SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0 (during the start: once it is over).
+
+Exit status: 0 after a stop; 1 when it cannot start (the port in use, never shared; an address this host lacks; an
+upload root in use, not a folder or not writable), on a second signal, or when a stop takes over 15 s; 2 for a bad
+option.
 `;
 
 const HELP = `Usage: updraft <command> [options]
@@ -154,7 +158,8 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   return o;
 }
 
-export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+/** `earlySignals`: stop signals that came before the CLI could handle them (bin/updraft.js keeps them while it loads). */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env, earlySignals: readonly string[] = []): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
     // Asked for, the help goes to stdout; without a command it is a usage error, on stderr.
@@ -224,6 +229,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  for (const signal of earlySignals) stop(signal);
 
   const listening = engine.listen().then(
     (info) => {
@@ -249,8 +255,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** Runs the CLI with this process's arguments and exits with its code. */
-export function run(): void {
-  main(process.argv.slice(2)).then(
+export function run(earlySignals: readonly string[] = []): void {
+  const argv = process.argv.slice(2);
+  // Only `serve` stops gracefully; any other command asked to stop before it began just ends, as by the signal.
+  if (earlySignals.length > 0 && argv[0] !== 'serve') process.exit(earlySignals[0] === 'SIGINT' ? 130 : 143);
+  main(argv, process.env, earlySignals).then(
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`updraft: ${e instanceof UsageError ? e.message : ((e as Error)?.stack ?? String(e))}\n`);

@@ -23,7 +23,8 @@ WebSocket cannot connect or drops for good. Progress goes to stderr, one summary
   --target-path PATH    folder under the server's upload root (default the root)
   --chunk-size SIZE     chunk size, e.g. 8MiB (default: the server's)
   --checksum            send a sha256 with every WebSocket chunk; the server checks it
-  --guid GUID           resume this upload (one file only; a failed run prints its guid)
+  --guid GUID           resume this upload (one file only; a failed run prints its guid). Only the size is
+                        checked: pass the same file, unchanged while it uploads (a change fails with ERR_SOURCE)
   -h, --help            this text
 
 Exit status: 0 when every file arrived, 1 when any failed, 2 on bad usage, 130 when interrupted.

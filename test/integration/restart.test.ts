@@ -326,6 +326,26 @@ describe('restart', () => {
     expect((await fsp.stat(path.join(dir, '.updraft-staging'))).mode & 0o777).toBe(0o700);
   });
 
+  it('a SIGTERM while the CLI\'s modules load stops it cleanly once it has started (exit 0), not by the default action', async () => {
+    execFileSync('npx', ['tsc', '-p', '.'], { cwd: ROOT }); // bin/updraft.js runs the compiled CLI
+    const dir = await tempDir();
+    const child = spawn(process.execPath, ['--import', path.join(ROOT, 'test/fixtures/slow-import.mjs'), path.join(ROOT, 'bin/updraft.js'), 'serve', '--port', '0', '--dir', dir], {
+      cwd: ROOT,
+      env: { ...process.env, UPDRAFT_LOG_LEVEL: 'info', UPDRAFT_DEMO: '0', SLOW_IMPORT_MS: '1500' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const stderr = collect(child);
+    let stdout = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    const end = Date.now() + 20_000;
+    while (Date.now() < end && !stderr().includes('slow-import: loading the CLI')) await new Promise((r) => setTimeout(r, 10));
+    child.kill('SIGTERM'); // the CLI module is still loading: only bin/updraft.js runs
+    const { code, signal } = await waitExit(child, 20_000);
+    expect({ code, signal }, stderr()).toEqual({ code: 0, signal: null });
+    expect(stderr()).toMatch(/"event":"server.stopped"/);
+    expect(stdout).toBe(''); // a server going away is not announced
+  }, 60_000);
+
   it('refuses a fixed port another engine listens on (no silent SO_REUSEPORT sharing), saying it is in use', async () => {
     // A fixed port (the engine on port 0 would get an exclusive one anyway): find a free one, then take it twice.
     const port = await new Promise<number>((resolve) => {
