@@ -1,8 +1,9 @@
 /**
  * Browser resume (issue 4): the guid of an unfinished upload is kept in localStorage under a key made of the
- * endpoint, the file's name, size and lastModified, and the target folder asked for (when there is one), so the same
- * file picked again after a reload or a crash continues where it stopped. A different file with the same name has
- * another size or lastModified, and the same file sent to another folder has another key, so they start fresh. The entry is removed when the upload completes, is cancelled or fails for good.
+ * endpoint, the file's name, size and lastModified, and the target folder asked for, so the same file picked again
+ * after a reload or a crash continues where it stopped. A different file with the same name has another size or
+ * lastModified, and the same file sent to another folder has another key, so they start fresh. The entry is removed
+ * when the upload completes, is cancelled or fails for good.
  *
  * Everything here tolerates a missing or refusing localStorage (Node, private modes, storage quota, sandboxed
  * iframes): resume is then simply unavailable.

@@ -107,12 +107,11 @@ class PathSource implements ChunkSource {
       throw new ClientError('ERR_SOURCE', 'A file path can only be uploaded from Node; in a browser pass a File');
     }
     const fsp = await import('node:fs/promises');
-    const { constants } = await import('node:fs');
     let fh: FileHandleLike;
     try {
       // O_NONBLOCK: a FIFO without a writer would block open() (and a thread of the pool, so even Ctrl-C) for good;
       // it changes nothing for a regular file, and anything else is refused below.
-      fh = (await fsp.open(path, constants.O_RDONLY | constants.O_NONBLOCK)) as unknown as FileHandleLike;
+      fh = (await fsp.open(path, fsp.constants.O_RDONLY | fsp.constants.O_NONBLOCK)) as unknown as FileHandleLike;
     } catch (e) {
       throw new ClientError('ERR_SOURCE', `Cannot open ${String(path)}: ${(e as Error).message}`, { cause: e });
     }

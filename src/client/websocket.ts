@@ -2,13 +2,13 @@
  * One `updraft.v1` WebSocket connection carrying chunks of one upload (docs/PROTOCOL.md "Native WebSocket protocol").
  *
  * The session waits for `hello`, adopts its bitmap into the shared ChunkPlan, keeps up to `window` chunks
- * unacknowledged, and ends in one of four outcomes the caller decides on: `complete` (the file is final),
+ * unacknowledged, and ends in one of five outcomes the caller decides on: `complete` (the file is final),
  * `connect-failed` (no hello: refused, unreachable, wrong subprotocol, timeout), `dropped` (closed mid-upload after a
  * hello; in-flight chunks are put back into the plan, the next hello or upload-status says which were stored),
  * `all-stored` (every chunk acknowledged, closed before `complete`: the caller asks upload-status) or `parked`
  * (paused with nothing in flight for PARK_AFTER_MS: closed so that it holds none of the server's per-user connection
- * slots; the caller reconnects on resume). Errors that no
- * reconnect can fix (cancelled, not found, expired, failed, unauthorized, a non-retryable chunk error) reject.
+ * slots; the caller reconnects on resume). Errors that no reconnect can fix (cancelled, not found, expired, failed,
+ * unauthorized, a non-retryable chunk error) reject.
  *
  * In Node 20 there is no global WebSocket; the `ws` package is loaded with a dynamic import only then, so the
  * browser bundle never contains it.
@@ -72,7 +72,7 @@ function webSocketImpl(): Promise<{ ctor: WebSocketCtor; isWsPackage: boolean }>
 const CLOSE_GRACE_MS = 1000;
 
 /** A connection paused this long with nothing in flight is closed (`parked`) until the upload resumes. */
-export const PARK_AFTER_MS = 2000;
+const PARK_AFTER_MS = 2000;
 
 export type WsOutcome =
   | { kind: 'complete'; fileName: string; size: number }

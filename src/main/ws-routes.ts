@@ -12,8 +12,9 @@
  *   - Memory: a chunk frame is copied once, synchronously, by `writeWholeChunk` (uWS neuters the message's
  *     ArrayBuffer when the handler returns). A connection never has more than `wsWindow` chunks between that copy
  *     and its reply; past that, a native client is closed (it broke the window it was given in `hello`) and a
- *     PSWebHost chunk is refused with an error. PSWebHost chunks also share a bound in bytes (`Hub.psBudget`). uWS's `maxPayloadLength` bounds one frame, so a larger one closes the
- *     socket before it is buffered (uWS then closes abruptly: code 1006 on both sides, no close frame).
+ *     PSWebHost chunk is refused with an error. PSWebHost chunks also share a bound in bytes (`Hub.psBudget`).
+ *     uWS's `maxPayloadLength` bounds one frame, so a larger one closes the socket before it is buffered (uWS then
+ *     closes abruptly: code 1006 on both sides, no close frame).
  *   - Lifetime: the uWS WebSocket object is dead once `close` has fired (touching it aborts the process). Every send
  *     goes through `Session.#send`, which checks `closed` after whatever await preceded it.
  *   - Backpressure: replies are queued by us, never dropped by uWS: nothing is sent while the socket buffers
