@@ -23,8 +23,9 @@ WebSocket cannot connect or drops for good. Progress goes to stderr, one summary
   --target-path PATH    folder under the server's upload root (default the root)
   --chunk-size SIZE     chunk size, e.g. 8MiB (default: the server's)
   --checksum            send a sha256 with every WebSocket chunk; the server checks it
-  --guid GUID           resume this upload (one file only; a failed run prints its guid). Only the size is
-                        checked: pass the same file, unchanged while it uploads (a change fails with ERR_SOURCE)
+  --guid GUID           resume this upload (one file only; a failed run prints its guid). The file must be
+                        the one it was started from, not modified since (size and mtime are checked), and
+                        must not change while it uploads (a change fails with ERR_SOURCE)
   -h, --help            this text
 
 Exit status: 0 when every file arrived, 1 when any failed, 2 on bad usage, 130 when interrupted.

@@ -18,7 +18,7 @@ export const CLIENT_ERRORS = {
   ERR_WEBSOCKET_FAILED: { message: 'The WebSocket could not connect or kept dropping', retryable: true },
   /** The server answered something this client cannot read (not the JSON envelope, a malformed frame). */
   ERR_PROTOCOL: { message: 'The server sent a reply this client does not understand', retryable: false },
-  /** `guid` names an upload of another size or layout than the source. */
+  /** `guid` names an upload of another size or layout than the source, or one started from another file (fingerprint). */
   ERR_RESUME_MISMATCH: { message: 'The upload to resume does not match this file', retryable: false },
   /** The source cannot be read (wrong type, a path in a browser, a read error). */
   ERR_SOURCE: { message: 'The source cannot be read', retryable: false },

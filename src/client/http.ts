@@ -52,6 +52,7 @@ export interface InitFields {
   chunkSize?: number;
   targetPath?: string;
   uploadMethod?: string;
+  fingerprint?: string;
 }
 
 function isAbort(e: unknown, signal: AbortSignal): boolean {

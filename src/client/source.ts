@@ -15,7 +15,11 @@ export interface ChunkSource {
   /** The name to upload under, unless the caller passes `fileName`. */
   readonly name: string;
   readonly size: number;
-  /** ms since the epoch, for a browser File (part of the resume key); undefined otherwise. */
+  /**
+   * When the file was last modified, in whole ms since the epoch: a browser File's `lastModified` (part of the
+   * resume key), a file path's mtime; undefined for a plain Blob and for bytes. With the size it makes the
+   * upload's fingerprint (see sourceFingerprint).
+   */
   readonly lastModified: number | undefined;
   /** True for browser File/Blob sources: the key for localStorage resume applies. */
   readonly isBlob: boolean;
@@ -24,6 +28,17 @@ export interface ChunkSource {
   /** The bytes [start, end) as a fetch body: a Blob slice where possible (the browser streams it from disk). */
   body(start: number, end: number): Promise<Blob | Uint8Array>;
   close(): Promise<void>;
+}
+
+/**
+ * ERR_SOURCE for a file that changed (was written to, grew or shrank) after it was opened: the chunks already stored
+ * come from a version that no longer exists, so the upload can never be finished correctly. The client deletes it on
+ * the server (upload.ts).
+ */
+export class SourceChangedError extends ClientError {
+  constructor(message: string) {
+    super('ERR_SOURCE', message);
+  }
 }
 
 class BlobSource implements ChunkSource {
@@ -92,7 +107,7 @@ interface FileHandleLike {
 
 class PathSource implements ChunkSource {
   readonly isBlob = false;
-  readonly lastModified = undefined;
+  readonly lastModified: number;
 
   private constructor(
     readonly name: string,
@@ -100,7 +115,9 @@ class PathSource implements ChunkSource {
     readonly fh: FileHandleLike,
     /** The file's modification time at open: a read that finds another one was made from a file being changed. */
     private readonly mtimeMs: number,
-  ) {}
+  ) {
+    this.lastModified = Math.trunc(mtimeMs); // whole ms, as a browser's File.lastModified has it
+  }
 
   static async open(path: string | URL): Promise<PathSource> {
     if (typeof process === 'undefined' || typeof process.versions?.node !== 'string') {
@@ -131,7 +148,7 @@ class PathSource implements ChunkSource {
     while (have < out.length) {
       const { bytesRead } = await this.fh.read(out, have, out.length - have, start + have);
       if (bytesRead === 0) {
-        throw new ClientError('ERR_SOURCE', `The file shrank while uploading: no bytes at offset ${start + have}`);
+        throw new SourceChangedError(`The file shrank while uploading: no bytes at offset ${start + have}`);
       }
       have += bytesRead;
     }
@@ -139,7 +156,7 @@ class PathSource implements ChunkSource {
     // since. Otherwise the upload would store a mix of two versions (or a prefix of a growing file) and call it done.
     const st = await this.fh.stat();
     if (st.size !== this.size || st.mtimeMs !== this.mtimeMs) {
-      throw new ClientError('ERR_SOURCE', `The file changed while uploading (${st.size !== this.size ? `its size went from ${this.size} to ${st.size} bytes` : 'it was written to'}); upload a copy that does not change`);
+      throw new SourceChangedError(`The file changed while uploading (${st.size !== this.size ? `its size went from ${this.size} to ${st.size} bytes` : 'it was written to'}); upload a copy that does not change`);
     }
     return out;
   }
@@ -151,6 +168,15 @@ class PathSource implements ChunkSource {
   close(): Promise<void> {
     return this.fh.close();
   }
+}
+
+/**
+ * What the client sends as `fingerprint` at init and compares with upload-status before resuming by guid:
+ * `<size>:<lastModified>`, or undefined for a source without a modification time (bytes, a plain Blob). The same
+ * file has the same fingerprint in a browser (File.lastModified) and in Node (its mtime, whole ms).
+ */
+export function sourceFingerprint(src: ChunkSource): string | undefined {
+  return src.lastModified === undefined ? undefined : `${src.size}:${src.lastModified}`;
 }
 
 export async function openSource(source: UploadSource): Promise<ChunkSource> {

@@ -15,7 +15,7 @@
  */
 import { ClientError } from './errors.js';
 import { HttpApi } from './http.js';
-import type { InitResult, RetryEvent } from './http.js';
+import type { InitFields, InitResult, RetryEvent } from './http.js';
 import { ChunkPlan } from './plan.js';
 import type { BytesByTransport, TransportName } from './plan.js';
 import { SpeedMeter, etaSeconds } from './progress.js';
@@ -23,7 +23,7 @@ import type { UploadProgress, UploadState } from './progress.js';
 import { forgetGuid, loadGuid, resumeKey, saveGuid } from './resume-store.js';
 import { backoffDelay, resolveRetry, sleep } from './retry.js';
 import type { RetryOptions, RetryPolicy } from './retry.js';
-import { openSource } from './source.js';
+import { SourceChangedError, openSource, sourceFingerprint } from './source.js';
 import type { ChunkSource, UploadSource } from './source.js';
 import { WsSession, sha256Hex } from './websocket.js';
 
@@ -58,7 +58,7 @@ export interface UploadOptions {
   /** Stops the upload without deleting it on the server; `done` rejects with ERR_ABORTED (resume with the guid). */
   signal?: AbortSignal;
   retry?: RetryOptions;
-  /** Resume this upload (Node; a browser resumes by itself, see `resume`). */
+  /** Resume this upload (Node; a browser resumes by itself, see `resume`): checked against the source's size and fingerprint. */
   guid?: string;
   /** Browser: remember the guid in localStorage so a reload continues the same File. Default true. */
   resume?: boolean;
@@ -447,6 +447,7 @@ export class UploadHandle {
     const explicit = o.guid;
     const remembered = explicit === undefined && this.#storeKey !== undefined ? loadGuid(this.#storeKey) : undefined;
     const guid = explicit ?? remembered;
+    const fingerprint = sourceFingerprint(src);
     if (guid !== undefined) {
       // Known from here: a cancel() during the lookup deletes it on the server, and errors name it.
       this.#guid = guid;
@@ -466,10 +467,17 @@ export class UploadHandle {
       }
       if (st !== undefined) {
         const mismatch = st.fileSize !== src.size || (this.#chunkSize !== undefined && st.chunkSize !== this.#chunkSize);
-        if (mismatch) {
+        // An upload started with a fingerprint is resumed only from the same file: another one of the same size (or
+        // this one since changed) would be stored as a mix of the two. One started without (bytes, an older client
+        // or server) is checked by size alone.
+        const otherFile = !mismatch && st.fingerprint !== undefined && fingerprint !== undefined && st.fingerprint !== fingerprint;
+        if (mismatch || otherFile) {
           if (remembered === undefined) {
             const asked = this.#chunkSize !== undefined ? ` in ${this.#chunkSize}-byte chunks` : '';
-            throw new ClientError('ERR_RESUME_MISMATCH', `Upload ${guid} is ${st.fileSize} bytes in ${st.chunkSize}-byte chunks; the source is ${src.size} bytes${asked}`, { guid });
+            const message = otherFile
+              ? `Upload ${guid} was started from another file, or from this one before it was last modified (fingerprint ${st.fingerprint}; the source's is ${fingerprint})`
+              : `Upload ${guid} is ${st.fileSize} bytes in ${st.chunkSize}-byte chunks; the source is ${src.size} bytes${asked}`;
+            throw new ClientError('ERR_RESUME_MISMATCH', message, { guid });
           }
           forget();
         } else if (st.uploadStatus === 'cancelled' || st.uploadStatus === 'failed') {
@@ -488,11 +496,12 @@ export class UploadHandle {
       }
     }
 
-    const fields: { fileName: string; fileSize: number; chunkSize?: number; targetPath?: string; uploadMethod: string } = {
+    const fields: InitFields = {
       fileName: this.#fileName,
       fileSize: src.size,
       uploadMethod: this.#mode === 'http' ? 'put' : 'websocket',
     };
+    if (fingerprint !== undefined) fields.fingerprint = fingerprint;
     if (this.#chunkSize !== undefined) fields.chunkSize = this.#chunkSize;
     if (o.targetPath !== undefined) fields.targetPath = o.targetPath;
     // A stop (cancel(), the caller's signal) while the init is on its way: no further attempt, but the one sent is
@@ -700,6 +709,14 @@ export class UploadHandle {
       // The caller's cancel(): delete the upload on the server too (a few quick tries; the TTL cleans up otherwise).
       const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
       await api.cancel(this.#guid, new AbortController().signal).catch(() => {});
+    }
+    if (err instanceof SourceChangedError && this.#guid !== undefined) {
+      // The chunks stored so far are of a version of the file that is gone: nothing can finish this upload, so it
+      // goes now rather than hold its space until it expires.
+      const guid = this.#guid;
+      const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
+      const deleted = await api.cancel(guid, new AbortController().signal).then(() => true, () => false);
+      err.message += deleted ? `; upload ${guid} was deleted on the server` : `; upload ${guid} could not be deleted on the server (it expires)`;
     }
     if (this.#storeKey !== undefined && (cancelled || !err.retryable)) forgetGuid(this.#storeKey);
     this.#setState(cancelled ? 'cancelled' : 'failed');

@@ -32,6 +32,7 @@ export interface UploadMeta {
   totalChunks: number;
   targetPath: string[];
   uploadMethod?: string;
+  fingerprint?: string;
   startTime: number;
   lastActivityTime: number;
   status: UploadStatus;
@@ -88,6 +89,7 @@ export function validMeta(m: unknown, guid: string): m is UploadMeta {
     r.totalChunks === totalChunksFor(r.fileSize as number, r.chunkSize as number) &&
     segments(r.targetPath) &&
     (r.uploadMethod === undefined || typeof r.uploadMethod === 'string') &&
+    (r.fingerprint === undefined || typeof r.fingerprint === 'string') &&
     time(r.startTime) &&
     time(r.lastActivityTime) &&
     typeof r.status === 'string' &&

@@ -231,6 +231,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       status: 'active',
     };
     if (req.uploadMethod !== undefined) meta.uploadMethod = req.uploadMethod;
+    if (req.fingerprint !== undefined) meta.fingerprint = req.fingerprint;
     const u = new Upload(meta, createSharedState(req.totalChunks, req.chunkSize, this.options.lockMode));
     try {
       // 'wx': a fresh file, never append mode, so every write lands at the position it names (invariant 10).

@@ -65,6 +65,8 @@ export class Upload {
   readonly totalChunks: number;
   readonly targetPath: string[];
   readonly uploadMethod: string | undefined;
+  /** The client's identity of its source, from init (UploadMeta.fingerprint); echoed in status. */
+  readonly fingerprint: string | undefined;
   readonly startTime: number;
   lastActivityTime: number;
   #status: UploadStatus;
@@ -116,6 +118,7 @@ export class Upload {
     this.totalChunks = meta.totalChunks;
     this.targetPath = meta.targetPath;
     this.uploadMethod = meta.uploadMethod;
+    this.fingerprint = meta.fingerprint;
     this.startTime = meta.startTime;
     this.lastActivityTime = meta.lastActivityTime;
     this.#status = meta.status;
@@ -174,6 +177,7 @@ export class Upload {
       status: this.#status,
     };
     if (this.uploadMethod !== undefined) meta.uploadMethod = this.uploadMethod;
+    if (this.fingerprint !== undefined) meta.fingerprint = this.fingerprint;
     if (this.finalName !== undefined) meta.finalName = this.finalName;
     if (this.fileId !== undefined) meta.fileId = this.fileId;
     if (this.endTime !== undefined) meta.endTime = this.endTime;
@@ -199,6 +203,7 @@ export class Upload {
       targetPath: this.targetPath.join('/'),
     };
     if (this.finalName !== undefined && s === 'completed') data.finalName = this.finalName;
+    if (this.fingerprint !== undefined) data.fingerprint = this.fingerprint;
     return data;
   }
 

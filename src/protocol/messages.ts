@@ -29,6 +29,12 @@ export interface InitRequestBody {
   targetPath?: string;
   /** Informational label of the client's transport (e.g. 'websocket', 'put'); at most 32 printable ASCII chars. */
   uploadMethod?: string;
+  /**
+   * Optional: the client's identity of its source (the Updraft client sends `<size>:<modified ms>`), at most 128
+   * printable ASCII characters. The server only stores it and returns it in status, so a client resuming by guid can
+   * tell whether the upload was started from the same file.
+   */
+  fingerprint?: string;
 }
 
 /** POST body that cancels an upload (PSWebHost `action: "cancel"`). */
@@ -95,6 +101,8 @@ export interface StatusData {
   finalName?: string;
   /** The target folder relative to the upload root, '/'-separated ('' = the root). */
   targetPath: string;
+  /** The `fingerprint` the init carried, when it carried one. */
+  fingerprint?: string;
 }
 
 // --- WebSocket: updraft.v1 ----------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ export const MAX_NAME_BYTES = 255;
 export const MAX_TARGET_DEPTH = 32;
 export const MAX_TARGET_PATH_BYTES = 4096;
 export const MAX_UPLOAD_METHOD_LENGTH = 32;
+/** Longest `fingerprint` an init may carry (printable ASCII): the client's identity of its source, echoed in status. */
+export const MAX_FINGERPRINT_LENGTH = 128;
 
 // --- names -------------------------------------------------------------------------------------------------------
 
@@ -248,6 +250,7 @@ export interface InitRequest {
   /** Folder segments under the upload root; [] is the root. */
   targetPath: string[];
   uploadMethod?: string;
+  fingerprint?: string;
 }
 
 /**
@@ -271,6 +274,8 @@ function fail(code: ErrorCode, field: string, message: string): never {
 
 /** Printable ASCII only: the label is logged and echoed in status, so it must not carry control characters. */
 const UPLOAD_METHOD = /^[\x20-\x7e]*$/;
+/** The same rule for `fingerprint`, which must also say something (at least one character). */
+const FINGERPRINT = /^[\x20-\x7e]+$/;
 
 /**
  * Checks the JSON body of an init request against `limits` and returns the upload's geometry. Unknown extra fields
@@ -278,7 +283,7 @@ const UPLOAD_METHOD = /^[\x20-\x7e]*$/;
  *   body not an object ERR_INVALID_FIELD; fileName ERR_INVALID_FILE_NAME; targetPath ERR_INVALID_TARGET_PATH;
  *   fileSize not a count ERR_INVALID_FILE_SIZE, above maxFileSize ERR_FILE_TOO_LARGE; chunkSize not an integer in
  *   [min, max] ERR_INVALID_CHUNK_SIZE; totalChunks not a count ERR_INVALID_FIELD, not ceil(fileSize / chunkSize)
- *   ERR_TOTAL_CHUNKS_MISMATCH; more than maxChunks ERR_TOO_MANY_CHUNKS; uploadMethod ERR_INVALID_FIELD.
+ *   ERR_TOTAL_CHUNKS_MISMATCH; more than maxChunks ERR_TOO_MANY_CHUNKS; uploadMethod or fingerprint ERR_INVALID_FIELD.
  */
 export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -341,6 +346,17 @@ export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest
       );
     }
     request.uploadMethod = m;
+  }
+  if (b.fingerprint !== undefined && b.fingerprint !== null) {
+    const f = b.fingerprint;
+    if (typeof f !== 'string' || f.length > MAX_FINGERPRINT_LENGTH || !FINGERPRINT.test(f)) {
+      fail(
+        'ERR_INVALID_FIELD',
+        'fingerprint',
+        `fingerprint must be a string of 1 to ${MAX_FINGERPRINT_LENGTH} printable ASCII characters`,
+      );
+    }
+    request.fingerprint = f;
   }
   return request;
 }

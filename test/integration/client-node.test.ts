@@ -166,6 +166,10 @@ describe('client: transports and sources', () => {
     await change(file);
     await expect(h.done).rejects.toMatchObject({ code: 'ERR_SOURCE', message: expect.stringMatching(/^The file changed while uploading/) });
     expect(fs.existsSync(path.join(server.dir, 'changing.bin'))).toBe(false);
+    // The chunks stored are of a version that is gone: the client deleted the upload rather than leave it to expire.
+    await expect(h.done).rejects.toMatchObject({ message: expect.stringMatching(new RegExp(`; upload ${h.guid} was deleted on the server$`)) });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
+    expect(st.json.data).toMatchObject({ uploadStatus: 'cancelled' });
   });
 
   it('refuses a FIFO path at once, even one nobody writes to (opening it would block for good)', async () => {
@@ -390,6 +394,42 @@ describe('client: resume, cancel, pause', () => {
       message: `Upload ${guid} is 10 bytes in 4096-byte chunks; the source is 10 bytes in 2048-byte chunks`,
     });
     await expect(upload(bytesOf(11), { endpoint: endpoint(server.base), guid: 'no-such-guid' }).done).rejects.toMatchObject({ code: 'ERR_UPLOAD_NOT_FOUND', status: 404 });
+  });
+
+  it('refuses to resume a guid from a file of the same size that is another file, or the same one modified since', async () => {
+    server = await startServer(slowPuts(15));
+    const data = bytesOf(1 * MiB);
+    const file = await writeTemp(data, 'fp.bin');
+    const T = 1_700_000_000; // whole seconds: utimes() keeps them exact, so the ms below are exact too
+    await fsp.utimes(file, T, T);
+    const opts: UploadOptions = { endpoint: endpoint(server.base), chunkSize: 64 * KiB, transport: 'http', parallel: 2 };
+    const ac = new AbortController();
+    const first = upload(file, { ...opts, signal: ac.signal });
+    await whenLoaded(first, 256 * KiB);
+    ac.abort();
+    await expect(first.done).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    const guid = first.guid!;
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data).toMatchObject({ fingerprint: `${data.length}:${T * 1000}` });
+
+    // Another file of the same size (other bytes, another mtime): resuming would store a mix of the two.
+    const other = await writeTemp(bytesOf(1 * MiB), 'other.bin');
+    await fsp.utimes(other, T - 60, T - 60);
+    await expect(upload(other, { ...opts, guid }).done).rejects.toMatchObject({
+      code: 'ERR_RESUME_MISMATCH',
+      guid,
+      message: `Upload ${guid} was started from another file, or from this one before it was last modified (fingerprint ${data.length}:${T * 1000}; the source's is ${data.length}:${(T - 60) * 1000})`,
+    });
+    // The same file written to since (same size): refused too.
+    await fsp.writeFile(file, bytesOf(1 * MiB));
+    await fsp.utimes(file, T + 5, T + 5);
+    await expect(upload(file, { ...opts, guid }).done).rejects.toMatchObject({ code: 'ERR_RESUME_MISMATCH', guid });
+    // Neither refusal touched the upload: the original file, back as it was, finishes it.
+    await fsp.writeFile(file, data);
+    await fsp.utimes(file, T, T);
+    const r = await upload(file, { ...opts, guid }).done;
+    expect(r.resumedBytes).toBeGreaterThanOrEqual(256 * KiB);
+    await expectStored(server, 'fp.bin', data);
   });
 
   it('cancel() stops sending, deletes the upload on the server and rejects with ERR_UPLOAD_CANCELLED', async () => {

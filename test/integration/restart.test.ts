@@ -58,12 +58,15 @@ describe('restart', () => {
       const dir = await tempDir();
       server = await startServer({ dir, durability });
       const data = bytesOf(10 * CS + 77);
-      const init = await initUpload(server.base, { fileName: 'resume.bin', fileSize: data.length, chunkSize: CS, targetPath: 'in' });
+      const fingerprint = `${data.length}:1733611234567`;
+      const init = await initUpload(server.base, { fileName: 'resume.bin', fileSize: data.length, chunkSize: CS, targetPath: 'in', fingerprint });
       const guid = init.json.data!.guid as string;
       const sent = shuffled([...Array(11).keys()], 3).slice(0, 6);
       for (const r of await putChunks(server.base, guid, data, CS, sent)) expect(r.status).toBe(200);
       await server.close();
       server = await startServer({ dir, durability });
+      // The client's fingerprint is kept with the upload, for a resume to check it against its source.
+      expect((await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`)).json.data).toMatchObject({ fingerprint });
       const { missing } = await finishFromStatus(server.base, guid, data);
       expect(missing).toEqual([...Array(11).keys()].filter((c) => !sent.includes(c)));
       expect(Buffer.compare(await fsp.readFile(path.join(dir, 'in', 'resume.bin')), data)).toBe(0);

@@ -405,6 +405,7 @@ describe('parseInitRequest', () => {
         totalChunks: 4,
         targetPath: '/Documents/Archive',
         uploadMethod: 'websocket',
+        fingerprint: '104857600:1733611234567',
         somethingElse: { nested: true },
       },
       { ...limits, maxChunkSize: 32 * MiB },
@@ -416,6 +417,7 @@ describe('parseInitRequest', () => {
       totalChunks: 4,
       targetPath: ['Documents', 'Archive'],
       uploadMethod: 'websocket',
+      fingerprint: '104857600:1733611234567',
     });
   });
 
@@ -434,7 +436,7 @@ describe('parseInitRequest', () => {
 
   it('treats null optional fields as absent', () => {
     const r = parseInitRequest(
-      { fileName: 'a', fileSize: 5, chunkSize: null, totalChunks: null, targetPath: null, uploadMethod: null },
+      { fileName: 'a', fileSize: 5, chunkSize: null, totalChunks: null, targetPath: null, uploadMethod: null, fingerprint: null },
       limits,
     );
     expect(r).toEqual({ fileName: 'a', fileSize: 5, chunkSize: 4 * MiB, totalChunks: 1, targetPath: [] });
@@ -448,6 +450,7 @@ describe('parseInitRequest', () => {
     expect(parseInitRequest({ fileName: 'a', fileSize: 1, uploadMethod: 'm'.repeat(32) }, limits).uploadMethod).toBe(
       'm'.repeat(32),
     );
+    expect(parseInitRequest({ fileName: 'a', fileSize: 1, fingerprint: 'f'.repeat(128) }, limits).fingerprint).toBe('f'.repeat(128));
   });
 
   const ok = { fileName: 'a.bin', fileSize: 10 * MiB };
@@ -502,6 +505,11 @@ describe('parseInitRequest', () => {
     ['uploadMethod of 33 chars', { ...ok, uploadMethod: 'm'.repeat(33) }, 'ERR_INVALID_FIELD', 'uploadMethod'],
     ['uploadMethod with a newline', { ...ok, uploadMethod: 'put\nX-Admin: 1' }, 'ERR_INVALID_FIELD', 'uploadMethod'],
     ['uploadMethod not ASCII', { ...ok, uploadMethod: 'w\u00e9b' }, 'ERR_INVALID_FIELD', 'uploadMethod'],
+    ['fingerprint not a string', { ...ok, fingerprint: 10485760 }, 'ERR_INVALID_FIELD', 'fingerprint'],
+    ['empty fingerprint', { ...ok, fingerprint: '' }, 'ERR_INVALID_FIELD', 'fingerprint'],
+    ['fingerprint of 129 chars', { ...ok, fingerprint: 'f'.repeat(129) }, 'ERR_INVALID_FIELD', 'fingerprint'],
+    ['fingerprint with a control character', { ...ok, fingerprint: '10:1\u0000' }, 'ERR_INVALID_FIELD', 'fingerprint'],
+    ['fingerprint not ASCII', { ...ok, fingerprint: '10:\u00e9' }, 'ERR_INVALID_FIELD', 'fingerprint'],
   ];
 
   it.each(bad)('refuses %s, naming the field', (_label, body, code, field) => {
