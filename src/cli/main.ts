@@ -27,8 +27,8 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
   --token USER:TOKEN      accept "Authorization: Bearer TOKEN" as USER; repeatable
                           (UPDRAFT_TOKENS, comma-separated). Without any, everyone is "anonymous".
   --upload-ttl DURATION   expire uploads idle this long (UPDRAFT_UPLOAD_TTL, default 24h)
-  --allowed-origin ORIGIN browser origin (https://app.example.com, or *) allowed to open an upload WebSocket
-                          besides the server's own; repeatable (UPDRAFT_ALLOWED_ORIGINS, comma-separated)
+  --allowed-origin ORIGIN browser origin (https://app.example.com, or *) allowed to upload (WebSocket, POST, PUT,
+                          DELETE) besides the server's own; repeatable (UPDRAFT_ALLOWED_ORIGINS, comma-separated)
   --trust-proxy ADDR      reverse proxy (IP address or CIDR, e.g. 127.0.0.1 or 10.0.0.0/8) whose X-Forwarded-*
                           and Forwarded headers are believed; repeatable (UPDRAFT_TRUST_PROXY, comma-separated).
                           Without any, forwarded headers are ignored.

@@ -58,3 +58,35 @@ export function logValue(v: unknown, max = 200): string | undefined {
   const escaped = s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   return escaped.length > max ? `${escaped.slice(0, max)}…(${escaped.length} chars)` : escaped;
 }
+
+/**
+ * The Origin check, for WebSocket upgrades and for the HTTP requests that change something (POST, PUT, DELETE): a
+ * browser sends its cookies with a cross-site request, so a page elsewhere must not be able to start, feed or cancel
+ * uploads with them. No Origin: not a browser, allowed (its credentials are its own). Same origin: allowed, told by
+ * the browser's `Sec-Fetch-Site: same-origin` (a header no page can set) or by the Origin's host equalling the Host
+ * header (default ports folded). Otherwise the origin must be listed, or the list holds '*'.
+ */
+export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<string, string>>): boolean {
+  const origin = headers['origin'];
+  if (origin === undefined || origin === '') return true;
+  if (o.allowedOrigins.includes('*')) return true;
+  if (headers['sec-fetch-site'] === 'same-origin') return true;
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return false; // includes the opaque origin "null" (sandboxed frames, file: pages)
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
+  if (o.allowedOrigins.includes(url.origin)) return true;
+  const host = headers['host'];
+  if (host === undefined || host === '') return false;
+  let own: URL;
+  try {
+    own = new URL(`${url.protocol}//${host}`);
+  } catch {
+    return false;
+  }
+  // Both URLs use the Origin's scheme, so an omitted default port compares equal to an explicit one.
+  return own.host === url.host && own.username === '' && own.pathname === '/';
+}

@@ -15,7 +15,7 @@ import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate, bearer, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
 import type { ClientView } from './forwarded.js';
-import { corsHeaders, logValue, preflightHeaders, requestId } from './http-policy.js';
+import { corsHeaders, logValue, originAllowed, preflightHeaders, requestId } from './http-policy.js';
 import type { Metrics } from './metrics.js';
 import type { UserLimits } from './user-limits.js';
 import { ChunkReceiver, claimChunk, nextWriterId } from './chunk-ingest.js';
@@ -101,6 +101,16 @@ export function responseState(ctx: RouteContext, info?: RequestInfo): ResponseSt
   return st;
 }
 
+/**
+ * A request that changes something, sent by a browser page of another origin that is not allowed: refused before its
+ * body is read, with its connection closed (the body is not drained). See originAllowed.
+ */
+function refusedOrigin(o: ResolvedOptions, res: HttpResponse, st: ResponseState, info: RequestInfo, log: Logger): boolean {
+  if (originAllowed(o, info.headers)) return false;
+  sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log, true);
+  return true;
+}
+
 function repeatedLength(): UploadError {
   return new UploadError('ERR_BAD_REQUEST', 'Content-Length is given more than once');
 }
@@ -148,6 +158,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
   app.post(chunkRoute, (res, req) => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
+    if (refusedOrigin(o, res, st, info, log)) return;
     if (info.repeatedContentLength) {
       sendError(res, st, repeatedLength(), log, true);
       return;
@@ -280,6 +291,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
   app.del(chunkRoute, (res, req) => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
+    if (refusedOrigin(o, res, st, info, log)) return;
     void (async () => {
       try {
         const user = await authenticate(o, info);
@@ -405,6 +417,11 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
   const st = responseState(ctx, info);
+  if (!originAllowed(o, info.headers)) {
+    res.onAborted(() => {});
+    sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log, true);
+    return;
+  }
   if (info.repeatedContentLength) {
     res.onAborted(() => {});
     sendError(res, st, repeatedLength(), log, true);

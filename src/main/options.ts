@@ -145,10 +145,12 @@ export interface UploadEngineOptions {
 
   // --- WebSocket ---
   /**
-   * Browser origins (`scheme://host[:port]`) allowed to open an upload WebSocket, in addition to the server's own
-   * origin (an `Origin` whose host equals the `Host` header). `'*'` allows any origin. An upgrade without `Origin`
-   * (a non-browser client) is always allowed; any other origin is refused with 403 ERR_FORBIDDEN_ORIGIN, because a
-   * browser sends its cookies with a cross-site upgrade. Default `[]`: same origin only.
+   * Browser origins (`scheme://host[:port]`) allowed to open an upload WebSocket and to send POST, PUT and DELETE
+   * requests, in addition to the server's own origin (an `Origin` whose host equals the `Host` header, or a request
+   * the browser marks `Sec-Fetch-Site: same-origin`). `'*'` allows any origin. A request without `Origin` (a
+   * non-browser client) is always allowed; any other origin is refused with 403 ERR_FORBIDDEN_ORIGIN, because a
+   * browser sends its cookies with a cross-site request. Listed origins also get CORS headers. Default `[]`: same
+   * origin only.
    */
   allowedOrigins?: readonly string[];
   /**

@@ -45,6 +45,7 @@ import type { ChunkChecksum } from '../workers/task-types.js';
 import { authenticate } from './auth.js';
 import { ChunkReceiver, claimChunk, completionOf, nextWriterId, writeWholeChunk } from './chunk-ingest.js';
 import type { ChunkAck } from './chunk-ingest.js';
+import { originAllowed } from './http-policy.js';
 import { readRequest, responseState } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
 import type { ResolvedOptions } from './options.js';
@@ -135,34 +136,6 @@ export function chooseSubprotocol(header: string | undefined): Subprotocol {
     'ERR_INVALID_FIELD',
     `Sec-WebSocket-Protocol must offer "${NATIVE_SUBPROTOCOL}" or "${PS_SUBPROTOCOL}" (a bearer.<token> entry goes next to it)`,
   );
-}
-
-/**
- * The Origin check. No Origin: not a browser, allowed (its credentials are its own). Same origin (the Origin's host
- * equals the Host header, default ports folded): allowed. Otherwise the origin must be listed, or the list holds '*'.
- */
-export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<string, string>>): boolean {
-  const origin = headers['origin'];
-  if (origin === undefined || origin === '') return true;
-  if (o.allowedOrigins.includes('*')) return true;
-  let url: URL;
-  try {
-    url = new URL(origin);
-  } catch {
-    return false; // includes the opaque origin "null" (sandboxed frames, file: pages)
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
-  if (o.allowedOrigins.includes(url.origin)) return true;
-  const host = headers['host'];
-  if (host === undefined || host === '') return false;
-  let own: URL;
-  try {
-    own = new URL(`${url.protocol}//${host}`);
-  } catch {
-    return false;
-  }
-  // Both URLs use the Origin's scheme, so an omitted default port compares equal to an explicit one.
-  return own.host === url.host && own.username === '' && own.pathname === '/';
 }
 
 function closeReason(text: string): string {

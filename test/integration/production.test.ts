@@ -126,11 +126,52 @@ describe('CORS', () => {
     expect(init.headers.get('access-control-allow-origin')).toBe('https://app.example.com');
     expect(init.headers.get('vary')).toBe('Origin');
     const other = await initUpload(server.base, { fileName: 'd.bin', fileSize: 1 }, { origin: 'https://evil.example' });
+    expect(other.status).toBe(403);
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
     await server.close();
     server = await startServer({ allowedOrigins: ['https://app.example.com'], corsCredentials: true });
     const cred = await initUpload(server.base, { fileName: 'e.bin', fileSize: 1 }, { origin: 'https://app.example.com' });
     expect(cred.headers.get('access-control-allow-credentials')).toBe('true');
+  });
+});
+
+describe('Origin (cross-site requests carry the browser\'s cookies)', () => {
+  it('refuses a POST, PUT or DELETE from a page of another origin that is not allowed; nothing is created, stored or cancelled', async () => {
+    server = await startServer({ allowedOrigins: ['https://app.example.com'] });
+    const port = new URL(server.base).port;
+    const evil = { origin: 'https://evil.example' };
+    const forbidden = { status: 'fail', code: 'ERR_FORBIDDEN_ORIGIN', message: 'Origin not allowed' };
+
+    // An init as a form could send it (text/plain, no preflight): refused, and no upload made.
+    const init = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, JSON.stringify({ action: 'init', fileName: 'x.bin', fileSize: 10 }), { ...evil, 'content-type': 'text/plain' });
+    expect([init.status, init.json]).toEqual([403, { ...forbidden, data: { retryable: false } }]);
+    expect(await listFiles(server.dir, true)).toEqual([]);
+    expect((await call(server.base, 'GET', '/healthz')).json.data).toMatchObject({ uploads: 0 });
+
+    const data = bytesOf(2 * 1024);
+    const ok = await initUpload(server.base, { fileName: 'o.bin', fileSize: data.length, chunkSize: 1024 });
+    const guid = ok.json.data!.guid as string;
+    const put = await putChunk(server.base, guid, 0, slice(data, 1024, 0), evil);
+    expect([put.status, put.json.code]).toEqual([403, 'ERR_FORBIDDEN_ORIGIN']);
+    const cancel = await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${guid}`, undefined, evil);
+    expect([cancel.status, cancel.json.code]).toEqual([403, 'ERR_FORBIDDEN_ORIGIN']);
+    const postCancel = await call(server.base, 'POST', `${PREFIX}/upload-chunk`, { action: 'cancel', guid }, evil);
+    expect([postCancel.status, postCancel.json.code]).toEqual([403, 'ERR_FORBIDDEN_ORIGIN']);
+    // A read changes nothing, and its reply carries no CORS header, so the page cannot read it: answered.
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`, undefined, evil);
+    expect(st.json.data).toMatchObject({ uploadStatus: 'active', receivedChunks: 0 });
+    expect(st.headers.get('access-control-allow-origin')).toBeNull();
+
+    // Allowed: a listed origin; the server's own (Origin's host = Host); a browser's Sec-Fetch-Site: same-origin (a
+    // proxy that rewrote Host); a client with no Origin at all.
+    expect((await putChunk(server.base, guid, 0, slice(data, 1024, 0), { origin: 'https://app.example.com' })).status).toBe(200);
+    expect((await putChunk(server.base, guid, 0, slice(data, 1024, 0), { origin: `http://127.0.0.1:${port}` })).status).toBe(200);
+    const proxied = await putChunk(server.base, guid, 0, slice(data, 1024, 0), { origin: 'https://files.example.com', 'sec-fetch-site': 'same-origin' });
+    expect(proxied.status).toBe(200);
+    expect((await putChunk(server.base, guid, 0, slice(data, 1024, 0), { origin: 'https://files.example.com', 'sec-fetch-site': 'cross-site' })).status).toBe(403);
+    const last = await putChunk(server.base, guid, 1, slice(data, 1024, 1));
+    expect(last.json.data).toMatchObject({ complete: true });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'o.bin')), data)).toBe(0);
   });
 });
 

@@ -414,7 +414,7 @@ describe('WebSocket upgrade checks', () => {
     await expectCompletion(c, path.join(server.dir, 'tok.bin'), data);
   });
 
-  it('refuses a cross-site Origin (403) and allows same-origin, listed origins and no Origin', async () => {
+  it('refuses a cross-site Origin (403) and allows same-origin (by Host or Sec-Fetch-Site), listed origins and no Origin', async () => {
     server = await startServer({ allowedOrigins: ['https://app.example.com'] });
     const { guid } = await init(CS);
     const port = new URL(server.base).port;
@@ -426,6 +426,9 @@ describe('WebSocket upgrade checks', () => {
     await open(guid, { origin: `http://127.0.0.1:${port}` });
     await open(guid, { origin: 'https://app.example.com' });
     await open(guid);
+    // Behind a proxy that rewrote Host: the browser's own Sec-Fetch-Site says same-origin, and that is believed.
+    await open(guid, { origin: 'https://files.example.com', headers: { 'sec-fetch-site': 'same-origin' } });
+    expect((await refused(guid, { origin: 'https://files.example.com', headers: { 'sec-fetch-site': 'same-site' } })).status).toBe(403);
   });
 
   it('closes connections past the per-user cap with 4029 and counts closed ones out', async () => {
