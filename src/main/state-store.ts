@@ -8,6 +8,9 @@
  *                   file that began after that chunk's bytes were written, and the append is itself fdatasync'ed
  *                   before anyone is told the chunk is safe. So the journal never claims bytes a crash could lose.
  *                   A torn, zero-filled or stale tail fails the check and is ignored on load (and overwritten).
+ *   <guid>.prev     onConflict 'overwrite' only, while the completion runs: a hard link to the file the upload is
+ *                   replacing, put back under its name if the completion fails (a hook refuses, a sync fails), and
+ *                   removed once the completion is recorded. Kept on load only for a `finalizing` upload.
  *
  * The meta file changes rarely (init, finalizing, completed, cancelled, failed, expired), so its three syncs are
  * off the per-chunk path; the per-chunk cost is one group-committed fdatasync of .part plus one of .journal.
@@ -116,6 +119,9 @@ export class StateStore {
   journalPath(guid: string): string {
     return path.join(this.dir, `${guid}.journal`);
   }
+  prevPath(guid: string): string {
+    return path.join(this.dir, `${guid}.prev`);
+  }
 
   async init(): Promise<void> {
     await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
@@ -165,7 +171,7 @@ export class StateStore {
 
   /** Removes every file of an upload (missing ones are fine). */
   async removeAll(guid: string, keepMeta = false): Promise<void> {
-    const files = [this.partPath(guid), this.journalPath(guid), `${this.metaPath(guid)}.tmp`];
+    const files = [this.partPath(guid), this.journalPath(guid), this.prevPath(guid), `${this.metaPath(guid)}.tmp`];
     if (!keepMeta) files.push(this.metaPath(guid));
     await Promise.all(files.map((f) => fsp.rm(f, { force: true })));
   }
@@ -217,10 +223,13 @@ export class StateStore {
       out.push({ meta, journal });
     }
     for (const name of names) {
-      const m = /^(.*)\.(part|journal|meta|meta\.tmp)$/.exec(name);
+      const m = /^(.*)\.(part|journal|prev|meta|meta\.tmp)$/.exec(name);
       const guid = m?.[1];
       if (guid !== undefined && keep.has(guid)) continue;
-      if (guid === undefined || !metas.has(guid) || m?.[2] === 'meta.tmp') {
+      // A replaced file is only of use to a completion still to be decided (finalizing); one that ended has kept or
+      // restored it already.
+      const stalePrev = m?.[2] === 'prev' && metas.get(guid!)?.status !== 'finalizing';
+      if (guid === undefined || !metas.has(guid) || m?.[2] === 'meta.tmp' || stalePrev) {
         await fsp.rm(path.join(this.dir, name), { force: true, recursive: true });
       }
     }

@@ -28,7 +28,7 @@ import { logValue } from './http-policy.js';
 import type { ResolvedOptions } from './options.js';
 import { GUID_RE, Journal, StateStore } from './state-store.js';
 import type { UploadMeta } from './state-store.js';
-import { Upload, storageFailure } from './upload.js';
+import { Upload, isPassingError, storageFailure } from './upload.js';
 import type { CompletionInfo } from './upload.js';
 
 const fdatasync = promisify(fs.fdatasync);
@@ -396,6 +396,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         this.log.error({ err: e, guid: u.guid }, 'could not record the completion; a restart completes it again');
       });
       await fsp.rm(this.store.journalPath(u.guid), { force: true }).catch(() => {});
+      await fsp.rm(this.store.prevPath(u.guid), { force: true }).catch(() => {}); // the replaced file, kept until now
       const durationMs = u.endTime - u.startTime;
       this.log.info(
         {
@@ -419,8 +420,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       // A file already placed (its folder could not be synced, the staging name not unlinked) goes again: a failed
       // upload leaves nothing under its final name, as when the hook refuses it.
       if (placed !== null) {
-        await this.#removePlaced(placed, u.fileId).catch(() => {});
+        await this.#removePlaced(placed, u.fileId, u.guid).catch((e2: unknown) => this.log.error({ err: e2, guid: u.guid }, 'could not undo a failed completion'));
         u.finalName = undefined;
+      } else {
+        await fsp.rm(this.store.prevPath(u.guid), { force: true }).catch(() => {}); // not replaced: the file is where it was
       }
       await this.fail(u, err);
       throw err;
@@ -447,7 +450,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       this.log.warn({ err: e, guid: u.guid }, 'onUploadComplete failed; removing the file');
       // Recorded first, so a crash before the `failed` record cannot read the removed file as one the hook moved.
       await this.store.writeMeta({ ...u.toMeta(), hookStarted: true, hookRefused: true }).catch(() => {});
-      await this.#removePlaced(file, u.fileId);
+      await this.#removePlaced(file, u.fileId, u.guid);
       u.finalName = undefined;
       throw e instanceof UploadError ? e : new UploadError('ERR_HOOK_FAILED');
     }
@@ -481,10 +484,28 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       u.finalName = u.fileName;
       await this.store.writeMeta(u.toMeta());
       const target = path.join(folder.via, u.fileName);
+      const prev = this.store.prevPath(u.guid);
       // Under the name's lock: a failing upload checks whose file is there and removes it in one step (#removePlaced).
-      await this.#underNameLock(path.join(folder.path, u.fileName), () => fsp.rename(staging, target)).catch((e: NodeJS.ErrnoException) => {
+      await this.#underNameLock(path.join(folder.path, u.fileName), async () => {
+        // The file being replaced is kept (a second link, durable before the rename) until the completion is
+        // recorded: a completion that fails after the rename (a hook refuses, a sync fails) puts it back, so a
+        // failed overwrite loses neither version. A link left by an attempt before a crash is made again.
+        await fsp.rm(prev, { force: true });
+        const kept = await fsp.link(target, prev).then(
+          () => true,
+          (e: NodeJS.ErrnoException) => {
+            if (e.code === 'ENOENT') return false; // nothing to replace
+            if (e.code === 'EPERM' || e.code === 'EISDIR') throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS); // a folder
+            throw e;
+          },
+        );
+        if (kept) await this.store.syncDir();
+        await fsp.rename(staging, target);
+      }).catch((e: unknown) => {
+        if (e instanceof UploadError) throw e;
         // A folder of that name appeared after the init's check: overwriting means files, never folders.
-        if (e.code === 'EISDIR' || e.code === 'ENOTEMPTY' || e.code === 'EEXIST') throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS);
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST') throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS);
         throw storageFailure(e);
       });
       return u.fileName;
@@ -532,16 +553,27 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * upload's (`id`, its "ino:birthtime"): once it left the name (a hook moved it, a refusal or an earlier try removed it),
    * another upload may have completed under the same name. Without a recorded identity nothing is removed.
    */
-  async #removePlaced(file: string, id: string | undefined): Promise<void> {
+  async #removePlaced(file: string, id: string | undefined, guid: string): Promise<void> {
+    const prev = this.store.prevPath(guid);
     await this.#underNameLock(file, async () => {
       const st = await fsp.lstat(file, { bigint: true }).catch(() => null);
-      if (st === null) return;
-      if (id === undefined || fileId(st) !== id) {
+      if (st !== null && (id === undefined || fileId(st) !== id)) {
+        // Another upload's file since (an overwrite after this one's): the file this one replaced stays replaced.
         this.log.warn({ event: 'upload.file_kept' }, 'a file under a failed upload\'s final name is not its own; left in place');
-        return;
+      } else {
+        // onConflict 'overwrite': the file this upload replaced goes back under its name, in one rename over this
+        // upload's file (or a link, where a hook had moved that file away); otherwise the name is freed.
+        const restored = await (st !== null ? fsp.rename(prev, file) : fsp.link(prev, file)).then(
+          () => true,
+          (e: NodeJS.ErrnoException) => {
+            if (e.code === 'ENOENT' || e.code === 'EEXIST') return false;
+            throw e;
+          },
+        );
+        if (!restored && st !== null) await fsp.rm(file, { force: true });
+        if (restored || st !== null) await this.store.syncDir(path.dirname(file)).catch(() => {});
       }
-      await fsp.rm(file, { force: true });
-      await this.store.syncDir(path.dirname(file)).catch(() => {});
+      await fsp.rm(prev, { force: true });
     });
   }
 
@@ -769,6 +801,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const u = new Upload(meta, null);
     await this.store.writeMeta(u.toMeta());
     await fsp.rm(this.store.journalPath(meta.guid), { force: true });
+    await fsp.rm(this.store.prevPath(meta.guid), { force: true });
     return u;
   }
 
@@ -783,23 +816,32 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
     const staging = this.store.partPath(meta.guid);
     if (meta.status === 'finalizing' && meta.finalName !== undefined) {
-      // Crashed mid-move: decide from what is on disk whether the move happened.
-      const dir = await this.resolveTargetDir(meta.targetPath).catch(() => null);
+      // Crashed mid-move: decide from what is on disk whether the move happened. A look that fails for a passing
+      // reason (EIO, EMFILE, EACCES) decides nothing: it throws, and the upload is left on disk for the next start
+      // (#reload), rather than a file safe in place be recorded lost. A folder gone or turned into a file is final.
+      const unlessPassing = (e: unknown): null => {
+        if (isPassingError(e)) throw e;
+        return null;
+      };
+      const dir = await this.resolveTargetDir(meta.targetPath).catch(unlessPassing);
       if (meta.hookRefused === true) {
         // The hook had refused the file; its removal may not have happened yet (if the name holds another upload's
         // file now, that one stays).
-        if (dir) await this.#removePlaced(path.join(dir, meta.finalName), meta.fileId);
+        if (dir) await this.#removePlaced(path.join(dir, meta.finalName), meta.fileId, meta.guid);
         const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_HOOK_FAILED', message: 'The server refused to complete the upload' } }, null);
         await this.store.writeMeta(u.toMeta());
         await this.store.removeAll(meta.guid, true);
         return u;
       }
-      const target = dir ? await fsp.stat(path.join(dir, meta.finalName), { bigint: true }).catch(() => null) : null;
-      const part = await fsp.stat(staging, { bigint: true }).catch(() => null);
+      const target = dir ? await fsp.stat(path.join(dir, meta.finalName), { bigint: true }).catch(unlessPassing) : null;
+      const part = await fsp.stat(staging, { bigint: true }).catch(unlessPassing);
       // The file under the final name is this upload's if it is the staging file (linked, not yet unlinked) or, with
       // the staging name gone, the file recorded as this upload's (a record from before fileId existed: assumed).
       const ours = target !== null && (part ? fileId(part) === fileId(target) : meta.fileId === undefined || meta.fileId === fileId(target));
       if (ours) {
+        // The crash may have come before the folder was synced after the move: the file's name is made durable
+        // before the staging name goes and the completion is recorded, as in #finalize (durability.md invariant 6).
+        await this.store.syncDir(dir!);
         if (part) await fsp.unlink(staging);
         // The stop may have come while onUploadComplete ran (it runs after the move, before 'completed' is
         // recorded): run it again, so a file the hook refuses does not stay in place (at least once per upload).

@@ -359,8 +359,21 @@ export class Upload {
 
 export function storageFailure(e: unknown): UploadError {
   const errno = (e as NodeJS.ErrnoException)?.code;
-  return new UploadError(
+  const err = new UploadError(
     'ERR_STORAGE_FAILED',
     errno ? `Writing to storage failed (${errno}); the upload cannot continue` : undefined,
   );
+  err.cause = e; // for the logs and for callers that tell errors apart (never sent to a client)
+  return err;
+}
+
+/**
+ * Errors that say nothing lasting about a file (the disk, the process's limits or permissions may be fixed by the
+ * next start): a reload that meets one leaves the upload as it is on disk rather than decide from it.
+ */
+const PASSING_ERRNOS: ReadonlySet<string> = new Set(['EIO', 'EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN', 'EBUSY', 'EINTR', 'EACCES', 'EPERM', 'ENOSPC', 'EROFS', 'EDQUOT']);
+
+export function isPassingError(e: unknown): boolean {
+  const errno = (e as NodeJS.ErrnoException)?.code ?? ((e as Error)?.cause as NodeJS.ErrnoException | undefined)?.code;
+  return typeof errno === 'string' && PASSING_ERRNOS.has(errno);
 }

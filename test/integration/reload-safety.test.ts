@@ -353,3 +353,109 @@ describe('a completion and a reload touch only what is theirs', () => {
     await registry.close();
   });
 });
+
+describe("onConflict 'overwrite' never loses the file it replaces", () => {
+  const staged = async (dir: string): Promise<string[]> => (await fsp.readdir(path.join(dir, '.updraft-staging'))).filter((f) => !f.endsWith('.meta'));
+
+  it('a completion the hook refuses, or whose folder sync fails, puts the replaced file back; one that succeeds keeps no copy', async () => {
+    const dir = await rootDir();
+    let refuse = false;
+    const { registry, ctx } = await open(dir, { onConflict: 'overwrite', onUploadComplete: () => { if (refuse) throw new Error('refused'); } });
+    const v1 = randomBytes(2 * CS + 5);
+    await uploadAll(ctx, 'report.bin', v1);
+    refuse = true;
+    await expect(uploadAll(ctx, 'report.bin', randomBytes(2 * CS + 5))).rejects.toMatchObject({ code: 'ERR_HOOK_FAILED' });
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v1)).toBe(0);
+    expect(await staged(dir)).toEqual([]);
+
+    // The target folder cannot be synced once the new file is in place: the completion fails, the old file returns.
+    refuse = false;
+    const syncDir = registry.store.syncDir.bind(registry.store);
+    registry.store.syncDir = (d?: string) => (d === dir && fs.existsSync(registry.store.prevPath([...registry.uploads()].at(-1)!.guid)) ? Promise.reject(eio()) : syncDir(d));
+    try {
+      await expect(uploadAll(ctx, 'report.bin', randomBytes(CS))).rejects.toMatchObject({ code: 'ERR_STORAGE_FAILED' });
+    } finally {
+      registry.store.syncDir = syncDir;
+    }
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v1)).toBe(0);
+    expect(await staged(dir)).toEqual([]);
+
+    const v4 = randomBytes(CS + 1);
+    await uploadAll(ctx, 'report.bin', v4);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v4)).toBe(0);
+    expect(await staged(dir)).toEqual([]);
+    await registry.close();
+  });
+
+  /** v1 completed as report.bin; v2's process died right after its rename over v1, before `completed` was recorded. */
+  async function crashedOverwrite(dir: string): Promise<{ v1: Buffer; v2: Buffer; guid: string }> {
+    const first = await open(dir, { onConflict: 'overwrite' });
+    const v1 = randomBytes(CS + 7);
+    await uploadAll(first.ctx, 'report.bin', v1);
+    const v2 = randomBytes(CS + 7);
+    const u = await first.registry.create('anonymous', { fileName: 'report.bin', fileSize: v2.length, chunkSize: CS, totalChunks: 2, targetPath: [] });
+    await writeWholeChunk(first.ctx, u, 0, v2.subarray(0, CS)); // the last chunk would complete it: written below
+    await first.registry.close();
+    // What #place had done: the record, the second link to v1, the rename of the staging file over it.
+    const store = first.registry.store;
+    const fh = await fsp.open(store.partPath(u.guid), 'r+');
+    await fh.write(v2, CS, v2.length - CS, CS);
+    await fh.close();
+    const st = await fsp.stat(store.partPath(u.guid), { bigint: true });
+    await store.writeMeta({ ...u.toMeta(), status: 'finalizing', finalName: 'report.bin', fileId: `${st.ino}:${st.birthtimeNs}`, hookStarted: true });
+    await fsp.link(path.join(dir, 'report.bin'), path.join(store.dir, `${u.guid}.prev`)); // store.prevPath
+    await fsp.rename(store.partPath(u.guid), path.join(dir, 'report.bin'));
+    return { v1, v2, guid: u.guid };
+  }
+
+  it('after a crash mid-completion, a hook that refuses at restart gets the replaced file back; an accepted one removes the copy', async () => {
+    const dir = await rootDir();
+    const { v1, guid } = await crashedOverwrite(dir);
+    const next = await open(dir, { onConflict: 'overwrite', onUploadComplete: () => { throw new Error('refused now'); } });
+    expect(next.registry.find(guid, 'anonymous', true).status).toBe('failed');
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v1)).toBe(0);
+    expect(await staged(dir)).toEqual([]);
+    await next.registry.close();
+
+    const dir2 = await rootDir();
+    const second = await crashedOverwrite(dir2);
+    // The restart completes it, and syncs the folder the file is in before recording that (durability.md 6).
+    const synced: string[] = [];
+    const { StateStore } = await import('../../src/main/state-store.js');
+    const syncDir = StateStore.prototype.syncDir;
+    StateStore.prototype.syncDir = function (this: InstanceType<typeof StateStore>, d?: string) {
+      synced.push(d ?? this.dir);
+      return syncDir.call(this, d);
+    };
+    let again: Awaited<ReturnType<typeof open>>;
+    try {
+      again = await open(dir2, { onConflict: 'overwrite' });
+    } finally {
+      StateStore.prototype.syncDir = syncDir;
+    }
+    expect(again.registry.find(second.guid, 'anonymous', true).status).toBe('completed');
+    expect(synced).toContain(dir2);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir2, 'report.bin')), second.v2)).toBe(0);
+    expect(await staged(dir2)).toEqual([]);
+    await again.registry.close();
+  });
+
+  it('a reload that cannot look at the final file (EIO) leaves the upload for the next start instead of recording it lost', async () => {
+    const dir = await rootDir();
+    const { v2, guid } = await crashedOverwrite(dir);
+    const stat = fsp.stat;
+    fsp.stat = ((p: fs.PathLike, o?: unknown) => (String(p).endsWith('report.bin') ? Promise.reject(eio()) : stat(p, o as never))) as typeof fsp.stat;
+    let blind: Awaited<ReturnType<typeof open>>;
+    try {
+      blind = await open(dir, { onConflict: 'overwrite' });
+    } finally {
+      fsp.stat = stat;
+    }
+    expect(() => blind.registry.find(guid, 'anonymous', true)).toThrow(expect.objectContaining({ code: 'ERR_UPLOAD_NOT_FOUND' }));
+    await blind.registry.close();
+    const next = await open(dir, { onConflict: 'overwrite' });
+    expect(next.registry.find(guid, 'anonymous', true).status).toBe('completed');
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v2)).toBe(0);
+    await next.registry.close();
+  });
+});
