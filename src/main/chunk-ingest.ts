@@ -168,7 +168,10 @@ async function settle(ctx: IngestContext, u: Upload, chunk: number, r: WriteResu
 function baseTask(ctx: IngestContext, u: Upload, chunk: number, writerId: number): Omit<WriteTask, 'data' | 'dataOffset' | 'length' | 'chunkOffset' | 'first' | 'last'> {
   // A stop waits for the tasks in flight, then closes the files: no new task may start after it began.
   if (u.stop !== 'none') throw new UploadError('ERR_SHUTTING_DOWN');
-  if (!u.shared || u.fd === null) throw new UploadError('ERR_UPLOAD_FAILED');
+  if (!u.shared || u.fd === null) {
+    u.assertWritable(); // ended meanwhile (a cancel or an expiry while the body arrived): its own code, e.g. 410
+    throw new UploadError('ERR_UPLOAD_FAILED');
+  }
   return {
     sab: u.shared.sab,
     fd: u.fd,

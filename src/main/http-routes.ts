@@ -111,6 +111,9 @@ function refusedOrigin(o: ResolvedOptions, res: HttpResponse, st: ResponseState,
   return true;
 }
 
+/** How often a request the server holds paused is resumed and paused again, to restart uWS's 10 s request timer. */
+const PAUSED_KEEPALIVE_MS = 4000;
+
 function repeatedLength(): UploadError {
   return new UploadError('ERR_BAD_REQUEST', 'Content-Length is given more than once');
 }
@@ -330,12 +333,15 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
     const st = begin(res, info);
     sendError(res, st, methodNotAllowed(allow), log);
   };
-  // CORS preflight for the API routes: answered for allowed origins, refused (403) for others.
-  // uWS prefers an exact path over a wildcard whatever the method, so the API routes get their own OPTIONS handlers.
-  const preflight = (res: HttpResponse, req: HttpRequest): void => {
+  // CORS preflight for the API routes: answered for allowed origins, refused (403) for others. An OPTIONS without
+  // Origin is no preflight (no browser sent it; such requests are never refused): it is told the route's methods.
+  // uWS prefers an exact path over a wildcard whatever the method, so the API routes get their own OPTIONS handlers;
+  // other paths under the prefix answer 404 like any other method there.
+  const preflight = (allow: string) => (res: HttpResponse, req: HttpRequest): void => {
     const info = readRequest(res, req, o);
     const st = begin(res, info);
-    const headers = preflightHeaders(o, info.headers);
+    const origin = info.headers['origin'];
+    const headers = origin === undefined || origin === '' ? { Allow: allow } : preflightHeaders(o, info.headers);
     if (!headers) {
       sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log);
       return;
@@ -347,7 +353,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       res.endWithoutBody();
     });
   };
-  for (const route of [chunkRoute, statusRoute, `${o.prefix}/*`]) app.options(route, preflight);
+  app.options(chunkRoute, preflight('GET, HEAD, POST, PUT, DELETE, OPTIONS'));
+  app.options(statusRoute, preflight('GET, HEAD, OPTIONS'));
   if (o.metrics && ctx.metrics) {
     const metrics = ctx.metrics;
     app.get('/metrics', (res, req) => {
@@ -478,13 +485,29 @@ function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void
     for (const q of queue.splice(0)) handle(q.bytes, q.isLast, true);
   };
 
+  // uWS's own request timer (10 s, its slow-loris guard) keeps running while a request is paused, and closed a request
+  // the server held longer (the second writer of a chunk waiting for the first, a body waiting for memory or for a
+  // reading place) without a reply. A resume restarts that timer, and a resume and pause in the same turn read
+  // nothing: so a request held paused is nudged that way every PAUSED_KEEPALIVE_MS until it is resumed or answered.
+  let keepAlive: ReturnType<typeof setInterval> | null = null;
+  const stopKeepAlive = (): void => {
+    if (keepAlive !== null) clearInterval(keepAlive);
+    keepAlive = null;
+  };
   const pause = (): void => {
     if (st.aborted || st.done || st.paused) return;
     st.paused = true;
     res.pause();
+    keepAlive ??= setInterval(() => {
+      if (st.aborted || st.done || !st.paused) return stopKeepAlive();
+      res.resume();
+      res.pause();
+    }, PAUSED_KEEPALIVE_MS);
+    keepAlive.unref?.();
   };
   const resume = (): void => {
     if (busy || budgetPaused || st.aborted || st.done || !st.paused) return;
+    stopKeepAlive();
     st.paused = false;
     // After a yield for silence, the silence before it still counts (see below); after any other pause, none does.
     lastLife = performance.now() - (silentFor ?? 0);

@@ -127,7 +127,8 @@ export interface UploadEngineOptions {
    * and its connection closed, freeing its claim, memory and reading place. Time the server itself holds the request
    * paused (waiting for memory or for another writer) does not count; a body that lost its reading place for sending
    * nothing keeps the silence it had, so its turns add up until its next byte. uWS's own 10 s idle timeout would do
-   * this, but every resume restarts it. Default 10 s.
+   * this, but every resume restarts it. Default and most 10 s: uWS itself closes, without a reply, a request whose
+   * body brings less than 16 KiB in 10 s while it is read (its slow-loris guard; held paused, the engine keeps it).
    */
   bodyIdleTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
@@ -367,7 +368,8 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 4, 1, 1_000_000),
     directIo: o.directIo !== false,
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
-    bodyIdleTimeout: int('bodyIdleTimeout', o.bodyIdleTimeout, 10_000, 1, 3_600_000),
+    // At most 10 s: uWS closes a request whose body stalls that long itself, without a reply (HTTP_IDLE_TIMEOUT_S).
+    bodyIdleTimeout: int('bodyIdleTimeout', o.bodyIdleTimeout, 10_000, 1, 10_000),
     checkpointInterval: int('checkpointInterval', o.checkpointInterval, 1000, 10),
     reapInterval: int('reapInterval', o.reapInterval, 60_000, 10),
     instanceId,

@@ -122,6 +122,11 @@ describe('CORS', () => {
     const bad = await fetch(`${server.base}${PREFIX}/upload-chunk`, { method: 'OPTIONS', headers: { origin: 'https://evil.example' } });
     expect(bad.status).toBe(403);
     expect(bad.headers.get('access-control-allow-origin')).toBeNull();
+    // No Origin: no preflight, and never refused; the methods of the route. Not a route: 404 like any method.
+    const plain = await fetch(`${server.base}${PREFIX}/upload-status`, { method: 'OPTIONS' });
+    expect([plain.status, plain.headers.get('allow'), plain.headers.get('access-control-allow-origin')]).toEqual([204, 'GET, HEAD, OPTIONS', null]);
+    const elsewhere = await fetch(`${server.base}${PREFIX}/nope`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com' } });
+    expect(elsewhere.status).toBe(404);
     const init = await initUpload(server.base, { fileName: 'c.bin', fileSize: 1 }, { origin: 'https://app.example.com' });
     expect(init.headers.get('access-control-allow-origin')).toBe('https://app.example.com');
     expect(init.headers.get('vary')).toBe('Origin');
@@ -402,6 +407,9 @@ describe('embedding', () => {
     expect(resolveOptions({ minChunkSize: 16 * 1024 * 1024 })).toMatchObject({ chunkSize: 16 * 1024 * 1024 });
     expect(resolveOptions({ chunkSize: 512 })).toMatchObject({ minChunkSize: 512, chunkSize: 512 });
     expect(() => resolveOptions({ chunkSize: 512, minChunkSize: 1024 })).toThrow('invalid option chunkSize');
+    // uWS closes a body that stalls for 10 s itself, without a reply: a longer idle timeout could never answer.
+    expect(resolveOptions({ bodyIdleTimeout: 10_000 }).bodyIdleTimeout).toBe(10_000);
+    expect(() => resolveOptions({ bodyIdleTimeout: 10_001 })).toThrow('invalid option bodyIdleTimeout');
   });
 });
 

@@ -41,6 +41,59 @@ function rawPut(base: string, guid: string, chunk: number, length: number) {
   return { send: (b: Uint8Array) => socket.write(b), reply, socket };
 }
 
+describe('requests the server holds paused', () => {
+  it("outlive uWS's own 10 s request timer: the second writer of a chunk sent over 16 s gets its answer, not a closed connection", async () => {
+    const size = 384 * KIB;
+    server = await startServer({ chunkSize: size });
+    const data = bytesOf(size);
+    const init = await initUpload(server.base, { fileName: 'held.bin', fileSize: 2 * size, chunkSize: size });
+    const guid = init.json.data!.guid as string;
+    const first = rawPut(server.base, guid, 0, size);
+    const second = rawPut(server.base, guid, 0, size);
+    try {
+      // 24 KiB/s: above uWS's 16 KiB/s minimum for a body being read, so only the held request is at risk.
+      const step = 24 * KIB;
+      first.send(data.subarray(0, step));
+      await new Promise((r) => setTimeout(r, 200));
+      second.send(data); // whole, at once: it waits, paused, for the first writer of chunk 0
+      for (let off = step; off < size; off += step) {
+        await new Promise((r) => setTimeout(r, 1000));
+        first.send(data.subarray(off, off + step));
+      }
+      const [a, b] = await Promise.all([first.reply, second.reply]);
+      expect([a.status, a.body.message]).toEqual([200, 'Chunk received']);
+      expect([b.status, b.body.message]).toEqual([200, 'Chunk already received']);
+      const last = await putChunks(server.base, guid, Buffer.concat([data, data]), size, [1], 1);
+      expect(last[0]!.json.data).toMatchObject({ complete: true });
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'held.bin')), Buffer.concat([data, data]))).toBe(0);
+    } finally {
+      first.socket.destroy();
+      second.socket.destroy();
+    }
+  }, 40_000);
+});
+
+describe('a cancel while a body arrives', () => {
+  it('answers the rest of that body 410 ERR_UPLOAD_CANCELLED, as upload-status says, not 409 ERR_UPLOAD_FAILED', async () => {
+    server = await startServer({ chunkSize: CS });
+    const init = await initUpload(server.base, { fileName: 'c.bin', fileSize: 2 * CS, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    const put = rawPut(server.base, guid, 0, CS);
+    try {
+      const data = bytesOf(CS);
+      put.send(data.subarray(0, CS / 2)); // less than a slab: nothing is written before the body ends
+      await new Promise((r) => setTimeout(r, 100));
+      const cancel = await fetch(`${server.base}${PREFIX}/upload-chunk?guid=${guid}`, { method: 'DELETE' });
+      expect(cancel.status).toBe(200);
+      put.send(data.subarray(CS / 2));
+      const r = await put.reply;
+      expect([r.status, r.body.code]).toEqual([410, 'ERR_UPLOAD_CANCELLED']);
+    } finally {
+      put.socket.destroy();
+    }
+  });
+});
+
 describe('bodies read at once (maxReadingBodies)', () => {
   it('a body that stalls half-way gives its place up; the others complete, then it completes too, byte for byte', async () => {
     server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, maxInFlightBytes: 1024 * KIB, chunkSize: CS });
