@@ -711,7 +711,7 @@ class NativeSession extends Session {
     // A WebSocket cannot stop reading, so the receiver takes no reading place and never pauses anything.
     const receiver = new ChunkReceiver(this.ctx, u, c, writerId, noop, noop, { readingPlace: false, claim });
     this.inFlight++;
-    const stream: PartStream = { c, next: 0, expected, receiver, abort, lastPartAt: 0, timer: null };
+    const stream: PartStream = { c, next: 0, expected, receiver, abort, lastPartAt: 0, timer: null, periodAt: performance.now(), periodFrom: 0 };
     this.#streaming = stream;
     this.#push(stream, payload);
     const whole = this.#wholeFrame(c, payload.length);
@@ -735,7 +735,7 @@ class NativeSession extends Session {
 
   /** Chunk `c` was refused: its remaining parts are dropped without replies (see #part). */
   #dropRest(c: number): void {
-    this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null, lastPartAt: 0, timer: null };
+    this.#streaming = { c, next: 0, expected: 0, receiver: null, abort: null, lastPartAt: 0, timer: null, periodAt: 0, periodFrom: 0 };
   }
 
   /** Stops a half-received chunk: nothing more of it is written, its bit stays clear, its claim and slabs go. */
@@ -748,25 +748,36 @@ class NativeSession extends Session {
   /**
    * A chunk whose next part does not come within `wsPartTimeout` is dropped, like a PUT body that stops: it would
    * otherwise hold its claim (other writers of the chunk get ERR_CHUNK_BUSY, the upload never expires) and its
-   * window slot (connections waiting for a turn never get one) for as long as the connection lives.
+   * window slot (connections waiting for a turn never get one) for as long as the connection lives. While others
+   * wait for a window, parts that keep coming but bring less than WS_MIN_RATE_WHILE_OTHERS_WAIT drop it too.
    */
   #watchStall(p: PartStream): void {
     const limit = this.ctx.options.wsPartTimeout;
-    const check = (): void => {
-      p.timer = null;
-      if (this.#streaming !== p || this.ending) return;
-      const quiet = performance.now() - p.lastPartAt;
-      if (quiet < limit) {
-        p.timer = setTimeout(check, limit - quiet);
-        return;
-      }
+    const period = Math.min(WS_RATE_PERIOD_MS, limit);
+    const floor = (WS_MIN_RATE_WHILE_OTHERS_WAIT * period) / 1000;
+    const drop = (why: string): void => {
       this.#dropPart(p);
       this.#dropRest(p.c);
       this.inFlight--;
-      this.refuse(new UploadError('ERR_CHUNK_INCOMPLETE', `Chunk ${p.c}: no part for ${limit} ms after ${p.next} of ${p.expected} bytes; send it again from offset 0`), p.c);
+      this.refuse(new UploadError('ERR_CHUNK_INCOMPLETE', `Chunk ${p.c}: ${why} after ${p.next} of ${p.expected} bytes; send it again from offset 0`), p.c);
       this.maybeFinish();
     };
-    p.timer = setTimeout(check, limit);
+    const check = (): void => {
+      p.timer = null;
+      if (this.#streaming !== p || this.ending) return;
+      const now = performance.now();
+      const quiet = now - p.lastPartAt;
+      if (quiet >= limit) return drop(`no part for ${limit} ms`);
+      if (now - p.periodAt >= period) {
+        if (p.next - p.periodFrom < floor && this.hub.windows.othersWait) {
+          return drop(`less than ${Math.round(floor / 1024)} KiB in ${period} ms while other connections wait for a window`);
+        }
+        p.periodAt = now;
+        p.periodFrom = p.next;
+      }
+      p.timer = setTimeout(check, Math.max(1, Math.min(limit - quiet, period - (now - p.periodAt))));
+    };
+    p.timer = setTimeout(check, period);
   }
 
   #unwatch(p: PartStream): void {
@@ -823,7 +834,18 @@ interface PartStream {
   /** performance.now() of the last part, and the timer that drops the chunk when parts stop (#watchStall). */
   lastPartAt: number;
   timer: ReturnType<typeof setTimeout> | null;
+  /** The rate check's current period (#watchStall): when it began, and `next` then. */
+  periodAt: number;
+  periodFrom: number;
 }
+
+/**
+ * While other connections wait for a window, a chunk arriving in parts must bring at least this many bytes per second
+ * (over periods of 10 s, or wsPartTimeout if shorter), the floor uWS puts on a PUT body: a trickle of parts, each in
+ * time, would otherwise hold its slot, for a 64 MiB chunk the whole budget, while everyone else waits.
+ */
+const WS_MIN_RATE_WHILE_OTHERS_WAIT = 16 * 1024;
+const WS_RATE_PERIOD_MS = 10_000;
 
 const noop = (): void => {};
 

@@ -69,6 +69,11 @@ export class WindowScheduler {
     this.#idleMs = idleMs;
   }
 
+  /** True while some open connection waits for a slot (window 0, others hold the budget). */
+  get othersWait(): boolean {
+    return this.#waiting.some((h) => this.#entries.has(h));
+  }
+
   /** The current window of `h` (0 for a connection that waits, or one not added). */
   windowOf(h: WindowHolder): number {
     return this.#entries.get(h)?.window ?? 0;

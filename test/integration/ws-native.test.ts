@@ -571,6 +571,45 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stalled.bin')), data)).toBe(0);
   });
 
+  it('while others wait for a window, a chunk whose parts trickle in (each in time) is dropped and its slot goes on', async () => {
+    // 1 MiB of window budget, 1 MiB chunks: a chunk in flight on a leaves no room for b, which waits (window 0).
+    server = await startServer({ maxInFlightBytes: 2 * MiB, batchSize: 64 * 1024, wsPartTimeout: 1000 });
+    const dataA = bytesOf(2 * MiB);
+    const fa = await init(dataA.length, MiB, 'a.bin');
+    const fb = await init(MiB, MiB, 'b.bin');
+    const a = await open(fa.guid);
+    let off = 0;
+    const trickle = (n: number): void => {
+      a.s.nativePart(0, off, slice(dataA, MiB, 0).subarray(off, off + n));
+      off += n;
+    };
+    trickle(100 * 1024);
+    // Alone, a trickle of 1 KiB every 200 ms (5 KiB/s) is slow but kept: nobody waits for its slot.
+    const alone = setInterval(() => trickle(1024), 200);
+    await new Promise((r) => setTimeout(r, 2200));
+    clearInterval(alone);
+    const b = await open(fb.guid);
+    expect(b.hello.window).toBe(0);
+    const started = performance.now();
+    const waiting = setInterval(() => trickle(1024), 200);
+    try {
+      expect(await a.s.nextFrame(5000)).toMatchObject({ t: 'error', code: 'ERR_CHUNK_INCOMPLETE', c: 0, retry: true, message: expect.stringContaining('while other connections wait for a window') });
+    } finally {
+      clearInterval(waiting);
+    }
+    expect(performance.now() - started).toBeLessThan(2500); // one period of 1 s (wsPartTimeout), not the trickle's length
+    expect(await b.s.nextFrame(5000, true)).toEqual({ t: 'window', window: 1 });
+    // b's chunk goes through; a's dropped chunk left nothing behind and is sent again whole.
+    const dataB = bytesOf(MiB);
+    const rb = await sendWindowed(b.s, dataB, MiB, [0], 1);
+    expect(rb.errors).toEqual([]);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'b.bin')), dataB)).toBe(0);
+    expect(await status(fa.guid)).toMatchObject({ receivedChunks: 0, missingChunks: [0, 1] });
+    const ra = await sendWindowed(a.s, dataA, MiB, [0, 1], 1);
+    expect(ra.errors).toEqual([]);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'a.bin')), dataA)).toBe(0);
+  });
+
   it('a connection lost in the middle of a chunk leaves that chunk unset and unclaimed', async () => {
     server = await startServer({ batchSize: 64 * 1024 });
     const cs = 256 * 1024;
