@@ -12,7 +12,7 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { authMode } from './auth.js';
-import { registerHttpRoutes } from './http-routes.js';
+import { registerHttpRoutes, takeRoute } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
 import { resolveOptions } from './options.js';
 import type { ResolvedOptions, UploadEngineOptions } from './options.js';
@@ -189,8 +189,12 @@ export class UploadEngine {
       await this.#start();
       if (this.#closing !== null) throw new Error('engine is closed');
       this.#app = app;
+      // uWS aborts the process on a route registered twice: two engines on one app need prefixes of their own.
+      if (!takeRoute(app, `prefix ${this.options.prefix}`)) {
+        throw new Error(`another engine attached to this app already serves the prefix ${this.options.prefix || '/'}; give each engine its own prefix`);
+      }
       // The demo page and client bundle (issue 4) go first: registerHttpRoutes ends with the catch-all 404.
-      if (this.options.demo) await registerStaticRoutes(app, this.#context());
+      if (this.options.demo && takeRoute(app, 'demo')) await registerStaticRoutes(app, this.#context());
       if (this.#closing !== null) throw new Error('engine is closed'); // closed while the bundle was built
       registerHttpRoutes(app, this.#context(), ownApp);
       // uWS sends an Upgrade request on <prefix>/upload-chunk to the ws route whatever the registration order, and a

@@ -140,6 +140,22 @@ function chunkReply(a: ChunkAck): { message: string; data: Record<string, unknow
 
 
 /**
+ * Routes an engine registers outside its prefix (`/healthz`, `/metrics`, the demo's), and the prefixes, per uWS app:
+ * uWS aborts the process when a route is registered twice, so a second engine attached to the same app leaves the
+ * shared ones to the first (logged) and may not take a prefix already taken (refused with an Error).
+ */
+const takenRoutes = new WeakMap<TemplatedApp, Set<string>>();
+
+/** Takes `key` on `app` for this engine; false when another engine on the app has it. */
+export function takeRoute(app: TemplatedApp, key: string): boolean {
+  let taken = takenRoutes.get(app);
+  if (taken === undefined) takenRoutes.set(app, (taken = new Set()));
+  if (taken.has(key)) return false;
+  taken.add(key);
+  return true;
+}
+
+/**
  * `ownApp`: the engine's own server (listen). Mounted on a host's app (attach), the routes outside the prefix are
  * only GET/HEAD /healthz and GET /metrics (and the demo's, when `demo` is on): the 405s on those paths and the
  * catch-all 404 would take the host's own unmatched requests, and uWS aborts the process on a route registered twice.
@@ -355,7 +371,12 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
   };
   app.options(chunkRoute, preflight('GET, HEAD, POST, PUT, DELETE, OPTIONS'));
   app.options(statusRoute, preflight('GET, HEAD, OPTIONS'));
-  if (o.metrics && ctx.metrics) {
+  const shared = (key: string): boolean => {
+    if (takeRoute(app, key)) return true;
+    log.warn({ route: key }, `${key} on this app is served by another engine attached to it; this engine's is not registered`);
+    return false;
+  };
+  if (o.metrics && ctx.metrics && shared('/metrics')) {
     const metrics = ctx.metrics;
     app.get('/metrics', (res, req) => {
       const info = readRequest(res, req, o);
@@ -389,10 +410,12 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
     if (ctx.isClosing()) sendError(res, st, new UploadError('ERR_SHUTTING_DOWN', undefined, data), log);
     else sendJson(res, st, 200, { status: 'success', message: 'ok', data });
   };
-  app.get('/healthz', health);
-  app.head('/healthz', health);
-  if (ownApp) app.any('/healthz', notAllowed('GET, HEAD'));
-  if (o.benchEndpoints) {
+  if (shared('/healthz')) {
+    app.get('/healthz', health);
+    app.head('/healthz', health);
+    if (ownApp) app.any('/healthz', notAllowed('GET, HEAD'));
+  }
+  if (o.benchEndpoints && shared('/__bench')) {
     app.get('/__bench/eld', (res) => {
       const st = begin(res);
       sendJson(res, st, 200, { status: 'success', message: 'event loop delay', data: ctx.eventLoopDelay() });

@@ -288,8 +288,37 @@ export class OptionsError extends Error {
  * Credentials only for origins listed by name: with '*' every site a user visits could send requests carrying the
  * user's cookies (corsHeaders echoes the caller's origin when credentials are on), which is what CORS forbids.
  */
+/**
+ * Every option by name, checked by the compiler against UploadEngineOptions: an unknown key (a typo such as
+ * `onUploadCompleted`) is refused rather than ignored, since the option meant would silently not apply.
+ */
+const KNOWN_OPTIONS: Readonly<Record<keyof UploadEngineOptions, true>> = {
+  dir: true, prefix: true, host: true, port: true, chunkSize: true, minChunkSize: true, maxChunkSize: true,
+  maxFileSize: true, maxChunks: true, workers: true, durability: true, onConflict: true, lockMode: true, tokens: true,
+  authenticate: true, uploadTtl: true, recordTtl: true, maxInFlightBytes: true, batchSize: true, maxReadingBodies: true,
+  directIo: true, chunkBusyTimeout: true, bodyIdleTimeout: true, checkpointInterval: true, reapInterval: true,
+  instanceId: true, logLevel: true, logger: true, benchEndpoints: true, allowedOrigins: true, wsIdleTimeout: true,
+  maxWsConnectionsPerUser: true, wsWindow: true, wsPartTimeout: true, trustProxy: true, maxUploadsPerUser: true,
+  maxInFlightBytesPerUser: true, maxUploads: true, corsCredentials: true, metrics: true, metricsToken: true,
+  onUploadCreate: true, onUploadComplete: true, demo: true,
+};
+
+/** A boolean option: true, false or absent (a string such as 'false' would read as its opposite). */
+function flag(field: string, v: unknown, def: boolean): boolean {
+  if (v === undefined) return def;
+  if (typeof v !== 'boolean') throw new OptionsError(field, `expected true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** A non-empty string option (a path, a host), or absent. */
+function text(field: string, v: unknown, def: string, expected: string): string {
+  if (v === undefined) return def;
+  if (typeof v !== 'string' || v === '') throw new OptionsError(field, `expected ${expected}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 function corsCredentials(o: UploadEngineOptions): boolean {
-  if (o.corsCredentials !== true) return false;
+  if (!flag('corsCredentials', o.corsCredentials, false)) return false;
   if (Array.isArray(o.allowedOrigins) && o.allowedOrigins.includes('*')) {
     throw new OptionsError('corsCredentials', "cannot be combined with allowedOrigins '*': list the origins that may send credentials");
   }
@@ -313,7 +342,11 @@ function oneOf<T extends string>(field: string, v: unknown, def: T, allowed: rea
 }
 
 export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
-  const dir = path.resolve(o.dir ?? './uploads');
+  if (typeof o !== 'object' || o === null) throw new OptionsError('options', 'expected an object');
+  for (const key of Object.keys(o)) {
+    if (!Object.hasOwn(KNOWN_OPTIONS, key)) throw new OptionsError(key, 'unknown option (see the options table in README.md)');
+  }
+  const dir = path.resolve(text('dir', o.dir, './uploads', 'a folder path'));
   let prefix = o.prefix ?? '/api/v1/files';
   if (typeof prefix !== 'string' || !/^(\/[A-Za-z0-9._~-]+)*\/?$/.test(prefix)) {
     throw new OptionsError('prefix', 'expected a path like /api/v1/files');
@@ -325,9 +358,12 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
   const minChunkSize = int('minChunkSize', o.minChunkSize, Math.min(1 * KiB, maxChunkSize, givenChunk), 1, maxChunkSize);
   const chunkSize = int('chunkSize', o.chunkSize, Math.min(Math.max(8 * MiB, minChunkSize), maxChunkSize), minChunkSize, maxChunkSize);
   const tokens = new Map<string, string>();
+  if (o.tokens !== undefined && (typeof o.tokens !== 'object' || o.tokens === null || Array.isArray(o.tokens))) {
+    throw new OptionsError('tokens', 'expected an object of token: user name');
+  }
   for (const [token, user] of Object.entries(o.tokens ?? {})) {
     if (token.length < 8 || /\s/.test(token)) throw new OptionsError('tokens', 'each token needs at least 8 non-space characters');
-    if (!/^[\w.@-]{1,64}$/.test(user)) throw new OptionsError('tokens', `user names are 1-64 of [A-Za-z0-9_.@-], got ${JSON.stringify(user)}`);
+    if (typeof user !== 'string' || !/^[\w.@-]{1,64}$/.test(user)) throw new OptionsError('tokens', `user names are strings of 1-64 of [A-Za-z0-9_.@-], got ${JSON.stringify(user)}`);
     tokens.set(token, user);
   }
   if (o.authenticate !== undefined && typeof o.authenticate !== 'function') {
@@ -348,7 +384,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     dir,
     stagingDir: path.join(dir, STAGING_DIR_NAME),
     prefix,
-    host: typeof o.host === 'string' && o.host !== '' ? o.host : '127.0.0.1',
+    host: text('host', o.host, '127.0.0.1', 'a host name or IP address'),
     port: int('port', o.port, 8080, 0, 65535),
     chunkSize,
     minChunkSize,
@@ -366,7 +402,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     maxInFlightBytes: int('maxInFlightBytes', o.maxInFlightBytes, 128 * MiB, batchSize),
     batchSize,
     maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 4, 1, 1_000_000),
-    directIo: o.directIo !== false,
+    directIo: flag('directIo', o.directIo, true),
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
     // At most 10 s: uWS closes a request whose body stalls that long itself, without a reply (HTTP_IDLE_TIMEOUT_S).
     bodyIdleTimeout: int('bodyIdleTimeout', o.bodyIdleTimeout, 10_000, 1, 10_000),
@@ -375,14 +411,14 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     instanceId,
     logLevel: oneOf('logLevel', o.logLevel, 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     logger: o.logger,
-    benchEndpoints: o.benchEndpoints === true,
+    benchEndpoints: flag('benchEndpoints', o.benchEndpoints, false),
     allowedOrigins: resolveOrigins(o.allowedOrigins),
     trustProxy: resolveTrustProxy(o.trustProxy),
     maxUploadsPerUser: int('maxUploadsPerUser', o.maxUploadsPerUser, 100, 1),
     maxInFlightBytesPerUser: int('maxInFlightBytesPerUser', o.maxInFlightBytesPerUser, 256 * MiB, 1),
     maxUploads: int('maxUploads', o.maxUploads, 10_000, 1),
     corsCredentials: corsCredentials(o),
-    metrics: o.metrics !== false,
+    metrics: flag('metrics', o.metrics, true),
     metricsToken: resolveMetricsToken(o.metricsToken),
     onUploadCreate: hook('onUploadCreate', o.onUploadCreate),
     onUploadComplete: hook('onUploadComplete', o.onUploadComplete),
@@ -391,7 +427,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     wsWindow: int('wsWindow', o.wsWindow, 8, 1, 64),
     wsPartTimeout: int('wsPartTimeout', o.wsPartTimeout, 60_000, 1, 3_600_000),
     // --- demo ---
-    demo: o.demo === true,
+    demo: flag('demo', o.demo, false),
   };
   return Object.freeze(resolved);
 }
@@ -411,6 +447,9 @@ function resolveOrigins(v: unknown): readonly string[] {
       url = typeof entry === 'string' ? new URL(entry) : null;
     } catch {
       url = null;
+    }
+    if (typeof entry === 'string' && entry.includes('*')) {
+      throw new OptionsError('allowedOrigins', `wildcards inside an origin are not supported (${JSON.stringify(entry)}): list each origin, or '*' alone for any`);
     }
     const bare = url !== null && url.pathname === '/' && url.search === '' && url.hash === '' && url.username === '' && url.password === '';
     if (!url || !bare || (url.protocol !== 'http:' && url.protocol !== 'https:') || !/^[a-z]+:\/\/[^/]+\/?$/i.test(String(entry))) {

@@ -144,6 +144,23 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     this.store = new StateStore(options.stagingDir);
   }
 
+  /**
+   * Listeners are the embedder's code (and the metrics'): one that throws must not fail what emitted the event (a
+   * chunk about to be committed, an init or a completion already durable, a cancel already recorded), nor keep the
+   * listeners after it from running. Each runs in turn; an exception is logged and dropped.
+   */
+  override emit<K extends keyof UploadEvents>(event: K, ...args: UploadEvents[K]): boolean {
+    const listeners = this.rawListeners(event as never) as Array<(...a: unknown[]) => void>;
+    for (const listener of listeners) {
+      try {
+        listener.apply(this, args);
+      } catch (e) {
+        this.log.error({ err: e, event }, `a listener of '${String(event)}' threw; ignored`);
+      }
+    }
+    return listeners.length > 0;
+  }
+
   get size(): number {
     return this.#uploads.size;
   }
@@ -155,6 +172,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   async start(): Promise<void> {
     await fsp.mkdir(this.options.dir, { recursive: true });
     this.#rootReal = await fsp.realpath(this.options.dir);
+    // Inside another engine's staging folder, this one's files would be that engine's to remove (or reload).
+    if (this.#rootReal.split(path.sep).some((seg) => seg.toLowerCase() === STAGING_DIR_NAME)) {
+      throw new Error(`the upload root ${this.options.dir} is inside a staging folder (${STAGING_DIR_NAME}) of another engine`);
+    }
     await this.store.init();
     await this.#reload();
     this.#reaper = setInterval(() => {
@@ -198,7 +219,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   readonly #creations = new Set<Promise<Upload>>();
 
   async #create(user: string, req: InitRequest, requestId: string | undefined, place: CreationPlace | undefined): Promise<Upload> {
-    if (req.targetPath.length === 0 && reservedName(req.fileName)) {
+    if (reservedName(req.fileName)) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
     }
     // The final path, with room for a conflict suffix, must fit the system's limit, or the move would fail after
@@ -263,7 +284,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
    * the root before any check could run, so it is not used.
    */
   async resolveTargetDir(segments: readonly string[]): Promise<string> {
-    if (segments.length > 0 && reservedName(segments[0]!)) {
+    if (segments.some(reservedName)) {
       throw new UploadError('ERR_INVALID_TARGET_PATH', `Target folders starting with ".updraft" are reserved`);
     }
     let cur = this.#rootReal;
@@ -802,6 +823,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     await this.store.writeMeta(u.toMeta());
     await fsp.rm(this.store.journalPath(meta.guid), { force: true });
     await fsp.rm(this.store.prevPath(meta.guid), { force: true });
+    this.#announceEnded(u);
     return u;
   }
 
@@ -810,7 +832,20 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message } }, null);
     await this.store.writeMeta(u.toMeta());
     await this.store.removeAll(meta.guid, true);
+    this.#announceEnded(u);
     return u;
+  }
+
+  /**
+   * A reload ended an upload that the crash left finalizing (or found damaged): its listeners (and the metrics) hear
+   * of it as they would have without the crash. They are attached before listen()/attach() start the reload.
+   */
+  #announceEnded(u: Upload): void {
+    if (u.status === 'completed') {
+      this.emit('completed', { ...uploadInfo(u), finalName: u.finalName ?? u.fileName, durationMs: (u.endTime ?? Date.now()) - u.startTime });
+    } else if (u.status === 'failed' && u.failure !== undefined) {
+      this.emit('failed', { ...uploadInfo(u), code: u.failure.code, message: u.failure.message });
+    }
   }
 
   async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
@@ -831,6 +866,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
         const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_HOOK_FAILED', message: 'The server refused to complete the upload' } }, null);
         await this.store.writeMeta(u.toMeta());
         await this.store.removeAll(meta.guid, true);
+        this.#announceEnded(u);
         return u;
       }
       const target = dir ? await fsp.stat(path.join(dir, meta.finalName), { bigint: true }).catch(unlessPassing) : null;
@@ -919,8 +955,10 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
 }
 
 /**
- * A root entry named like the engine's own (".updraft-staging"), also once NFKC-normalized and case-folded: a layer
- * that normalizes names later (a sync tool, a case-insensitive share) must not see it as the staging folder.
+ * A name like the engine's own (".updraft-staging", ".updraft-write-check"), also once NFKC-normalized and
+ * case-folded: a layer that normalizes names later (a sync tool, a case-insensitive share) must not see it as the
+ * staging folder. Refused in every folder, not only at the root: another engine may have its root in a folder below
+ * (a tenant's), and an upload must not land in its staging folder, where that engine would take it for its own.
  */
 function reservedName(name: string): boolean {
   return name.toLowerCase().startsWith('.updraft') || name.normalize('NFKC').toLowerCase().startsWith('.updraft');

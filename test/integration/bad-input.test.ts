@@ -91,6 +91,13 @@ describe('file names', () => {
     const r = await initUpload(server.base, { fileName: '.updraft-staging', fileSize: 10 });
     expect(r.status).toBe(400);
   });
+
+  it('reserves .updraft names in every folder: another engine may have its root below (a tenant\'s)', async () => {
+    for (const fileName of ['.updraft-staging', '.Updraft-write-check', '.updraft-x.meta']) {
+      const r = await initUpload(server.base, { fileName, fileSize: 10, targetPath: 'tenant-b' });
+      expect([r.status, r.json.code, r.json.message], fileName).toEqual([400, 'ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved']);
+    }
+  });
 });
 
 describe('target paths', () => {
@@ -101,6 +108,8 @@ describe('target paths', () => {
     ['backslash', 'a\\..\\b'],
     ['NUL', 'a\u0000'],
     ['staging folder', '.updraft-staging'],
+    ["another engine's staging folder below", 'tenant-b/.updraft-staging'],
+    ['a reserved folder further down', 'a/b/.UPDRAFT-staging/c'],
     ['fullwidth dots', 'a/\uFF0E\uFF0E/b'],
     ['right-to-left mark in a folder', 'a/b\u200Fc'],
     ['Arabic letter mark in a folder', '\u061C/b'],

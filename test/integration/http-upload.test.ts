@@ -271,3 +271,31 @@ describe('auth', () => {
     expect(mine.json.data).toMatchObject({ complete: true });
   });
 });
+
+describe('event listeners', () => {
+  it('a listener that throws changes nothing for the client: chunks, completion and cancel are answered and done as without it', async () => {
+    server = await startServer();
+    const seen: string[] = [];
+    for (const event of ['created', 'chunk', 'completed', 'cancelled'] as const) {
+      server.engine.on(event, () => {
+        seen.push(event);
+        throw new TypeError(`listener of ${event} is broken`);
+      });
+      server.engine.on(event, () => seen.push(`${event} (second listener)`)); // still runs
+    }
+    const data = bytesOf(2 * CS + 3);
+    const init = await initUpload(server.base, { fileName: 'ev.bin', fileSize: data.length, chunkSize: CS });
+    expect(init.status).toBe(200);
+    const guid = init.json.data!.guid as string;
+    const replies = await putChunks(server.base, guid, data, CS, [2, 0, 1], 1);
+    expect(replies.map((r) => r.status)).toEqual([200, 200, 200]);
+    expect(replies[2]!.json).toMatchObject({ message: 'Upload completed successfully', data: { complete: true } });
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'ev.bin')), data)).toBe(0);
+
+    const other = await initUpload(server.base, { fileName: 'gone.bin', fileSize: 10, chunkSize: CS });
+    const cancel = await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${other.json.data!.guid as string}`);
+    expect(cancel.status).toBe(200);
+    expect(seen.filter((e) => !e.includes('second'))).toEqual(['created', 'chunk', 'chunk', 'chunk', 'completed', 'created', 'cancelled']);
+    expect(seen.filter((e) => e.includes('second'))).toHaveLength(7);
+  });
+});

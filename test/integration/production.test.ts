@@ -338,6 +338,34 @@ describe('embedding', () => {
     }
   });
 
+  it('two engines attach to one app with prefixes of their own; a third on a taken prefix is refused (uWS aborted on either)', async () => {
+    const app = uWS.App();
+    const engines = [
+      createUploadEngine({ dir: await tempDir(), prefix: '/a', logLevel: 'silent', workers: 1 }),
+      createUploadEngine({ dir: await tempDir(), prefix: '/b', logLevel: 'silent', workers: 1 }),
+    ];
+    for (const e of engines) await e.attach(app);
+    const third = createUploadEngine({ dir: await tempDir(), prefix: '/a', logLevel: 'silent', workers: 1 });
+    await expect(third.attach(app)).rejects.toThrow('another engine attached to this app already serves the prefix /a');
+    const socket = await new Promise<uWS.us_listen_socket | false>((r) => app.listen('127.0.0.1', 0, r));
+    expect(socket).not.toBe(false);
+    const base = `http://127.0.0.1:${uWS.us_socket_local_port(socket as uWS.us_listen_socket)}`;
+    try {
+      for (const [i, prefix] of ['/a', '/b'].entries()) {
+        const data = bytesOf(100 + i);
+        const init = await call(base, 'POST', `${prefix}/upload-chunk`, { action: 'init', fileName: `f${i}.bin`, fileSize: data.length });
+        const guid = init.json.data!.guid as string;
+        const r = await call(base, 'PUT', `${prefix}/upload-chunk?guid=${guid}&chunk=0`, data);
+        expect(r.json.data).toMatchObject({ complete: true });
+        expect(Buffer.compare(await fsp.readFile(path.join(engines[i]!.options.dir, `f${i}.bin`)), data)).toBe(0);
+      }
+      expect((await fetch(`${base}/healthz`)).status).toBe(200); // the first engine's
+    } finally {
+      uWS.us_listen_socket_close(socket as uWS.us_listen_socket);
+      for (const e of engines) await e.close();
+    }
+  });
+
   it('attach() leaves the host its own catch-all: the engine adds no route outside its prefix but /healthz and /metrics', async () => {
     const dir = await tempDir();
     const app = uWS.App();
@@ -410,6 +438,24 @@ describe('embedding', () => {
     // uWS closes a body that stalls for 10 s itself, without a reply: a longer idle timeout could never answer.
     expect(resolveOptions({ bodyIdleTimeout: 10_000 }).bodyIdleTimeout).toBe(10_000);
     expect(() => resolveOptions({ bodyIdleTimeout: 10_001 })).toThrow('invalid option bodyIdleTimeout');
+  });
+
+  it('refuses options that would silently not mean what they say (plain-JS embedders have no types to catch them)', () => {
+    const refused: Array<[Record<string, unknown>, string]> = [
+      [{ onUploadCompleted: () => {} }, 'invalid option onUploadCompleted: unknown option'], // a typo: the hook would never run
+      [{ metrics: 'false' }, 'invalid option metrics: expected true or false, got "false"'], // read as true
+      [{ directIo: 'false' }, 'invalid option directIo'],
+      [{ demo: 'yes' }, 'invalid option demo'],
+      [{ corsCredentials: 1 }, 'invalid option corsCredentials'],
+      [{ host: 0 }, 'invalid option host: expected a host name or IP address, got 0'], // bound 127.0.0.1 instead
+      [{ host: ['0.0.0.0'] }, 'invalid option host'],
+      [{ dir: 42 }, 'invalid option dir: expected a folder path, got 42'],
+      [{ tokens: { 'tok-12345678': 7 } }, 'invalid option tokens'],
+      [{ tokens: ['tok-12345678'] }, 'invalid option tokens'],
+      [{ allowedOrigins: ['https://*.example.com'] }, 'invalid option allowedOrigins: wildcards inside an origin are not supported'],
+    ];
+    for (const [o, message] of refused) expect(() => resolveOptions(o as never), JSON.stringify(o)).toThrow(message);
+    expect(resolveOptions({ metrics: false, directIo: false, demo: true, host: '::1' })).toMatchObject({ metrics: false, directIo: false, demo: true, host: '::1' });
   });
 });
 

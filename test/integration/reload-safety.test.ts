@@ -23,9 +23,14 @@ import { registryHarness } from '../fixtures/registry-harness.js';
 const CS = 64 * 1024;
 const { log, pool, rootDir } = registryHarness('reload');
 
-async function open(dir: string, extra: UploadEngineOptions = {}): Promise<{ options: ResolvedOptions; registry: UploadRegistry; ctx: IngestContext }> {
+async function open(
+  dir: string,
+  extra: UploadEngineOptions = {},
+  beforeStart?: (registry: UploadRegistry) => void,
+): Promise<{ options: ResolvedOptions; registry: UploadRegistry; ctx: IngestContext }> {
   const options = resolveOptions({ dir, chunkSize: CS, batchSize: CS, logLevel: 'silent', ...extra });
   const registry = new UploadRegistry(options, log);
+  beforeStart?.(registry);
   await registry.start();
   const slabs = new SlabPool({ slabSize: CS, maxBytes: options.maxInFlightBytes, maxFilling: options.maxReadingBodies });
   return { options, registry, ctx: { options, pool, slabs, registry } };
@@ -337,6 +342,11 @@ describe('a completion and a reload touch only what is theirs', () => {
     expect(open_.filter((p) => p.startsWith(staging))).toEqual([]);
   });
 
+  it("refuses to start with its root inside another engine's staging folder (that engine would remove or reload its files)", async () => {
+    const dir = path.join(await rootDir(), '.updraft-staging', 'x');
+    await expect(open(dir)).rejects.toThrow(`the upload root ${dir} is inside a staging folder (.updraft-staging) of another engine`);
+  });
+
   it('folders made for a target path are synced into their parents', async () => {
     const dir = await rootDir();
     const { registry, ctx } = await open(dir);
@@ -411,8 +421,14 @@ describe("onConflict 'overwrite' never loses the file it replaces", () => {
   it('after a crash mid-completion, a hook that refuses at restart gets the replaced file back; an accepted one removes the copy', async () => {
     const dir = await rootDir();
     const { v1, guid } = await crashedOverwrite(dir);
-    const next = await open(dir, { onConflict: 'overwrite', onUploadComplete: () => { throw new Error('refused now'); } });
+    const events: string[] = [];
+    const listen = (r: UploadRegistry): void => {
+      r.on('completed', (i) => events.push(`completed ${i.guid} ${i.finalName}`));
+      r.on('failed', (i) => events.push(`failed ${i.guid} ${i.code}`));
+    };
+    const next = await open(dir, { onConflict: 'overwrite', onUploadComplete: () => { throw new Error('refused now'); } }, listen);
     expect(next.registry.find(guid, 'anonymous', true).status).toBe('failed');
+    expect(events).toEqual([`failed ${guid} ERR_HOOK_FAILED`]); // the listeners hear the end a restart decided
     expect(Buffer.compare(await fsp.readFile(path.join(dir, 'report.bin')), v1)).toBe(0);
     expect(await staged(dir)).toEqual([]);
     await next.registry.close();
@@ -428,12 +444,14 @@ describe("onConflict 'overwrite' never loses the file it replaces", () => {
       return syncDir.call(this, d);
     };
     let again: Awaited<ReturnType<typeof open>>;
+    events.length = 0;
     try {
-      again = await open(dir2, { onConflict: 'overwrite' });
+      again = await open(dir2, { onConflict: 'overwrite' }, listen);
     } finally {
       StateStore.prototype.syncDir = syncDir;
     }
     expect(again.registry.find(second.guid, 'anonymous', true).status).toBe('completed');
+    expect(events).toEqual([`completed ${second.guid} report.bin`]);
     expect(synced).toContain(dir2);
     expect(Buffer.compare(await fsp.readFile(path.join(dir2, 'report.bin')), second.v2)).toBe(0);
     expect(await staged(dir2)).toEqual([]);
