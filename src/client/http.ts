@@ -152,7 +152,9 @@ export class HttpApi {
     const code = env?.code ?? (res.status >= 500 ? 'ERR_INTERNAL' : 'ERR_PROTOCOL');
     const message = env?.message ?? `HTTP ${res.status} ${res.statusText}`.trim();
     const retryable = (env?.data as { retryable?: unknown } | undefined)?.retryable;
-    const error = new ClientError(code, message, { status: res.status });
+    // The server's flag, when it sent one, is what the caller is told too (the catalogue's default otherwise): a
+    // completion refused with ERR_SERVER_BUSY is final, and resuming that upload cannot succeed.
+    const error = new ClientError(code, message, { status: res.status, ...(typeof retryable === 'boolean' ? { retryable } : {}) });
     // The server's own word wins: a 5xx it marks `retryable: false` (a refused completion, no disk space) fails at
     // once with its code; asking again would only hear that the upload has failed. A 5xx or 429 without an envelope
     // (a proxy's 502) is retried.

@@ -106,6 +106,9 @@ interface Completion {
 
 /** WebSocket part size (UploadOptions.partSize): the server's slab size, so each part fills one slab. */
 const DEFAULT_PART_SIZE = 2 * 1024 * 1024;
+/** Shortest wait between tries while every WebSocket slot of the user is taken (4029) in `websocket` mode. */
+const WAIT_FOR_SLOT_MIN_MS = 1000;
+
 const TERMINAL: ReadonlySet<UploadState> = new Set(['done', 'failed', 'cancelled']);
 
 /** How long an init already sent may still answer after a stop, so the stop can delete what it created (ms). */
@@ -258,7 +261,7 @@ export class UploadHandle {
    * ERR_UPLOAD_FINALIZING while the upload goes on to `done` like any other.
    */
   async cancel(): Promise<void> {
-    if (TERMINAL.has(this.#state) || this.#stopReason !== undefined) return;
+    if (TERMINAL.has(this.#state) || this.#stopReason !== undefined) return this.#cancelStopped();
     const guid = this.#guid;
     if (guid !== undefined) {
       const wasPaused = this.#paused;
@@ -278,6 +281,27 @@ export class UploadHandle {
     await this.done.catch(() => {});
     // The upload completed before the stop could take effect (a 0-byte file completes at init).
     if (this.#state === 'done') throw new ClientError('ERR_UPLOAD_FINALIZING', undefined, { guid: this.#guid });
+  }
+
+  /**
+   * cancel() of an upload that has stopped already (or is stopping): a completed one cannot be cancelled (the file is
+   * in place: ERR_UPLOAD_FINALIZING, as during the completion); one stopped by the caller's signal or a failure may
+   * still be on the server, waiting to be resumed, and is deleted there as cancel() promises.
+   */
+  async #cancelStopped(): Promise<void> {
+    await this.done.catch(() => {});
+    const guid = this.#guid;
+    if (this.#state === 'done') throw new ClientError('ERR_UPLOAD_FINALIZING', undefined, { guid });
+    if (this.#state === 'cancelled' || guid === undefined || this.#serverCancelled === guid) return;
+    try {
+      await this.#api.cancel(guid, new AbortController().signal);
+    } catch (e) {
+      // Gone already (expired, cancelled elsewhere, ended by its failure): nothing is left to delete.
+      const gone = e instanceof ClientError && (e.status === 404 || e.status === 410 || e.code === 'ERR_UPLOAD_FAILED');
+      if (!gone) throw e;
+    }
+    this.#serverCancelled = guid;
+    if (this.#storeKey !== undefined) forgetGuid(this.#storeKey);
   }
 
   /** Lets held chunks go again (resume() without its state change, for cancel's wait). */
@@ -348,7 +372,12 @@ export class UploadHandle {
 
   #onStored(chunk: number): void {
     this.#speed.add(this.#plan!.chunkLength(chunk));
-    if (this.#plan!.allStored) this.#setState('finalizing');
+    if (this.#plan!.allStored) {
+      // Nothing is left to send: a pause that came while the last chunks were on the wire holds nothing any more,
+      // and must not hide the completion (pause() refuses once finalizing for the same reason).
+      if (this.#paused) this.#unpause();
+      this.#setState('finalizing');
+    }
     this.#emitProgress();
   }
 
@@ -609,7 +638,10 @@ export class UploadHandle {
         }
         throw new ClientError('ERR_WEBSOCKET_FAILED', `${error.message} (after ${failures} attempts)`, { cause: error, guid: this.#guid });
       }
-      const delayMs = backoffDelay(this.#retry, failures);
+      // Waiting out a full set of slots has no end of its own: never faster than once a second, whatever the policy
+      // (baseDelayMs 0 reconnected in a tight loop for as long as the slots stayed taken).
+      const waiting = !auto && error.code === 'ERR_RATE_LIMITED';
+      const delayMs = waiting ? Math.max(WAIT_FOR_SLOT_MIN_MS, backoffDelay(this.#retry, failures)) : backoffDelay(this.#retry, failures);
       this.#onRetry({ operation: 'websocket', attempt: failures, delayMs, error });
       await sleep(delayMs, this.#signal);
       await this.#whenResumed();
@@ -648,6 +680,8 @@ export class UploadHandle {
     let completion: Completion | undefined;
     const worker = async (): Promise<void> => {
       for (;;) {
+        // Nothing left to take: a worker whose part is done does not wait out a pause (Promise.all below would).
+        if (!plan.hasPending) return;
         await this.#whenResumed();
         const c = plan.take('http');
         if (c === undefined) return;

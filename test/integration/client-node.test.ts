@@ -432,6 +432,43 @@ describe('client: resume, cancel, pause', () => {
     await expectStored(server, 'fp.bin', data);
   });
 
+  it('a pause while the last chunks are on the wire does not hold back done (over PUT, as over the WebSocket)', async () => {
+    server = await startServer(slowPuts(500));
+    const data = bytesOf(4 * 64 * KiB);
+    const h = upload(data, { endpoint: endpoint(server.base), fileName: 'paused-last.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 4 });
+    await new Promise<void>((resolve) => {
+      const off = h.on('state', (s) => {
+        if (s === 'uploading') {
+          off();
+          resolve();
+        }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 200)); // every chunk is on the wire now
+    h.pause();
+    const settled = await Promise.race([h.done.then(() => 'done'), new Promise((r) => setTimeout(() => r('still pending'), 5000))]);
+    expect(settled).toBe('done');
+    expect(h.progress.state).toBe('done');
+    await expectStored(server, 'paused-last.bin', data);
+  });
+
+  it('cancel() after the upload stopped deletes it if the signal stopped it, and says ERR_UPLOAD_FINALIZING if it completed', async () => {
+    server = await startServer(slowPuts(15));
+    const ac = new AbortController();
+    const h = upload(bytesOf(1 * MiB), { endpoint: endpoint(server.base), fileName: 'stopped.bin', chunkSize: 64 * KiB, transport: 'http', signal: ac.signal });
+    await whenLoaded(h, 128 * KiB);
+    ac.abort();
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await h.cancel(); // was left on the server to be resumed; now it goes
+    expect((await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`)).json.data).toMatchObject({ uploadStatus: 'cancelled' });
+    await h.cancel(); // twice is fine
+
+    const done = upload(bytesOf(10), { endpoint: endpoint(server.base), fileName: 'kept.bin' });
+    await done.done;
+    await expect(done.cancel()).rejects.toMatchObject({ code: 'ERR_UPLOAD_FINALIZING' });
+    expect(fs.existsSync(path.join(server.dir, 'kept.bin'))).toBe(true);
+  });
+
   it('cancel() stops sending, deletes the upload on the server and rejects with ERR_UPLOAD_CANCELLED', async () => {
     server = await startServer(slowPuts(15));
     const data = bytesOf(2 * MiB);
@@ -597,13 +634,17 @@ describe('client: resume, cancel, pause', () => {
     const other = await initUpload(server.base, { fileName: 'x.bin', fileSize: 2 * MiB, chunkSize: MiB });
     const busy = await TestSocket.open(server.base, other.json.data!.guid as string, { protocols: ['updraft.v1'] });
     const retries: string[] = [];
+    const delays: number[] = [];
     ha.on('retry', (e) => {
       retries.push(`${e.operation} ${e.error.code}`);
-      if (retries.length === 6) busy.ws.terminate(); // three times the attempts allowed, then the slot frees
+      delays.push(e.delayMs);
+      if (retries.length === 4) busy.ws.terminate(); // twice the attempts allowed, then the slot frees
     });
     ha.resume();
     const r = await ha.done;
-    expect(retries.slice(0, 6)).toEqual(Array(6).fill('websocket ERR_RATE_LIMITED'));
+    expect(retries.slice(0, 4)).toEqual(Array(4).fill('websocket ERR_RATE_LIMITED'));
+    // A wait with no end of its own goes at most once a second, whatever the policy's delays (20-50 ms here).
+    expect(Math.min(...delays.slice(0, 4))).toBeGreaterThanOrEqual(1000);
     expect(r.bytesByTransport).toEqual({ websocket: a.length, http: 0 });
     await expectStored(server, 'waits.bin', a);
   });
@@ -662,7 +703,8 @@ describe('client: retries and errors', () => {
     await prepare(server.dir, 'refused.bin');
     const h = upload(data, { endpoint: endpoint(server.base), fileName: 'refused.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 1, retry: { baseDelayMs: 5 } });
     h.on('retry', (e) => retries.push(e));
-    await expect(h.done).rejects.toMatchObject({ code });
+    // ...and the caller is told so (the server's retryable: false, not the catalogue's default for the code).
+    await expect(h.done).rejects.toMatchObject({ code, retryable: false });
     expect(retries).toEqual([]);
   });
 
