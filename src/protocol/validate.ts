@@ -277,6 +277,14 @@ const UPLOAD_METHOD = /^[\x20-\x7e]*$/;
 /** The same rule for `fingerprint`, which must also say something (at least one character). */
 const FINGERPRINT = /^[\x20-\x7e]+$/;
 
+/** An optional text field of an init body (absent or null: undefined), checked against `rule` and `max` length. */
+function printable(b: Record<string, unknown>, field: string, rule: RegExp, expected: string, max: number): string | undefined {
+  const v = b[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || v.length > max || !rule.test(v)) fail('ERR_INVALID_FIELD', field, `${field} must be ${expected}`);
+  return v;
+}
+
 /**
  * Checks the JSON body of an init request against `limits` and returns the upload's geometry. Unknown extra fields
  * are ignored (clients add their own). Errors, each with `details.field`:
@@ -336,27 +344,9 @@ export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest
   }
 
   const request: InitRequest = { fileName, fileSize, chunkSize, totalChunks, targetPath };
-  if (b.uploadMethod !== undefined && b.uploadMethod !== null) {
-    const m = b.uploadMethod;
-    if (typeof m !== 'string' || m.length > MAX_UPLOAD_METHOD_LENGTH || !UPLOAD_METHOD.test(m)) {
-      fail(
-        'ERR_INVALID_FIELD',
-        'uploadMethod',
-        `uploadMethod must be a string of at most ${MAX_UPLOAD_METHOD_LENGTH} printable ASCII characters`,
-      );
-    }
-    request.uploadMethod = m;
-  }
-  if (b.fingerprint !== undefined && b.fingerprint !== null) {
-    const f = b.fingerprint;
-    if (typeof f !== 'string' || f.length > MAX_FINGERPRINT_LENGTH || !FINGERPRINT.test(f)) {
-      fail(
-        'ERR_INVALID_FIELD',
-        'fingerprint',
-        `fingerprint must be a string of 1 to ${MAX_FINGERPRINT_LENGTH} printable ASCII characters`,
-      );
-    }
-    request.fingerprint = f;
-  }
+  const uploadMethod = printable(b, 'uploadMethod', UPLOAD_METHOD, `a string of at most ${MAX_UPLOAD_METHOD_LENGTH} printable ASCII characters`, MAX_UPLOAD_METHOD_LENGTH);
+  if (uploadMethod !== undefined) request.uploadMethod = uploadMethod;
+  const fingerprint = printable(b, 'fingerprint', FINGERPRINT, `a string of 1 to ${MAX_FINGERPRINT_LENGTH} printable ASCII characters`, MAX_FINGERPRINT_LENGTH);
+  if (fingerprint !== undefined) request.fingerprint = fingerprint;
   return request;
 }
