@@ -45,8 +45,8 @@ Prints "listening on http://HOST:PORT" when ready; logs are JSON lines on stderr
 SIGINT/SIGTERM: stop accepting, finish writes in flight, persist state, exit 0 (during the start: once it is over).
 
 Exit status: 0 after a stop; 1 when it cannot start (the port in use, never shared; an address this host lacks; an
-upload root in use, not a folder or not writable), on a second signal, or when a stop takes over 15 s; 2 for a bad
-option.
+upload root in use, not a folder, not writable or inside another engine's staging folder), on a second signal, or
+when a stop takes over 15 s; 2 for a bad option.
 `;
 
 const HELP = `Usage: updraft <command> [options]

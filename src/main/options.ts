@@ -128,7 +128,8 @@ export interface UploadEngineOptions {
    * paused (waiting for memory or for another writer) does not count; a body that lost its reading place for sending
    * nothing keeps the silence it had, so its turns add up until its next byte. uWS's own 10 s idle timeout would do
    * this, but every resume restarts it. Default and most 10 s: uWS itself closes, without a reply, a request whose
-   * body brings less than 16 KiB in 10 s while it is read (its slow-loris guard; held paused, the engine keeps it).
+   * body brings less than 160 KiB in 10 s (16 KiB/s) while it is read (its slow-loris guard; held paused, the engine
+   * keeps it).
    */
   bodyIdleTimeout?: number;
   /** In `upload` durability, how often written chunks are synced and recorded as resumable (ms). Default 1000. */
@@ -410,7 +411,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     reapInterval: int('reapInterval', o.reapInterval, 60_000, 10),
     instanceId,
     logLevel: oneOf('logLevel', o.logLevel, 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
-    logger: o.logger,
+    logger: resolveLogger(o.logger),
     benchEndpoints: flag('benchEndpoints', o.benchEndpoints, false),
     allowedOrigins: resolveOrigins(o.allowedOrigins),
     trustProxy: resolveTrustProxy(o.trustProxy),
@@ -470,6 +471,16 @@ function resolveTrustProxy(v: unknown): ProxyTrust {
   } catch (e) {
     throw new OptionsError('trustProxy', (e as Error).message);
   }
+}
+
+/** A pino logger (or anything with its level methods and child()), or absent. */
+function resolveLogger(v: unknown): Logger | undefined {
+  if (v === undefined) return undefined;
+  const methods = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'child'];
+  if (typeof v !== 'object' || v === null || !methods.every((m) => typeof (v as Record<string, unknown>)[m] === 'function')) {
+    throw new OptionsError('logger', `expected a pino logger (with ${methods.join(', ')})`);
+  }
+  return v as Logger;
 }
 
 function resolveMetricsToken(v: unknown): string | undefined {

@@ -5,6 +5,7 @@
 import fsp from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { pino } from 'pino';
 import uWS from 'uWebSockets.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { UploadError, createUploadEngine, resolveOptions } from '../../src/index.js';
@@ -453,9 +454,12 @@ describe('embedding', () => {
       [{ tokens: { 'tok-12345678': 7 } }, 'invalid option tokens'],
       [{ tokens: ['tok-12345678'] }, 'invalid option tokens'],
       [{ allowedOrigins: ['https://*.example.com'] }, 'invalid option allowedOrigins: wildcards inside an origin are not supported'],
+      [{ logger: console }, 'invalid option logger: expected a pino logger'], // no fatal() or child(): the engine would throw later
     ];
     for (const [o, message] of refused) expect(() => resolveOptions(o as never), JSON.stringify(o)).toThrow(message);
     expect(resolveOptions({ metrics: false, directIo: false, demo: true, host: '::1' })).toMatchObject({ metrics: false, directIo: false, demo: true, host: '::1' });
+    const logger = pino({ level: 'silent' });
+    expect(resolveOptions({ logger }).logger).toBe(logger);
   });
 });
 
