@@ -730,6 +730,18 @@ export class UploadHandle {
     this.#setState('done');
   }
 
+  /**
+   * DELETE of the upload on the server with a few quick tries, on a fresh signal (the upload's own is aborted by now);
+   * true once the server has taken it.
+   */
+  #deleteQuickly(guid: string): Promise<boolean> {
+    const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
+    return api.cancel(guid, new AbortController().signal).then(
+      () => true,
+      () => false,
+    );
+  }
+
   /** Maps whatever stopped the upload to the ClientError `done` rejects with, and cleans up. */
   async #finishFailed(e: unknown): Promise<ClientError> {
     let err: ClientError;
@@ -741,16 +753,13 @@ export class UploadHandle {
     const cancelled = err.code === 'ERR_UPLOAD_CANCELLED';
     if (cancelled && this.#stopReason !== undefined && this.#guid !== undefined && this.#serverCancelled !== this.#guid) {
       // The caller's cancel(): delete the upload on the server too (a few quick tries; the TTL cleans up otherwise).
-      const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
-      await api.cancel(this.#guid, new AbortController().signal).catch(() => {});
+      await this.#deleteQuickly(this.#guid);
     }
     if (err instanceof SourceChangedError && this.#guid !== undefined) {
       // The chunks stored so far are of a version of the file that is gone: nothing can finish this upload, so it
       // goes now rather than hold its space until it expires.
       const guid = this.#guid;
-      const api = new HttpApi({ endpoint: this.#endpoint, token: this.#o.token, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 1000 }, onRetry: this.#onRetry });
-      const deleted = await api.cancel(guid, new AbortController().signal).then(() => true, () => false);
-      err.message += deleted ? `; upload ${guid} was deleted on the server` : `; upload ${guid} could not be deleted on the server (it expires)`;
+      err.message += (await this.#deleteQuickly(guid)) ? `; upload ${guid} was deleted on the server` : `; upload ${guid} could not be deleted on the server (it expires)`;
     }
     if (this.#storeKey !== undefined && (cancelled || !err.retryable)) forgetGuid(this.#storeKey);
     this.#setState(cancelled ? 'cancelled' : 'failed');
