@@ -2,6 +2,7 @@
  * Per-request policy shared by the HTTP routes: request ids, CORS, and values that are safe to log.
  */
 import { randomUUID } from 'node:crypto';
+import { isIP } from 'node:net';
 import type { ResolvedOptions } from './options.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -70,7 +71,12 @@ export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<strin
   const origin = headers['origin'];
   if (origin === undefined || origin === '') return true;
   if (o.allowedOrigins.includes('*')) return true;
-  if (headers['sec-fetch-site'] === 'same-origin') return true;
+  // Without any authentication, a page counts as this server's own only on an address or localhost: a DNS name can
+  // be made to resolve to this server (DNS rebinding), and the browser then calls the attacker's page same-origin.
+  // Names are allowed by listing their origin. With tokens, such a page has no credentials to send.
+  const anonymous = o.tokens.size === 0 && o.authenticate === undefined;
+  const trustedHost = (): boolean => !anonymous || addressOrLocalhost(headers['host']);
+  if (headers['sec-fetch-site'] === 'same-origin' && trustedHost()) return true;
   let url: URL;
   try {
     url = new URL(origin);
@@ -88,5 +94,18 @@ export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<strin
     return false;
   }
   // Both URLs use the Origin's scheme, so an omitted default port compares equal to an explicit one.
-  return own.host === url.host && own.username === '' && own.pathname === '/';
+  return own.host === url.host && own.username === '' && own.pathname === '/' && trustedHost();
+}
+
+/** The Host header names an IP address or localhost (`localhost`, `*.localhost`), with or without a port. */
+function addressOrLocalhost(host: string | undefined): boolean {
+  if (host === undefined || host === '') return false;
+  let name: string;
+  try {
+    name = new URL(`http://${host}`).hostname;
+  } catch {
+    return false;
+  }
+  if (name.startsWith('[') && name.endsWith(']')) return isIP(name.slice(1, -1)) === 6;
+  return isIP(name) !== 0 || name === 'localhost' || name.endsWith('.localhost');
 }

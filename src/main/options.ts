@@ -152,7 +152,8 @@ export interface UploadEngineOptions {
    * the browser marks `Sec-Fetch-Site: same-origin`). `'*'` allows any origin. A request without `Origin` (a
    * non-browser client) is always allowed; any other origin is refused with 403 ERR_FORBIDDEN_ORIGIN, because a
    * browser sends its cookies with a cross-site request. Listed origins also get CORS headers. Default `[]`: same
-   * origin only.
+   * origin only. Without tokens or `authenticate`, same origin counts only on an IP address or localhost (DNS
+   * rebinding): list a name's origin to serve browsers under it.
    */
   allowedOrigins?: readonly string[];
   /**

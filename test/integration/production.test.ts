@@ -181,6 +181,41 @@ describe('Origin (cross-site requests carry the browser\'s cookies)', () => {
   });
 });
 
+describe('DNS rebinding (a name made to resolve to this server passes as same-origin)', () => {
+  /** An init as a rebinding page sends it: Origin and Host name the attacker's host, the socket reaches this server. */
+  const rebound = (base: string, extra: Record<string, string> = {}): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ action: 'init', fileName: 'r.bin', fileSize: 10 });
+      const req = http.request(`${base}${PREFIX}/upload-chunk`, {
+        method: 'POST',
+        headers: { host: 'attacker.example:8080', origin: 'http://attacker.example:8080', 'content-type': 'text/plain', 'content-length': String(body.length), ...extra },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+
+  it('without authentication, a page is the server\'s own only on an address or localhost; a listed origin or tokens lift that', async () => {
+    server = await startServer();
+    expect(await rebound(server.base)).toBe(403);
+    expect(await rebound(server.base, { 'sec-fetch-site': 'same-origin' })).toBe(403);
+    expect(await listFiles(server.dir, true)).toEqual([]);
+    for (const host of ['localhost:8080', 'app.localhost:8080', '127.0.0.1:8080', '[::1]:8080']) {
+      expect(await rebound(server.base, { host, origin: `http://${host}` }), host).toBe(200);
+    }
+    await server.close();
+    server = await startServer({ allowedOrigins: ['http://attacker.example:8080'] }); // a name the operator lists
+    expect(await rebound(server.base)).toBe(200);
+    await server.close();
+    server = await startServer({ tokens: { 'tok-12345678': 'alice' } }); // the page has no token to send
+    expect(await rebound(server.base, { authorization: 'Bearer tok-12345678' })).toBe(200);
+    expect(await rebound(server.base)).toBe(401);
+  });
+});
+
 describe('demo page', () => {
   it('answers HEAD on its routes with the GET headers and no body', async () => {
     server = await startServer({ demo: true });
