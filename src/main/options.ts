@@ -189,6 +189,12 @@ export interface UploadEngineOptions {
   maxUploadsPerUser?: number;
   /** Chunk bytes one user may be sending at once over HTTP; the next chunk gets 429. Default 256 MiB. */
   maxInFlightBytesPerUser?: number;
+  /**
+   * The largest share of the upload root's free space that one user's open uploads may reserve (the bytes they still
+   * have to send; an init reserves its whole size). Past it an init gets 507 ERR_INSUFFICIENT_STORAGE. From above 0
+   * to 1. Default 0.5 with `tokens` or `authenticate` (one user cannot leave the others no room), 1 without (one user).
+   */
+  maxReservedShare?: number;
   /** Open uploads on this server; the next init gets 503. Default 10,000. */
   maxUploads?: number;
   /** Allow credentialed cross-origin requests (cookies) from `allowedOrigins`, which must then list origins, not '*'. Default false. */
@@ -261,6 +267,7 @@ export interface ResolvedOptions {
   readonly trustProxy: ProxyTrust;
   readonly maxUploadsPerUser: number;
   readonly maxInFlightBytesPerUser: number;
+  readonly maxReservedShare: number;
   readonly maxUploads: number;
   readonly corsCredentials: boolean;
   readonly metrics: boolean;
@@ -301,7 +308,7 @@ const KNOWN_OPTIONS: Readonly<Record<keyof UploadEngineOptions, true>> = {
   directIo: true, chunkBusyTimeout: true, bodyIdleTimeout: true, checkpointInterval: true, reapInterval: true,
   instanceId: true, logLevel: true, logger: true, benchEndpoints: true, allowedOrigins: true, wsIdleTimeout: true,
   maxWsConnectionsPerUser: true, wsWindow: true, wsPartTimeout: true, trustProxy: true, maxUploadsPerUser: true,
-  maxInFlightBytesPerUser: true, maxUploads: true, corsCredentials: true, metrics: true, metricsToken: true,
+  maxInFlightBytesPerUser: true, maxReservedShare: true, maxUploads: true, corsCredentials: true, metrics: true, metricsToken: true,
   onUploadCreate: true, onUploadComplete: true, demo: true,
 };
 
@@ -331,6 +338,15 @@ function int(field: string, v: unknown, def: number, min: number, max = Number.M
   if (v === undefined) return def;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
     throw new OptionsError(field, `expected an integer from ${min} to ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+/** A fraction above 0 and at most 1. */
+function share(field: string, v: unknown, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 1) {
+    throw new OptionsError(field, `expected a number above 0 and at most 1, got ${String(v)}`);
   }
   return v;
 }
@@ -418,6 +434,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     trustProxy: resolveTrustProxy(o.trustProxy),
     maxUploadsPerUser: int('maxUploadsPerUser', o.maxUploadsPerUser, 100, 1),
     maxInFlightBytesPerUser: int('maxInFlightBytesPerUser', o.maxInFlightBytesPerUser, 256 * MiB, 1),
+    maxReservedShare: share('maxReservedShare', o.maxReservedShare, tokens.size > 0 || o.authenticate !== undefined ? 0.5 : 1),
     maxUploads: int('maxUploads', o.maxUploads, 10_000, 1),
     corsCredentials: corsCredentials(o),
     metrics: flag('metrics', o.metrics, true),

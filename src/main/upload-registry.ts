@@ -89,6 +89,7 @@ export function uploadInfo(u: Upload): UploadInfo {
  */
 export class PendingCreations {
   readonly #byUser = new Map<string, number>();
+  readonly #bytesByUser = new Map<string, number>();
   total = 0;
   bytes = 0;
 
@@ -96,11 +97,17 @@ export class PendingCreations {
     return this.#byUser.get(user) ?? 0;
   }
 
+  /** File bytes of the user's inits still being created. */
+  bytesOf(user: string): number {
+    return this.#bytesByUser.get(user) ?? 0;
+  }
+
   /** Takes a place; its `release` gives it back (once). */
   take(user: string, bytes: number): CreationPlace {
     this.total++;
     this.bytes += bytes;
     this.#byUser.set(user, this.of(user) + 1);
+    this.#bytesByUser.set(user, this.bytesOf(user) + bytes);
     let held = true;
     return {
       bytes,
@@ -112,6 +119,9 @@ export class PendingCreations {
         const n = this.of(user) - 1;
         if (n > 0) this.#byUser.set(user, n);
         else this.#byUser.delete(user);
+        const b = this.bytesOf(user) - bytes;
+        if (n > 0) this.#bytesByUser.set(user, b);
+        else this.#bytesByUser.delete(user);
       },
     };
   }
@@ -234,7 +244,8 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (this.options.onConflict === 'overwrite' && (await fsp.lstat(path.join(dir, req.fileName)).catch(() => null))?.isDirectory()) {
       throw new UploadError('ERR_FILE_EXISTS', FOLDER_EXISTS);
     }
-    await this.#checkFreeSpace(req.fileSize, this.creating.bytes - (place?.bytes ?? 0));
+    const own = place?.bytes ?? 0;
+    await this.#checkFreeSpace(user, req.fileSize, this.creating.bytes - own, this.creating.bytesOf(user) - own);
 
     const guid = (this.options.instanceId ? `${this.options.instanceId}.` : '') + randomUUID();
     const now = Date.now();
@@ -338,13 +349,32 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   }
 
   /** `pending`: bytes of other inits still being created. */
-  async #checkFreeSpace(fileSize: number, pending: number): Promise<void> {
+  /**
+   * An init reserves its whole size against the free space (the staging file is sparse: nothing is taken until the
+   * bytes come). It must fit beside what every active upload (and every init being created) still has to send, and,
+   * below `maxReservedShare` 1, what this user's uploads would then hold may not pass that share of the free space:
+   * one user's large uploads that send little cannot leave everyone else's inits refused.
+   */
+  async #checkFreeSpace(user: string, fileSize: number, pending: number, pendingOfUser: number): Promise<void> {
     if (fileSize === 0) return;
     let reserved = pending;
-    for (const u of this.#uploads.values()) if (u.status === 'active') reserved += u.fileSize - u.receivedBytes;
+    let mine = pendingOfUser;
+    for (const u of this.#uploads.values()) {
+      if (u.status !== 'active') continue;
+      const left = u.fileSize - u.receivedBytes;
+      reserved += left;
+      if (u.user === user) mine += left;
+    }
     const st = await fsp.statfs(this.options.stagingDir);
     const free = st.bavail * st.bsize;
     if (fileSize + reserved > free) throw new UploadError('ERR_INSUFFICIENT_STORAGE');
+    const share = this.options.maxReservedShare;
+    if (share < 1 && mine + fileSize > share * free) {
+      throw new UploadError(
+        'ERR_INSUFFICIENT_STORAGE',
+        `Your open uploads would hold more than ${Math.round(share * 100)}% of the free space; finish or cancel some first`,
+      );
+    }
   }
 
   // --- completion -------------------------------------------------------------------------------------------------------

@@ -181,6 +181,29 @@ describe('Origin (cross-site requests carry the browser\'s cookies)', () => {
   });
 });
 
+describe('free space between users', () => {
+  it("one user's open uploads may reserve at most half of the free space (with tokens), so the others still get room", async () => {
+    const alice = { authorization: 'Bearer tok-alice-1' };
+    const bob = { authorization: 'Bearer tok-bob-123' };
+    server = await startServer({ tokens: { 'tok-alice-1': 'alice', 'tok-bob-123': 'bob' } });
+    const st = await fsp.statfs(server.dir);
+    const free = st.bavail * st.bsize;
+    const size = (f: number): number => Math.floor((free * f) / (64 * 1024 * 1024)) * 64 * 1024 * 1024; // whole 64 MiB chunks
+    const init = (who: Record<string, string>, f: number, fileName: string) =>
+      initUpload(server!.base, { fileName, fileSize: size(f), chunkSize: 64 * 1024 * 1024 }, who);
+    // Staging files are sparse: these reservations take no space, which is why one user could hold it all.
+    const big = await init(alice, 0.6, 'a0.bin');
+    expect([big.status, big.json.code, big.json.message]).toEqual([507, 'ERR_INSUFFICIENT_STORAGE', 'Your open uploads would hold more than 50% of the free space; finish or cancel some first']);
+    expect((await init(alice, 0.3, 'a1.bin')).status).toBe(200);
+    expect((await init(alice, 0.3, 'a2.bin')).json.code).toBe('ERR_INSUFFICIENT_STORAGE'); // 0.6 together
+    expect((await init(bob, 0.3, 'b1.bin')).status).toBe(200); // bob still has room
+    await server.close();
+    // One user (no tokens): the whole free space is theirs.
+    server = await startServer();
+    expect((await initUpload(server.base, { fileName: 'solo.bin', fileSize: size(0.6), chunkSize: 64 * 1024 * 1024 })).status).toBe(200);
+  });
+});
+
 describe('DNS rebinding (a name made to resolve to this server passes as same-origin)', () => {
   /** An init as a rebinding page sends it: Origin and Host name the attacker's host, the socket reaches this server. */
   const rebound = (base: string, extra: Record<string, string> = {}): Promise<number> =>
@@ -490,6 +513,8 @@ describe('embedding', () => {
       [{ tokens: ['tok-12345678'] }, 'invalid option tokens'],
       [{ allowedOrigins: ['https://*.example.com'] }, 'invalid option allowedOrigins: wildcards inside an origin are not supported'],
       [{ logger: console }, 'invalid option logger: expected a pino logger'], // no fatal() or child(): the engine would throw later
+      [{ maxReservedShare: 0 }, 'invalid option maxReservedShare: expected a number above 0 and at most 1, got 0'],
+      [{ maxReservedShare: 1.5 }, 'invalid option maxReservedShare'],
     ];
     for (const [o, message] of refused) expect(() => resolveOptions(o as never), JSON.stringify(o)).toThrow(message);
     expect(resolveOptions({ metrics: false, directIo: false, demo: true, host: '::1' })).toMatchObject({ metrics: false, directIo: false, demo: true, host: '::1' });
