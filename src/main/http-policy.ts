@@ -3,6 +3,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
+import { UploadError } from '../protocol/errors.js';
 import type { ResolvedOptions } from './options.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -67,14 +68,14 @@ export function logValue(v: unknown, max = 200): string | undefined {
  * the browser's `Sec-Fetch-Site: same-origin` (a header no page can set) or by the Origin's host equalling the Host
  * header (default ports folded). Otherwise the origin must be listed, or the list holds '*'.
  */
-export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<string, string>>): boolean {
+export function originAllowed(o: ResolvedOptions, headers: Readonly<Record<string, string>>, rebindingRule = true): boolean {
   const origin = headers['origin'];
   if (origin === undefined || origin === '') return true;
   if (o.allowedOrigins.includes('*')) return true;
   // Without any authentication, a page counts as this server's own only on an address or localhost: a DNS name can
   // be made to resolve to this server (DNS rebinding), and the browser then calls the attacker's page same-origin.
   // Names are allowed by listing their origin. With tokens, such a page has no credentials to send.
-  const anonymous = o.tokens.size === 0 && o.authenticate === undefined;
+  const anonymous = rebindingRule && o.tokens.size === 0 && o.authenticate === undefined;
   const trustedHost = (): boolean => !anonymous || addressOrLocalhost(headers['host']);
   if (headers['sec-fetch-site'] === 'same-origin' && trustedHost()) return true;
   let url: URL;
@@ -108,4 +109,17 @@ function addressOrLocalhost(host: string | undefined): boolean {
   }
   if (name.startsWith('[') && name.endsWith(']')) return isIP(name.slice(1, -1)) === 6;
   return isIP(name) !== 0 || name === 'localhost' || name.endsWith('.localhost');
+}
+
+/**
+ * The refusal for a request originAllowed refuses, or null. A page refused only by the DNS-rebinding rule (its own
+ * server, under a name, without tokens) is told how to allow it: the operator reads the message in the browser.
+ */
+export function originRefusal(o: ResolvedOptions, headers: Readonly<Record<string, string>>): UploadError | null {
+  if (originAllowed(o, headers)) return null;
+  if (!originAllowed(o, headers, false)) return new UploadError('ERR_FORBIDDEN_ORIGIN');
+  return new UploadError(
+    'ERR_FORBIDDEN_ORIGIN',
+    `Origin not allowed: a server without tokens takes a page as its own only on an IP address or localhost; allow ${logValue(headers['origin'] ?? '')} with --allowed-origin (allowedOrigins)`,
+  );
 }

@@ -15,7 +15,7 @@ import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate, bearer, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
 import type { ClientView } from './forwarded.js';
-import { corsHeaders, logValue, originAllowed, preflightHeaders, requestId } from './http-policy.js';
+import { corsHeaders, logValue, originRefusal, preflightHeaders, requestId } from './http-policy.js';
 import type { Metrics } from './metrics.js';
 import type { UserLimits } from './user-limits.js';
 import { ChunkReceiver, claimChunk, nextWriterId } from './chunk-ingest.js';
@@ -106,8 +106,9 @@ export function responseState(ctx: RouteContext, info?: RequestInfo): ResponseSt
  * body is read, with its connection closed (the body is not drained). See originAllowed.
  */
 function refusedOrigin(o: ResolvedOptions, res: HttpResponse, st: ResponseState, info: RequestInfo, log: Logger): boolean {
-  if (originAllowed(o, info.headers)) return false;
-  sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log, true);
+  const refusal = originRefusal(o, info.headers);
+  if (refusal === null) return false;
+  sendError(res, st, refusal, log, true);
   return true;
 }
 
@@ -447,9 +448,10 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
 function putChunk(ctx: RouteContext, res: HttpResponse, info: RequestInfo): void {
   const { options: o, log } = ctx;
   const st = responseState(ctx, info);
-  if (!originAllowed(o, info.headers)) {
+  const refusal = originRefusal(o, info.headers);
+  if (refusal !== null) {
     res.onAborted(() => {});
-    sendError(res, st, new UploadError('ERR_FORBIDDEN_ORIGIN'), log, true);
+    sendError(res, st, refusal, log, true);
     return;
   }
   if (info.repeatedContentLength) {

@@ -45,7 +45,7 @@ import type { ChunkChecksum } from '../workers/task-types.js';
 import { authenticate } from './auth.js';
 import { ChunkReceiver, claimChunk, completionOf, nextWriterId, writeWholeChunk } from './chunk-ingest.js';
 import type { ChunkAck } from './chunk-ingest.js';
-import { originAllowed } from './http-policy.js';
+import { originRefusal } from './http-policy.js';
 import { readRequest, responseState } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
 import type { ResolvedOptions } from './options.js';
@@ -891,7 +891,8 @@ export function registerWsRoutes(app: TemplatedApp, ctx: RouteContext): WsRoutes
     void (async () => {
       try {
         if (ctx.isClosing()) throw new UploadError('ERR_SHUTTING_DOWN');
-        if (!originAllowed(o, info.headers)) throw new UploadError('ERR_FORBIDDEN_ORIGIN');
+        const refusal = originRefusal(o, info.headers);
+        if (refusal !== null) throw refusal;
         const proto = chooseSubprotocol(info.headers['sec-websocket-protocol']);
         const queryToken = info.query.get('token') || undefined;
         const user = await authenticate(o, info, queryToken ?? proto.token);

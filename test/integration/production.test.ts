@@ -206,7 +206,8 @@ describe('free space between users', () => {
 
 describe('DNS rebinding (a name made to resolve to this server passes as same-origin)', () => {
   /** An init as a rebinding page sends it: Origin and Host name the attacker's host, the socket reaches this server. */
-  const rebound = (base: string, extra: Record<string, string> = {}): Promise<number> =>
+  const rebound = (base: string, extra: Record<string, string> = {}): Promise<number> => reboundReply(base, extra).then((r) => r.status);
+  const reboundReply = (base: string, extra: Record<string, string> = {}): Promise<{ status: number; body: string }> =>
     new Promise((resolve, reject) => {
       const body = JSON.stringify({ action: 'init', fileName: 'r.bin', fileSize: 10 });
       const req = http.request(`${base}${PREFIX}/upload-chunk`, {
@@ -214,8 +215,10 @@ describe('DNS rebinding (a name made to resolve to this server passes as same-or
         headers: { host: 'attacker.example:8080', origin: 'http://attacker.example:8080', 'content-type': 'text/plain', 'content-length': String(body.length), ...extra },
       });
       req.on('response', (res) => {
-        res.resume();
-        resolve(res.statusCode!);
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
       });
       req.on('error', reject);
       req.end(body);
@@ -223,7 +226,13 @@ describe('DNS rebinding (a name made to resolve to this server passes as same-or
 
   it('without authentication, a page is the server\'s own only on an address or localhost; a listed origin or tokens lift that', async () => {
     server = await startServer();
-    expect(await rebound(server.base)).toBe(403);
+    // The operator sees why, and what to do, in the page that was refused.
+    const refused = await reboundReply(server.base);
+    expect(refused.status).toBe(403);
+    expect(JSON.parse(refused.body)).toMatchObject({
+      code: 'ERR_FORBIDDEN_ORIGIN',
+      message: 'Origin not allowed: a server without tokens takes a page as its own only on an IP address or localhost; allow http://attacker.example:8080 with --allowed-origin (allowedOrigins)',
+    });
     expect(await rebound(server.base, { 'sec-fetch-site': 'same-origin' })).toBe(403);
     expect(await listFiles(server.dir, true)).toEqual([]);
     for (const host of ['localhost:8080', 'app.localhost:8080', '127.0.0.1:8080', '[::1]:8080']) {
