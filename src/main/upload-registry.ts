@@ -28,7 +28,7 @@ import { logValue } from './http-policy.js';
 import type { ResolvedOptions } from './options.js';
 import { GUID_RE, Journal, StateStore } from './state-store.js';
 import type { UploadMeta } from './state-store.js';
-import { Upload, isPassingError, storageFailure } from './upload.js';
+import { Upload, isGone, storageFailure } from './upload.js';
 import type { CompletionInfo } from './upload.js';
 
 const fdatasync = promisify(fs.fdatasync);
@@ -881,12 +881,13 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   async #reopen(meta: UploadMeta, journal: number[]): Promise<Upload | null> {
     const staging = this.store.partPath(meta.guid);
     if (meta.status === 'finalizing' && meta.finalName !== undefined) {
-      // Crashed mid-move: decide from what is on disk whether the move happened. A look that fails for a passing
-      // reason (EIO, EMFILE, EACCES) decides nothing: it throws, and the upload is left on disk for the next start
-      // (#reload), rather than a file safe in place be recorded lost. A folder gone or turned into a file is final.
+      // Crashed mid-move: decide from what is on disk whether the move happened. As for the staging file below, only
+      // what is gone (or a folder that now leads elsewhere) decides: any other failure to look (EIO, EMFILE, EACCES)
+      // throws, and the upload is left on disk for the next start (#reload) rather than a file safe in place be
+      // recorded lost.
       const unlessPassing = (e: unknown): null => {
-        if (isPassingError(e)) throw e;
-        return null;
+        if (isGone(e) || (e instanceof UploadError && e.code === 'ERR_INVALID_TARGET_PATH')) return null;
+        throw e;
       };
       const dir = await this.resolveTargetDir(meta.targetPath).catch(unlessPassing);
       if (meta.hookRefused === true) {

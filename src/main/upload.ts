@@ -368,12 +368,10 @@ export function storageFailure(e: unknown): UploadError {
 }
 
 /**
- * Errors that say nothing lasting about a file (the disk, the process's limits or permissions may be fixed by the
- * next start): a reload that meets one leaves the upload as it is on disk rather than decide from it.
+ * The path is not there (ENOENT, or a folder on the way turned into a file: ENOTDIR), also behind a storageFailure.
+ * Every other failure to look at a file (EIO, EMFILE, EACCES) may pass by the next start.
  */
-const PASSING_ERRNOS: ReadonlySet<string> = new Set(['EIO', 'EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN', 'EBUSY', 'EINTR', 'EACCES', 'EPERM', 'ENOSPC', 'EROFS', 'EDQUOT']);
-
-export function isPassingError(e: unknown): boolean {
-  const errno = (e as NodeJS.ErrnoException)?.code ?? ((e as Error)?.cause as NodeJS.ErrnoException | undefined)?.code;
-  return typeof errno === 'string' && PASSING_ERRNOS.has(errno);
+export function isGone(e: unknown): boolean {
+  const errno = e instanceof UploadError ? (e.cause as NodeJS.ErrnoException | undefined)?.code : (e as NodeJS.ErrnoException)?.code;
+  return errno === 'ENOENT' || errno === 'ENOTDIR';
 }

@@ -48,7 +48,6 @@ import type { ChunkAck } from './chunk-ingest.js';
 import { originRefusal } from './http-policy.js';
 import { readRequest, responseState } from './http-routes.js';
 import type { RouteContext } from './http-routes.js';
-import type { ResolvedOptions } from './options.js';
 import { sendError, toUploadError } from './respond.js';
 import type { ResponseState } from './respond.js';
 import type { CompletionInfo, Upload } from './upload.js';
