@@ -458,6 +458,34 @@ describe("onConflict 'overwrite' never loses the file it replaces", () => {
     await again.registry.close();
   });
 
+  it('a reload that cannot look at the target folder (EIO, wrapped as a storage failure) leaves the upload for the next start', async () => {
+    const dir = await rootDir();
+    const first = await open(dir);
+    const data = randomBytes(CS + 3);
+    const u = await first.registry.create('anonymous', { fileName: 'f.bin', fileSize: data.length, chunkSize: CS, totalChunks: 2, targetPath: ['docs'] });
+    for (const c of [0, 1]) await writeWholeChunk(first.ctx, u, c, data.subarray(c * CS, (c + 1) * CS));
+    await first.registry.finalize(u);
+    const st = await fsp.stat(path.join(dir, 'docs', 'f.bin'), { bigint: true });
+    // Died after the move, before `completed` was recorded.
+    await first.registry.store.writeMeta({ ...u.toMeta(), status: 'finalizing', finalName: 'f.bin', fileId: `${st.ino}:${st.birthtimeNs}` });
+    await first.registry.close();
+
+    const lstat = fsp.lstat;
+    fsp.lstat = ((p: fs.PathLike, o?: unknown) => (String(p).endsWith(`${path.sep}docs`) ? Promise.reject(eio()) : lstat(p, o as never))) as typeof fsp.lstat;
+    let blind: Awaited<ReturnType<typeof open>>;
+    try {
+      blind = await open(dir);
+    } finally {
+      fsp.lstat = lstat;
+    }
+    expect(() => blind.registry.find(u.guid, 'anonymous', true)).toThrow(expect.objectContaining({ code: 'ERR_UPLOAD_NOT_FOUND' }));
+    await blind.registry.close();
+    const next = await open(dir);
+    expect(next.registry.find(u.guid, 'anonymous', true).status).toBe('completed');
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'docs', 'f.bin')), data)).toBe(0);
+    await next.registry.close();
+  });
+
   it('a reload that cannot look at the final file (EIO) leaves the upload for the next start instead of recording it lost', async () => {
     const dir = await rootDir();
     const { v2, guid } = await crashedOverwrite(dir);
