@@ -55,6 +55,15 @@ export interface InitFields {
   fingerprint?: string;
 }
 
+/**
+ * 128 random bits in hex, an init's `Idempotency-Key`. `crypto.getRandomValues` works in every browser context
+ * (`randomUUID` only in secure ones, and a demo served over plain http on a LAN address is not one).
+ */
+export function newIdempotencyKey(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 function isAbort(e: unknown, signal: AbortSignal): boolean {
   return signal.aborted || (e instanceof Error && e.name === 'AbortError');
 }
@@ -76,7 +85,10 @@ export class HttpApi {
    * before one), so a request already sent can still bring its reply back.
    */
   init(fields: InitFields, signal: AbortSignal, retriesUntil?: AbortSignal): Promise<InitResult> {
-    return this.#request<InitResult>('init', 'POST', this.#chunkUrl, { action: 'init', ...fields }, signal, retriesUntil);
+    // One key for every attempt of this init: when an attempt's reply is lost (a reset after the server acted), the
+    // retry gets the upload that attempt made instead of a second one holding the same space until it expires.
+    const headers = { 'idempotency-key': newIdempotencyKey() };
+    return this.#request<InitResult>('init', 'POST', this.#chunkUrl, { action: 'init', ...fields }, signal, retriesUntil, headers);
   }
 
   status(guid: string, signal: AbortSignal): Promise<StatusData> {
@@ -95,13 +107,13 @@ export class HttpApi {
     return this.#request('cancel', 'DELETE', `${this.#chunkUrl}?guid=${encodeURIComponent(guid)}`, undefined, signal);
   }
 
-  async #request<T>(operation: string, method: string, url: string, body: unknown, signal: AbortSignal, retriesUntil?: AbortSignal): Promise<T> {
+  async #request<T>(operation: string, method: string, url: string, body: unknown, signal: AbortSignal, retriesUntil?: AbortSignal, headers?: Record<string, string>): Promise<T> {
     const { retry } = this.#o;
     for (let attempt = 0; ; attempt++) {
       let error: ClientError;
       let retryAfterMs: number | undefined;
       try {
-        return await this.#once<T>(method, url, body, signal);
+        return await this.#once<T>(method, url, body, signal, headers);
       } catch (e) {
         if (isAbort(e, signal)) throw signal.reason ?? e;
         if (!(e instanceof RetryableReply) && !(e instanceof ClientError)) {
@@ -124,8 +136,8 @@ export class HttpApi {
     }
   }
 
-  async #once<T>(method: string, url: string, body: unknown, signal: AbortSignal): Promise<T> {
-    const headers: Record<string, string> = {};
+  async #once<T>(method: string, url: string, body: unknown, signal: AbortSignal, extraHeaders?: Record<string, string>): Promise<T> {
+    const headers: Record<string, string> = { ...extraHeaders };
     if (this.#o.token !== undefined) headers['authorization'] = `Bearer ${this.#o.token}`;
     let payload: BodyInit | undefined;
     if (body instanceof Uint8Array || (typeof Blob !== 'undefined' && body instanceof Blob)) {

@@ -47,7 +47,7 @@ export function preflightHeaders(o: ResolvedOptions, headers: Readonly<Record<st
   return {
     ...base,
     'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
-    'Access-Control-Allow-Headers': 'Authorization, Content-Type, X-Request-Id',
+    'Access-Control-Allow-Headers': 'Authorization, Content-Type, Idempotency-Key, X-Request-Id',
     'Access-Control-Max-Age': '600',
   };
 }

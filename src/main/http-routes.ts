@@ -10,7 +10,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
-import { checkChunkInRange, parseChunkNumber, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
+import { checkChunkInRange, parseChunkNumber, parseIdempotencyKey, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate, bearer, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
@@ -24,6 +24,7 @@ import type { AuthRequest, ResolvedOptions, UploadPlacement } from './options.js
 import { sendError, sendJson, sendSuccess } from './respond.js';
 import type { ResponseState } from './respond.js';
 import type { Upload } from './upload.js';
+import { initDigest } from './upload-registry.js';
 
 export interface RouteContext extends IngestContext {
   readonly log: Logger;
@@ -230,6 +231,19 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       maxFileSize: o.maxFileSize,
       maxChunks: o.maxChunks,
     });
+    const key = parseIdempotencyKey(info.headers['idempotency-key']);
+    const idempotency = key === undefined ? undefined : { key, digest: initDigest(req) };
+    if (idempotency !== undefined) {
+      // The same init again (its reply was lost): the upload it made, not a second one. Before the limits, which
+      // that upload already passed.
+      const earlier = registry.earlierInit(user, idempotency);
+      if (earlier !== undefined) {
+        const u = await earlier;
+        log.info({ event: 'upload.init-repeated', reqId: info.requestId, guid: u.guid }, 'init repeated with its Idempotency-Key: answered with the upload it made');
+        await replyInit(res, st, info, u);
+        return;
+      }
+    }
     // Inits still being created count too: they take a place before their first await, so a burst of them cannot
     // all pass the check before any is in the registry.
     let open = registry.creating.total;
@@ -243,8 +257,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
     if (mine >= o.maxUploadsPerUser) throw new UploadError('ERR_RATE_LIMITED', 'Too many open uploads for this user; finish or cancel some first');
     // The place among pending inits is held through the hook and the files (see PendingCreations).
     const place = registry.creating.take(user, req.fileSize);
-    let u: Upload;
-    try {
+    const creation = (async (): Promise<Upload> => {
       if (o.onUploadCreate) {
         let placement: void | UploadPlacement;
         try {
@@ -274,10 +287,15 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
           };
         }
       }
-      u = await registry.create(user, req, info.requestId, place);
-    } finally {
-      place.release();
-    }
+      return await registry.create(user, req, info.requestId, place, idempotency);
+    })().finally(() => place.release());
+    // Registered before the first await: a repeat arriving while this one creates waits for it.
+    if (idempotency !== undefined) registry.rememberInit(user, idempotency, creation);
+    await replyInit(res, st, info, await creation);
+  }
+
+  /** The reply to an init: the upload made (a 0-byte one completes here), or the one an earlier init made. */
+  async function replyInit(res: HttpResponse, st: ResponseState, info: RequestInfo, u: Upload): Promise<void> {
     const uploadUrl = `${o.prefix}/upload-chunk?guid=${encodeURIComponent(u.guid)}`;
     const data: Record<string, unknown> = {
       guid: u.guid,
@@ -288,6 +306,11 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       chunkSize: u.chunkSize,
       totalChunks: u.totalChunks,
     };
+    if (u.status === 'completed') {
+      Object.assign(data, { complete: true, finalName: u.finalName ?? u.fileName, size: u.fileSize });
+      sendSuccess(res, st, 'Upload completed successfully', data);
+      return;
+    }
     if (u.totalChunks === 0) {
       // A 0-byte file has no chunk to wait for: it completes at init.
       const done = await registry.finalize(u);

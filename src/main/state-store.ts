@@ -36,6 +36,11 @@ export interface UploadMeta {
   targetPath: string[];
   uploadMethod?: string;
   fingerprint?: string;
+  /**
+   * The init's `Idempotency-Key` and a digest of the request it came with: an init repeated with the same key (its
+   * reply was lost) gets this upload again, also after a restart, rather than a second one holding the same space.
+   */
+  idempotency?: { key: string; digest: string };
   startTime: number;
   lastActivityTime: number;
   status: UploadStatus;
@@ -93,6 +98,7 @@ export function validMeta(m: unknown, guid: string): m is UploadMeta {
     segments(r.targetPath) &&
     (r.uploadMethod === undefined || typeof r.uploadMethod === 'string') &&
     (r.fingerprint === undefined || typeof r.fingerprint === 'string') &&
+    (r.idempotency === undefined || (typeof r.idempotency === 'object' && r.idempotency !== null && typeof (r.idempotency as Record<string, unknown>).key === 'string' && typeof (r.idempotency as Record<string, unknown>).digest === 'string')) &&
     time(r.startTime) &&
     time(r.lastActivityTime) &&
     typeof r.status === 'string' &&

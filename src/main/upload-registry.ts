@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { UploadError } from '../protocol/errors.js';
@@ -132,6 +132,30 @@ export interface CreationPlace {
   release(): void;
 }
 
+/** An init's `Idempotency-Key` and the digest of its request (initDigest). */
+export interface InitIdempotency {
+  key: string;
+  digest: string;
+}
+
+/**
+ * What an init asked for, as the client sent it (before onUploadCreate's placement): an init repeated with the same
+ * key must ask for the same thing. The key itself is the client's; this only tells a reuse from a repeat.
+ */
+export function initDigest(req: InitRequest): string {
+  const asked = [req.fileName, req.fileSize, req.chunkSize, req.targetPath, req.fingerprint ?? null];
+  return createHash('sha256').update(JSON.stringify(asked)).digest('base64url').slice(0, 22);
+}
+
+/** An upload keeps its init's key while it is open or completed; a cancelled, failed or expired one frees it. */
+function holdsKey(u: Upload): boolean {
+  return u.status === 'active' || u.status === 'finalizing' || u.status === 'completed';
+}
+
+function keyId(user: string, key: string): string {
+  return `${user}\0${key}`;
+}
+
 export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** How long an end or a stop waits for write tasks to leave an upload's files (ms); tests lower it. */
   static workersLeftMs = 30_000;
@@ -211,14 +235,67 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     return u;
   }
 
+  // --- inits repeated with their Idempotency-Key -----------------------------------------------------------------------
+
+  /**
+   * Inits sent with an `Idempotency-Key`, per user (`user NUL key`): the upload each made, or its creation while it
+   * runs. Kept as long as the upload's record (an ended upload's for recordTtl), rebuilt at start from the records.
+   */
+  readonly #byKey = new Map<string, { digest: string; upload: Upload | Promise<Upload> }>();
+
+  /**
+   * The upload an earlier init of `user` with this key made (or is making), for an init repeated because its reply
+   * was lost: the client gets that upload again instead of a second one holding the same space and counting against
+   * its limits until it expires. None when there is no such init, or its upload ended without completing (cancelled,
+   * failed, expired: the key is free again). The same key with a different request is ERR_IDEMPOTENCY_KEY_REUSED.
+   */
+  earlierInit(user: string, idempotency: InitIdempotency): Upload | Promise<Upload> | undefined {
+    const id = keyId(user, idempotency.key);
+    const entry = this.#byKey.get(id);
+    if (entry === undefined) return undefined;
+    if (entry.digest !== idempotency.digest) {
+      throw new UploadError('ERR_IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was sent before with a different init request (name, size, chunk size, folder or fingerprint)');
+    }
+    const u = entry.upload;
+    if (u instanceof Upload && !holdsKey(u)) {
+      this.#byKey.delete(id);
+      return undefined;
+    }
+    return u;
+  }
+
+  /**
+   * Registers the creation of an init sent with a key, before its first await: the same init repeated meanwhile
+   * waits for it (earlierInit). A creation that fails frees the key.
+   */
+  rememberInit(user: string, idempotency: InitIdempotency, creation: Promise<Upload>): void {
+    const id = keyId(user, idempotency.key);
+    const entry = { digest: idempotency.digest, upload: creation as Upload | Promise<Upload> };
+    this.#byKey.set(id, entry);
+    creation.then(
+      (u) => {
+        if (this.#byKey.get(id) === entry) entry.upload = u;
+      },
+      () => {
+        if (this.#byKey.get(id) === entry) this.#byKey.delete(id);
+      },
+    );
+  }
+
+  #forgetKey(u: Upload): void {
+    if (u.idempotency === undefined) return;
+    const id = keyId(u.user, u.idempotency.key);
+    if (this.#byKey.get(id)?.upload === u) this.#byKey.delete(id);
+  }
+
   // --- create ---------------------------------------------------------------------------------------------------------
 
   /** `place`: the caller counted this init in `creating` (http-routes), so the free-space check leaves it out. */
-  async create(user: string, req: InitRequest, requestId?: string, place?: CreationPlace): Promise<Upload> {
+  async create(user: string, req: InitRequest, requestId?: string, place?: CreationPlace, idempotency?: InitIdempotency): Promise<Upload> {
     if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     // close() waits for creations under way: one finishing after the stop had closed every file would keep its
     // files open, and write them, after the engine let go of the root.
-    const creation = this.#create(user, req, requestId, place);
+    const creation = this.#create(user, req, requestId, place, idempotency);
     this.#creations.add(creation);
     const forget = (): void => void this.#creations.delete(creation);
     creation.then(forget, forget);
@@ -228,7 +305,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** Inits still being created (close() waits for them). */
   readonly #creations = new Set<Promise<Upload>>();
 
-  async #create(user: string, req: InitRequest, requestId: string | undefined, place: CreationPlace | undefined): Promise<Upload> {
+  async #create(user: string, req: InitRequest, requestId: string | undefined, place: CreationPlace | undefined, idempotency: InitIdempotency | undefined): Promise<Upload> {
     if (reservedName(req.fileName)) {
       throw new UploadError('ERR_INVALID_FILE_NAME', 'File names starting with ".updraft" are reserved');
     }
@@ -264,6 +341,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     };
     if (req.uploadMethod !== undefined) meta.uploadMethod = req.uploadMethod;
     if (req.fingerprint !== undefined) meta.fingerprint = req.fingerprint;
+    if (idempotency !== undefined) meta.idempotency = idempotency;
     const u = new Upload(meta, createSharedState(req.totalChunks, req.chunkSize, this.options.lockMode));
     try {
       // 'wx': a fresh file, never append mode, so every write lands at the position it names (invariant 10).
@@ -736,6 +814,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
           await u.ending;
         } else if (u.status !== 'finalizing' && (u.endTime ?? 0) + this.options.recordTtl <= now) {
           this.#uploads.delete(u.guid);
+          this.#forgetKey(u);
           await this.store.removeAll(u.guid);
         }
       } catch (e) {
@@ -838,6 +917,11 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
       } catch (err) {
         this.log.error({ err, guid: meta.guid }, 'could not reload an upload; it is left on disk for the next start');
       }
+    }
+    // Only uploads that hold their key: a cancelled one may share it with the upload made after it (earlierInit).
+    for (const u of this.#uploads.values()) {
+      if (u.idempotency === undefined || !holdsKey(u)) continue;
+      this.#byKey.set(keyId(u.user, u.idempotency.key), { digest: u.idempotency.digest, upload: u });
     }
     const resumed = [...this.#uploads.values()].filter((u) => u.status === 'active');
     if (resumed.length > 0) this.log.info({ event: 'uploads.reloaded', count: resumed.length }, 'uploads reloaded');

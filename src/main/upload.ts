@@ -67,6 +67,8 @@ export class Upload {
   readonly uploadMethod: string | undefined;
   /** The client's identity of its source, from init (UploadMeta.fingerprint); echoed in status. */
   readonly fingerprint: string | undefined;
+  /** The init's Idempotency-Key and request digest (UploadMeta.idempotency). */
+  readonly idempotency: { key: string; digest: string } | undefined;
   readonly startTime: number;
   lastActivityTime: number;
   #status: UploadStatus;
@@ -119,6 +121,7 @@ export class Upload {
     this.targetPath = meta.targetPath;
     this.uploadMethod = meta.uploadMethod;
     this.fingerprint = meta.fingerprint;
+    this.idempotency = meta.idempotency;
     this.startTime = meta.startTime;
     this.lastActivityTime = meta.lastActivityTime;
     this.#status = meta.status;
@@ -178,6 +181,7 @@ export class Upload {
     };
     if (this.uploadMethod !== undefined) meta.uploadMethod = this.uploadMethod;
     if (this.fingerprint !== undefined) meta.fingerprint = this.fingerprint;
+    if (this.idempotency !== undefined) meta.idempotency = this.idempotency;
     if (this.finalName !== undefined) meta.finalName = this.finalName;
     if (this.fileId !== undefined) meta.fileId = this.fileId;
     if (this.endTime !== undefined) meta.endTime = this.endTime;

@@ -52,6 +52,7 @@ export const ERRORS = {
   ERR_UPLOAD_FINALIZING: { status: 409, message: 'Upload is being finalized', retryable: true },
   ERR_UPLOAD_REFUSED: { status: 403, message: 'The server refused this upload', retryable: false },
   ERR_MISSING_GUID: { status: 400, message: 'Missing guid', retryable: false },
+  ERR_IDEMPOTENCY_KEY_REUSED: { status: 422, message: 'This Idempotency-Key was sent with a different init request', retryable: false },
 
   // --- chunks ----------------------------------------------------------------------------------------------------
   ERR_INVALID_CHUNK_NUMBER: { status: 400, message: 'Chunk number must be a non-negative integer', retryable: false },

@@ -17,6 +17,8 @@ export const MAX_TARGET_PATH_BYTES = 4096;
 export const MAX_UPLOAD_METHOD_LENGTH = 32;
 /** Longest `fingerprint` an init may carry (printable ASCII): the client's identity of its source, echoed in status. */
 export const MAX_FINGERPRINT_LENGTH = 128;
+/** Longest `Idempotency-Key` header an init may carry (printable ASCII, without its quotes). */
+export const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 
 // --- names -------------------------------------------------------------------------------------------------------
 
@@ -349,4 +351,19 @@ export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest
   const fingerprint = printable(b, 'fingerprint', FINGERPRINT, `a string of 1 to ${MAX_FINGERPRINT_LENGTH} printable ASCII characters`, MAX_FINGERPRINT_LENGTH);
   if (fingerprint !== undefined) request.fingerprint = fingerprint;
   return request;
+}
+
+/**
+ * The `Idempotency-Key` header of an init (absent: undefined): 1 to MAX_IDEMPOTENCY_KEY_LENGTH printable ASCII
+ * characters, bare or as a quoted string (`"8e03978e-..."`, the form of the IETF httpapi draft). Anything else is
+ * ERR_INVALID_FIELD (field `Idempotency-Key`): a key the server cannot keep must not be dropped in silence, or the
+ * client would believe its retries safe.
+ */
+export function parseIdempotencyKey(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const key = header.length >= 2 && header.startsWith('"') && header.endsWith('"') ? header.slice(1, -1) : header;
+  if (key.length > MAX_IDEMPOTENCY_KEY_LENGTH || !FINGERPRINT.test(key) || key.trim() === '') {
+    fail('ERR_INVALID_FIELD', 'Idempotency-Key', `Idempotency-Key must be 1 to ${MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters`);
+  }
+  return key;
 }

@@ -5,7 +5,9 @@
  *   - cuts a WebSocket connection (both TCP sockets) after it has carried N bytes from the client: to the client this
  *     is the server dropping the connection mid-upload (close code 1006, like a crashed or killed server);
  *   - refuses WebSocket upgrades after the first N with an HTTP 503, so a reconnect fails;
- *   - serves the engine under a path prefix (`mount`), like a reverse proxy that strips it.
+ *   - serves the engine under a path prefix (`mount`), like a reverse proxy that strips it;
+ *   - loses the reply to the first N POSTs (inits): the server gets and answers the request, the client's connection
+ *     is reset instead of getting that answer, as when a network drops a reply on its way back.
  * The engine behind it is unchanged: everything that reaches it is real. `setTarget` lets a test restart the engine
  * (on a new port) behind the same client-facing address.
  */
@@ -29,6 +31,8 @@ export interface ProxyOptions {
    * `location /updraft/ { proxy_pass http://backend/; }` does; a request outside it gets 404.
    */
   mount?: string;
+  /** Pass on this many POSTs, read the server's reply to each, and reset the client's connection instead of answering. */
+  loseReplies?: number;
 }
 
 export interface ProxyStats {
@@ -37,6 +41,8 @@ export interface ProxyStats {
   wsConnections: number;
   wsRefused: number;
   wsDropped: number;
+  /** Server replies the proxy read and did not pass on (loseReplies). */
+  repliesLost: number;
 }
 
 export interface TestProxy {
@@ -49,7 +55,7 @@ export interface TestProxy {
 
 export async function startProxy(target: string, o: ProxyOptions = {}): Promise<TestProxy> {
   let up = new URL(target);
-  const stats: ProxyStats = { puts: 0, injected503: 0, wsConnections: 0, wsRefused: 0, wsDropped: 0 };
+  const stats: ProxyStats = { puts: 0, injected503: 0, wsConnections: 0, wsRefused: 0, wsDropped: 0, repliesLost: 0 };
   const sockets = new Set<net.Socket>();
 
   const mount = o.mount ?? '';
@@ -75,9 +81,16 @@ export async function startProxy(target: string, o: ProxyOptions = {}): Promise<
         return;
       }
     }
+    const lose = req.method === 'POST' && stats.repliesLost < (o.loseReplies ?? 0);
+    if (lose) stats.repliesLost++;
     const fwd = http.request(
       { host: up.hostname, port: up.port, method: req.method, path, headers: req.headers },
       (r) => {
+        if (lose) {
+          r.resume();
+          r.on('end', () => req.socket.destroy());
+          return;
+        }
         res.writeHead(r.statusCode ?? 502, r.headers);
         r.pipe(res);
       },

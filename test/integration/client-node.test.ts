@@ -222,6 +222,24 @@ describe('client: WebSocket failures', () => {
     await expectStored(server, 'restart.bin', data);
   });
 
+  it('an init whose reply is lost is retried with its Idempotency-Key: one upload on the server, not an orphan holding space', async () => {
+    server = await startServer({ maxUploadsPerUser: 1 });
+    proxy = await startProxy(server.base, { loseReplies: 2 });
+    const data = bytesOf(1 * MiB + 5);
+    const retries: RetryEvent[] = [];
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'lost-reply.bin', chunkSize: 256 * KiB, transport: 'http', retry: { baseDelayMs: 10 } });
+    h.on('retry', (e) => retries.push(e));
+    const r = await h.done;
+    // Both lost replies were of inits the server carried out; the third attempt got the upload they made (with
+    // maxUploadsPerUser 1, a second upload would have been refused 429).
+    expect(proxy.stats.repliesLost).toBe(2);
+    expect(retries.filter((e) => e.operation === 'init').map((e) => e.error.code)).toEqual(['ERR_NETWORK', 'ERR_NETWORK']);
+    expect(r.fileName).toBe('lost-reply.bin');
+    await expectStored(server, 'lost-reply.bin', data);
+    expect(server.engine.registry.size).toBe(1);
+    expect((await fsp.readdir(path.join(server.dir, '.updraft-staging'))).filter((f) => f.endsWith('.part'))).toEqual([]);
+  });
+
   it('stays on the WebSocket when the reconnect after a drop works', async () => {
     server = await startServer();
     proxy = await startProxy(server.base, { dropWsAfterBytes: 1 * MiB, dropConnections: 1 });

@@ -6,6 +6,7 @@ import {
   MAX_NAME_BYTES,
   checkChunkInRange,
   parseChunkNumber,
+  parseIdempotencyKey,
   parseInitRequest,
   totalChunksFor,
   validateFileName,
@@ -534,5 +535,25 @@ describe('parseInitRequest', () => {
     expect(thrown(() => parseInitRequest({ ...ok, totalChunks: 4 }, limits)).message).toBe(
       'totalChunks is 4 but ceil(10485760 / 4194304) is 3',
     );
+  });
+});
+
+describe('parseIdempotencyKey', () => {
+  it('takes 1 to 128 printable ASCII characters, bare or quoted; no header is no key', () => {
+    expect(parseIdempotencyKey(undefined)).toBeUndefined();
+    expect(parseIdempotencyKey('8e03978e-40d5-43e8-bc93-6894a57f9324')).toBe('8e03978e-40d5-43e8-bc93-6894a57f9324');
+    expect(parseIdempotencyKey('"8e03978e"')).toBe('8e03978e');
+    expect(parseIdempotencyKey('a b')).toBe('a b');
+    expect(parseIdempotencyKey('k'.repeat(128))).toBe('k'.repeat(128));
+    expect(parseIdempotencyKey(`"${'k'.repeat(128)}"`)).toBe('k'.repeat(128));
+  });
+
+  it('refuses anything else with ERR_INVALID_FIELD naming the header', () => {
+    for (const bad of ['', '""', '   ', 'k'.repeat(129), 'tab\there', 'nul\0', 'del\x7f', 'caf\u00e9', 'line\nbreak', '\ufffd']) {
+      const e = thrownUploadError(() => parseIdempotencyKey(bad));
+      expect(e.code, JSON.stringify(bad)).toBe('ERR_INVALID_FIELD');
+      expect(e.details).toEqual({ field: 'Idempotency-Key' });
+      expect(e.message).toBe('Idempotency-Key must be 1 to 128 printable ASCII characters');
+    }
   });
 });
