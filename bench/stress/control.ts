@@ -22,6 +22,12 @@ export interface ClientContext {
    * an oracle for "acknowledged before durable" that needs no lucky SIGKILL.
    */
   journal?: (guid: string) => Promise<Set<number> | null>;
+  /**
+   * Why a completed upload's file is not in place yet (null: it is): the file under `finalName` in the run's folder,
+   * `size` bytes, and no staging data of `guid` left. The engine moves the file and syncs its folder before any reply
+   * may say "complete" (durability.md invariant 6). Absent when the harness cannot see the server's folder.
+   */
+  placed?: (guid: string, finalName: string | undefined, size: number) => Promise<string | null>;
 }
 
 /** After a 200 for chunk `c` of an upload that is not complete: the chunk must already be in the journal. */
@@ -31,6 +37,19 @@ export async function checkDurableAck(ctx: ClientContext, rec: UploadRecord, c: 
   if (j === null || j.has(c)) return;
   rec.acksNotDurable++;
   rec.violation(`chunk ${c} acknowledged (${how}) before it was in the journal: a crash now would lose it`);
+}
+
+/**
+ * After a reply that says "complete" (a chunk's, a WebSocket `complete`, a 0-byte init's): the file must already be
+ * in place. Checked at once: a restart finishes any upload whose every chunk is durable, so a completion announced
+ * before the move would look right by the end of the run.
+ */
+export async function checkPlaced(ctx: ClientContext, rec: UploadRecord, finalName: string | undefined, how: string): Promise<void> {
+  if (!ctx.placed || rec.guid === null) return;
+  const problem = await ctx.placed(rec.guid, finalName, rec.size);
+  if (problem === null) return;
+  rec.completedBeforePlaced++;
+  rec.violation(`"complete" (${how}) before the file was in place: ${problem}`);
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -83,9 +102,12 @@ export interface InitResult {
 }
 
 /**
- * Init under `fileName`. When the reply is lost (network error), the server may or may not have created the
- * upload; the retry uses a new name, so an upload the client never heard about cannot be mistaken for this one,
- * and every name tried is recorded (verify.ts accounts for what an unanswered init left behind).
+ * Init under `baseName`. When the reply is lost (network error), the server may or may not have created the
+ * upload. Without `idempotencyKey` the retry uses a new name, so an upload the client never heard about cannot be
+ * mistaken for this one, and every name tried is recorded (verify.ts accounts for what an unanswered init left
+ * behind). With a key, every attempt sends the same name under the same key, and the server must answer a repeat
+ * with the upload the first attempt made (run.ts counts any other upload under the name as a violation). 503 and 429
+ * are retried; any other refusal of these well-formed inits is a violation.
  */
 export async function initUpload(
   ctx: ClientContext,
@@ -93,16 +115,27 @@ export async function initUpload(
   rec: UploadRecord,
   baseName: string,
   targetPath: string,
+  idempotencyKey?: string,
 ): Promise<InitResult | null> {
   let pause = 50;
   for (let attempt = 1; ; attempt++) {
     if (pastDeadline(ctx)) return null;
-    const fileName = attempt === 1 ? baseName : baseName.replace(/\.bin$/, `~${attempt}.bin`);
+    const fileName = attempt === 1 || idempotencyKey !== undefined ? baseName : baseName.replace(/\.bin$/, `~${attempt}.bin`);
     const entry = { fileName, answered: false };
     rec.inits.push(entry);
     const body = Buffer.from(JSON.stringify({ action: 'init', fileName, fileSize: rec.size, chunkSize: rec.chunkSize, targetPath }));
     rec.requests++;
-    const out = await request(ctx.proxy, 'POST', `${ctx.config.prefix}/upload-chunk`, body, { timeoutMs: ctx.config.requestTimeoutMs, ...(rec.token ? { auth: rec.token } : {}) }, 'application/json');
+    // A keyed init's reply is lost now and then (the proxy resets the connection as the reply begins): its retry
+    // must get the upload this attempt made. Unkeyed inits keep their replies outside crashes (see run.ts orphans).
+    const loseReply = idempotencyKey !== undefined && rng.chance(0.25 * ctx.config.faultScale);
+    if (loseReply) rec.faults.loseReply++;
+    const opts = {
+      timeoutMs: ctx.config.requestTimeoutMs,
+      ...(rec.token ? { auth: rec.token } : {}),
+      ...(idempotencyKey ? { idempotencyKey } : {}),
+      ...(loseReply ? { plan: { kind: 'loseReply' } as const } : {}),
+    };
+    const out = await request(ctx.proxy, 'POST', `${ctx.config.prefix}/upload-chunk`, body, opts, 'application/json');
     if (out.kind === 'reply') {
       entry.answered = true;
       const { status, json } = out.reply;
@@ -116,10 +149,10 @@ export async function initUpload(
         if (typeof d.finalName === 'string') r.finalName = d.finalName;
         return r;
       }
-      if (status !== 503) {
+      if (status !== 503 && status !== 429) {
         rec.outcome = 'failed';
         rec.errorCode = json?.code ?? `HTTP ${status}`;
-        rec.unexpected.push(`init: ${status} ${out.reply.text.slice(0, 200)}`);
+        rec.violation(`init refused: ${status} ${out.reply.text.slice(0, 200)}`);
         return null;
       }
     } else {
@@ -131,7 +164,7 @@ export async function initUpload(
 }
 
 export type StatusResult =
-  | { kind: 'active'; missing: number[]; receivedChunks: number }
+  | { kind: 'active'; missing: number[]; receivedChunks: number; fileName: string }
   | { kind: 'completed'; finalName: string | undefined }
   | { kind: 'ended'; code: string; reply: Reply }
   | { kind: 'deadline' };
@@ -148,7 +181,7 @@ export async function uploadStatus(ctx: ClientContext, rng: Prng, rec: UploadRec
       if (d.receivedChunks + missing.length !== rec.totalChunks) {
         rec.violation(`status: receivedChunks ${d.receivedChunks} + missing ${missing.length} != totalChunks ${rec.totalChunks}`);
       }
-      return { kind: 'active', missing, receivedChunks: Number(d.receivedChunks) };
+      return { kind: 'active', missing, receivedChunks: Number(d.receivedChunks), fileName: String(d.fileName) };
     }
     const code = d.uploadStatus === 'failed' ? 'ERR_UPLOAD_FAILED' : d.uploadStatus === 'cancelled' ? 'ERR_UPLOAD_CANCELLED' : `status ${String(d.uploadStatus)}`;
     return { kind: 'ended', code, reply };

@@ -1,7 +1,8 @@
 /**
  * An in-process TCP proxy on 127.0.0.1 that sits between the simulated clients and the server and misbehaves on
  * purpose, per connection: it stalls the request stream, cuts the connection after N request bytes (FIN both
- * ways, so the server sees a body that ends mid-chunk), or resets it (RST both ways).
+ * ways, so the server sees a body that ends mid-chunk), resets it (RST both ways), or passes the whole request on
+ * and resets the connection when the reply begins (the server acted; the client never hears of it).
  *
  * The client decides the fault, not the proxy, so that the decision comes from the client's seeded PRNG stream and
  * a run replays: the client registers a plan under its socket's local port in its `connect` callback, before it
@@ -20,7 +21,9 @@ export type FaultPlan =
   /** Forward `afterBytes` request bytes, then reset both sides (RST). */
   | { kind: 'reset'; afterBytes: number }
   /** Forward `atBytes` request bytes, hold the rest for `ms`, then go on. */
-  | { kind: 'stall'; atBytes: number; ms: number };
+  | { kind: 'stall'; atBytes: number; ms: number }
+  /** Forward the whole request, then reset both sides as the reply begins: a reply lost on its way back. */
+  | { kind: 'loseReply' };
 
 export interface ProxyStats {
   connections: number;
@@ -28,10 +31,11 @@ export interface ProxyStats {
   resets: number;
   stalls: number;
   upstreamRefused: number;
+  repliesLost: number;
 }
 
 export class FaultProxy {
-  readonly stats: ProxyStats = { connections: 0, cuts: 0, resets: 0, stalls: 0, upstreamRefused: 0 };
+  readonly stats: ProxyStats = { connections: 0, cuts: 0, resets: 0, stalls: 0, upstreamRefused: 0, repliesLost: 0 };
   readonly #plans = new Map<number, FaultPlan>();
   readonly #sockets = new Set<net.Socket>();
   readonly #timers = new Set<NodeJS.Timeout>();
@@ -132,6 +136,11 @@ export class FaultProxy {
       end('fin');
     });
     u.on('data', (d: Buffer) => {
+      if (plan?.kind === 'loseReply' && !over) {
+        this.stats.repliesLost++;
+        end('rst');
+        return;
+      }
       if (!over && !c.write(d)) {
         u.pause();
         c.once('drain', () => u.resume());
@@ -162,7 +171,7 @@ export class FaultProxy {
         return;
       }
       plan ??= this.#plans.get(clientPort) ?? { kind: 'none' };
-      if (plan.kind === 'none') {
+      if (plan.kind === 'none' || plan.kind === 'loseReply') {
         push(d);
         return;
       }

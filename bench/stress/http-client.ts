@@ -41,12 +41,15 @@ export interface RequestOptions {
   timeoutMs: number;
   /** Bearer token. */
   auth?: string;
+  /** An init's Idempotency-Key header. */
+  idempotencyKey?: string;
 }
 
-export function requestHead(method: string, path: string, bodyLength: number, contentType?: string, auth?: string): Buffer {
+export function requestHead(method: string, path: string, bodyLength: number, contentType?: string, auth?: string, idempotencyKey?: string): Buffer {
   let head = `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${bodyLength}\r\n`;
   if (contentType) head += `Content-Type: ${contentType}\r\n`;
   if (auth) head += `Authorization: Bearer ${auth}\r\n`;
+  if (idempotencyKey) head += `Idempotency-Key: ${idempotencyKey}\r\n`;
   return Buffer.from(`${head}\r\n`, 'latin1');
 }
 
@@ -68,7 +71,7 @@ export async function request(
   } catch (e) {
     return { kind: 'network', error: `connect: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
   }
-  const head = requestHead(method, path, body?.length ?? 0, contentType, opts.auth);
+  const head = requestHead(method, path, body?.length ?? 0, contentType, opts.auth, opts.idempotencyKey);
   return new Promise<Outcome>((resolve) => {
     let settled = false;
     let buf: Buffer = Buffer.alloc(0);

@@ -51,6 +51,8 @@ export interface FaultCounts {
   cut: number;
   reset: number;
   stall: number;
+  /** Keyed inits whose reply the proxy dropped (the server acted; control.ts). */
+  loseReply: number;
   slow: number;
   dupSame: number;
   concurrent: number;
@@ -65,7 +67,7 @@ export interface FaultCounts {
 }
 
 export function emptyFaults(): FaultCounts {
-  return { cut: 0, reset: 0, stall: 0, slow: 0, dupSame: 0, concurrent: 0, altBytes: 0, altCut: 0, checksumBad: 0, vanish: 0, cancel: 0, wsDrop: 0, wsParts: 0 };
+  return { cut: 0, reset: 0, stall: 0, loseReply: 0, slow: 0, dupSame: 0, concurrent: 0, altBytes: 0, altCut: 0, checksumBad: 0, vanish: 0, cancel: 0, wsDrop: 0, wsParts: 0 };
 }
 
 export class UploadRecord {
@@ -84,6 +86,8 @@ export class UploadRecord {
   lostChunks = 0;
   /** Acknowledgements that came before the chunk was durable (journal oracle, see control.ts). */
   acksNotDurable = 0;
+  /** "complete" replies that came before the file was in its place (control.ts checkPlaced). */
+  completedBeforePlaced = 0;
   lostCompletion = false;
   /** The deadline stopped it halfway and the fault-free drain took it over (run.ts). */
   drained = false;

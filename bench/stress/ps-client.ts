@@ -10,7 +10,7 @@
  */
 import WebSocket from 'ws';
 import type { UploadContent } from './content.js';
-import { cancelUpload, checkDurableAck, pastDeadline, sleep, TERMINAL, uploadStatus } from './control.js';
+import { cancelUpload, checkDurableAck, checkPlaced, pastDeadline, sleep, TERMINAL, uploadStatus } from './control.js';
 import type { CancelResult } from './control.js';
 import type { ClientContext } from './control.js';
 import type { FaultPlan } from './fault-proxy.js';
@@ -237,6 +237,7 @@ export class PsClient {
         } else if (m.type === 'complete') {
           complete = true;
           rec.completed(m.fileName);
+          this.#checks.push(checkPlaced(ctx, rec, m.fileName, 'pswebhost complete'));
           if (m.size !== rec.size) rec.violation(`complete says size ${m.size}, expected ${rec.size}`);
         } else if (m.type === 'error') {
           if (TERMINAL.has(m.code)) fatal = m.code;

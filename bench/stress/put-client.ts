@@ -14,7 +14,7 @@ import type { Outcome } from './http-client.js';
 import type { UploadRecord } from './ledger.js';
 import type { UploadPlan } from './plan.js';
 import type { Prng } from './prng.js';
-import { TERMINAL, cancelUpload, checkDurableAck, pastDeadline, sleep, uploadStatus } from './control.js';
+import { TERMINAL, cancelUpload, checkDurableAck, checkPlaced, pastDeadline, sleep, uploadStatus } from './control.js';
 import type { ClientContext } from './control.js';
 
 
@@ -313,7 +313,7 @@ export class PutClient {
     const p = opts.plan;
     const total = this.#length(c, ps);
     // Could the whole body reach the server? Then this version may end up stored even if no reply comes back.
-    if (!p || p.kind === 'none' || p.kind === 'stall' || p.afterBytes >= total) ch.possible.add(version);
+    if (!p || p.kind === 'none' || p.kind === 'stall' || p.kind === 'loseReply' || p.afterBytes >= total) ch.possible.add(version);
     const out = await this.#put(c, version, opts, ps);
     if (out.kind !== 'reply') return 'retry';
     const { status, json, text } = out.reply;
@@ -323,8 +323,11 @@ export class PutClient {
       const isNew = json.message === 'Chunk received' || json.message === 'Upload completed successfully';
       if (!isNew && json.message !== 'Chunk already received') rec.unexpected.push(`PUT 200 with message "${json.message}"`);
       rec.acked(c, version, isNew);
-      if (d.complete === true) rec.completed(typeof d.fileName === 'string' ? d.fileName : undefined);
-      else await checkDurableAck(this.ctx, rec, c, json.message);
+      if (d.complete === true) {
+        const name = typeof d.fileName === 'string' ? d.fileName : undefined;
+        rec.completed(name);
+        await checkPlaced(this.ctx, rec, name, `PUT of chunk ${c}: ${json.message}`);
+      } else await checkDurableAck(this.ctx, rec, c, json.message);
       return 'stored';
     }
     const code = json?.code ?? `HTTP ${status}`;

@@ -27,7 +27,7 @@ export function formatReport(r: StressResult, replay: string): string {
   const row = (label: string, n: number | string, note = ''): void => {
     lines.push(`  ${label.padEnd(34)} ${String(n).padStart(6)}${note ? `   ${note}` : ''}`);
   };
-  row('completed', c.completed, `${c.completedIntended} exactly as meant, ${c.completed - c.completedIntended} with first-acknowledged different bytes`);
+  row('completed', c.completed, `${c.completedIntended} exactly as meant, ${c.completed - c.completedIntended - c.corrupted} with first-acknowledged different bytes, ${c.corrupted} corrupted`);
   row('cancelled', c.cancelled);
   row('failed with an explicit error', c.failedExplicit, Object.entries(r.failedCodes).map(([k, v]) => `${k}: ${v}`).join(', '));
   row('vanished (cancelled at the end)', c.vanished);
@@ -41,12 +41,13 @@ export function formatReport(r: StressResult, replay: string): string {
   row('stray files under a final name', c.strayFiles);
   row('ACKNOWLEDGED CHUNKS LOST', c.ackedChunksLost);
   row('acknowledged before durable', c.acksNotDurable, 'ack whose chunk was not yet in the journal');
+  row('completed before placed', c.completedBeforePlaced, '"complete" while the file was not yet whole in its place');
   row('completions lost', c.completionsLost);
   row('cancels lost', c.cancelsLost, 'told "cancelled", later active again');
   row('staging files left over', c.leftoverStaging, r.config.dir === undefined ? 'not checked: --url without --dir' : '');
   row('protocol violations', c.violations);
   lines.push('');
-  lines.push(`  faults: proxy cut ${p.cuts}, reset ${p.resets}, stall ${p.stalls}, refused while down ${p.upstreamRefused} (of ${p.connections} connections); ` +
+  lines.push(`  faults: proxy cut ${p.cuts}, reset ${p.resets}, stall ${p.stalls}, init replies lost ${p.repliesLost}, refused while down ${p.upstreamRefused} (of ${p.connections} connections); ` +
     `slow senders ${f.slow}, same chunk twice ${f.dupSame}, same chunk on several connections ${f.concurrent}, different bytes ${f.altBytes}, ` +
     `different bytes cut short ${f.altCut}, bad checksum ${f.checksumBad}, ws drops ${f.wsDrop}, chunks sent as ws parts ${f.wsParts}, cancels ${f.cancel}, vanished ${f.vanish}`);
   if (r.serverErrorLines.length > 0) lines.push(`  server logged ${r.serverErrorLines.length} error line(s); first: ${r.serverErrorLines[0]!.slice(0, 300)}`);

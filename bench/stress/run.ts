@@ -9,9 +9,8 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { parseJournal } from '../../src/main/state-store.js';
 import { UploadContent } from './content.js';
-import { cancelUpload, uploadStatus } from './control.js';
+import { cancelUpload, checkPlaced, initUpload, uploadStatus } from './control.js';
 import type { ClientContext } from './control.js';
-import { initUpload } from './control.js';
 import { FaultProxy } from './fault-proxy.js';
 import type { ProxyStats } from './fault-proxy.js';
 import { UploadRecord, emptyFaults } from './ledger.js';
@@ -51,6 +50,7 @@ export interface StressResult {
     ackedChunksLost: number;
     /** Acknowledgements sent before the chunk was in the journal (a crash at that moment would lose them). */
     acksNotDurable: number;
+    completedBeforePlaced: number;
     completionsLost: number;
     /** Cancels the client was told about (200, 410 or 4001) that a later status contradicts. */
     cancelsLost: number;
@@ -128,6 +128,18 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
       return buf === null ? null : new Set(parseJournal(buf, crc32(guid)).chunks);
     };
   }
+  if (dir) {
+    const folder = path.join(dir, runFolder);
+    const stagingDir = path.join(dir, STAGING);
+    ctx.placed = async (guid, finalName, size) => {
+      if (finalName === undefined) return 'the reply names no file';
+      const st = await fsp.stat(path.join(folder, finalName)).catch((e: NodeJS.ErrnoException) => e.code ?? 'error');
+      if (typeof st === 'string') return `${runFolder}/${finalName}: ${st}`;
+      if (st.size !== size) return `${runFolder}/${finalName} has ${st.size} bytes, not ${size}`;
+      const part = await fsp.stat(path.join(stagingDir, `${guid}.part`)).then(() => true, () => false);
+      return part ? 'its staging data is still there' : null;
+    };
+  }
   const records = plans.map((p) => {
     const rec = new UploadRecord(p.index, p.size, p.chunkSize, p.transport);
     if (tokens.length > 0) rec.token = tokens[p.index % tokens.length];
@@ -175,13 +187,17 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
     const rng = new Prng(config.seed, `client ${plan.index}`);
     const content = contents[plan.index]!;
     try {
-      const init = await initUpload(ctx, rng.split('init jitter'), rec, `u${String(plan.index).padStart(4, '0')}-${plan.size}.bin`, runFolder);
+      // Every other upload's init carries an Idempotency-Key (and keeps its name on a retry): a lost reply must not
+      // leave a second upload behind (checked with the orphans below), crashes included.
+      const key = keyedInit(plan.index) ? `${runFolder}-${plan.index}` : undefined;
+      const init = await initUpload(ctx, rng.split('init jitter'), rec, `u${String(plan.index).padStart(4, '0')}-${plan.size}.bin`, runFolder, key);
       if (!init) {
         if (rec.outcome === 'pending') rec.outcome = 'unfinished';
         return;
       }
       if (init.complete) {
         rec.completed(init.finalName);
+        await checkPlaced(ctx, rec, init.finalName, 'init of a 0-byte file');
         return;
       }
       if (plan.transport === 'ws' && plan.wsProtocol === 'pswebhost') await new PsClient(ctx, plan, rec, content, rng).run();
@@ -227,8 +243,9 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
           rec.violation(`drain client crashed: ${(e as Error).stack ?? String(e)}`);
         }
         if (rec.outcome === 'pending' || rec.outcome === 'unfinished' || rec.outcome === 'gaveup') {
+          // (a client that gave up has already said so, and after how many rounds)
+          if ((rec.outcome as string) !== 'gaveup') rec.violation(`still not complete after ${Math.round(DRAIN_MS / 1000)} s of fault-free sending (stuck)`);
           rec.outcome = 'stuck';
-          rec.violation(`still not complete after ${Math.round(DRAIN_MS / 1000)} s of fault-free sending (stuck)`);
         }
       }
     }),
@@ -286,6 +303,7 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
   }
   // Uploads created for an init whose reply never arrived (the server died, or the reply was lost).
   let orphanedInits = 0;
+  const keyedNames = new Set(records.filter((r) => keyedInit(r.index)).flatMap((r) => r.inits.map((i) => i.fileName)));
   const known = new Set(records.map((r) => r.guid).filter((g): g is string => g !== null));
   if (selfStarted && dir) {
     for (const guid of await stagingGuids(dir)) {
@@ -299,6 +317,7 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
         if (st.kind === 'ended' && st.code === 'ERR_UPLOAD_NOT_FOUND') continue;
         if (st.kind === 'active') {
           orphanedInits++;
+          if (keyedNames.has(st.fileName)) violations.push(`upload ${guid} (${st.fileName}) is a second upload of an init repeated with its Idempotency-Key`);
           await cancelUpload(finalCtx, checkRng, probe, 'DELETE');
         }
         break;
@@ -365,13 +384,21 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
     strayFiles: strayFiles.length,
     ackedChunksLost,
     acksNotDurable: records.reduce((s, r) => s + r.acksNotDurable, 0),
+    completedBeforePlaced: records.reduce((s, r) => s + r.completedBeforePlaced, 0),
     completionsLost,
     cancelsLost,
     leftoverStaging: leftover.length,
     orphanedInits,
     violations: violations.length,
   };
+  // A run that proved nothing fails too: no SIGKILL in crash mode, or nothing completed that could have.
+  if (config.crash && crashes === 0) violations.push('crash mode, but the server was never killed (the run ended before the first crash: raise --duration or lower --crash-every)');
+  if (counts.completed === 0 && plans.some((p) => p.cancelAtSend === undefined && p.vanishAtSend === undefined)) {
+    violations.push('no upload completed, though some were meant to');
+  }
+  counts.violations = violations.length;
   const ok =
+    counts.completedBeforePlaced === 0 &&
     counts.corrupted === 0 &&
     counts.strayFiles === 0 &&
     counts.ackedChunksLost === 0 &&
@@ -413,4 +440,9 @@ export async function runStress(config: StressConfig, log: Log = (l) => process.
     ok,
     dirKept,
   };
+}
+
+/** Uploads whose init carries an Idempotency-Key: every other one, so both kinds meet every fault and crash. */
+function keyedInit(index: number): boolean {
+  return index % 2 === 1;
 }

@@ -4,6 +4,7 @@
  * upload has ended.
  */
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { UploadContent } from './content.js';
@@ -30,7 +31,9 @@ export async function checkCompletedFile(file: string, rec: UploadRecord, conten
   try {
     const st = await fh.stat();
     if (st.size !== rec.size) return { ok: false, intended: false, sha256: '', reason: `size ${st.size}, expected ${rec.size}` };
-    const whole = createHash('sha256');
+    // The file's SHA-256 from its own read of the whole file, against the SHA-256 of what the client meant to
+    // send: the version of each chunk that the ledger allows (found chunk by chunk below).
+    const meant = createHash('sha256');
     let intended = true;
     const buf = Buffer.alloc(rec.chunkSize);
     for (let c = 0; c < rec.totalChunks; c++) {
@@ -38,7 +41,6 @@ export async function checkCompletedFile(file: string, rec: UploadRecord, conten
       const { bytesRead } = await fh.read(buf, 0, len, c * rec.chunkSize);
       if (bytesRead !== len) return { ok: false, intended: false, sha256: '', reason: `short read of chunk ${c}` };
       const got = buf.subarray(0, len);
-      whole.update(got);
       const ch = rec.chunks[c]!;
       // The version a "newly stored" reply named is the only one allowed; with none seen, any version that may have
       // reached the server whole, minus those refused by checksum.
@@ -55,11 +57,21 @@ export async function checkCompletedFile(file: string, rec: UploadRecord, conten
         };
       }
       if (match !== 0) intended = false;
+      meant.update(content.chunk(c, match));
     }
-    return { ok: true, intended, sha256: whole.digest('hex') };
+    const expected = meant.digest('hex');
+    const sha256 = await fileSha256(file);
+    if (sha256 !== expected) return { ok: false, intended: false, sha256, reason: `sha256 ${sha256} of the file, ${expected} of the chunks meant` };
+    return { ok: true, intended, sha256 };
   } finally {
     await fh.close();
   }
+}
+
+async function fileSha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const piece of fs.createReadStream(file)) h.update(piece as Buffer);
+  return h.digest('hex');
 }
 
 /** Every regular file under `dir` (relative, '/'-separated), skipping the staging folder at the root. */

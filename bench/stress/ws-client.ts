@@ -14,7 +14,7 @@ import WebSocket from 'ws';
 import { decodeServerFrame, encodeFrame, encodeFramePrefix } from '../../src/protocol/codec.js';
 import type { ServerMessage, WireChecksum } from '../../src/protocol/messages.js';
 import type { UploadContent } from './content.js';
-import { TERMINAL, checkDurableAck, pastDeadline, sleep } from './control.js';
+import { TERMINAL, checkDurableAck, checkPlaced, pastDeadline, sleep } from './control.js';
 import type { ClientContext } from './control.js';
 import type { FaultPlan, FaultProxy } from './fault-proxy.js';
 import { request } from './http-client.js';
@@ -432,6 +432,7 @@ export class WsClient {
           case 'complete':
             complete = true;
             rec.completed(m.fileName);
+            this.#checks.push(checkPlaced(ctx, rec, m.fileName, 'updraft.v1 complete'));
             if (m.size !== rec.size) rec.violation(`complete says size ${m.size}, expected ${rec.size}`);
             break;
           case 'window':

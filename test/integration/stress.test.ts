@@ -359,6 +359,33 @@ describe('the harness fails a server that corrupts', () => {
   }, 60_000);
 });
 
+describe('the harness fails a server that announces a completion too early', () => {
+  it('counts a "complete" whose file is not in its place when the reply arrives (completed before placed), and the run fails', async () => {
+    const away = await fx.tempDir('updraft-stress-away-');
+    let moved = 0;
+    let completions = 0;
+    // Every second non-empty completion's file leaves its place before the reply (as if the move came after it).
+    server = await fx.startServer({
+      chunkSize: 64 * 1024,
+      onUploadComplete: async (info) => {
+        if (info.size === 0 || completions++ % 2 !== 0) return;
+        await fsp.rename(info.path, path.join(away, `${moved}.bin`));
+        moved++;
+      },
+    });
+    const result = await runStress(
+      { ...DEFAULTS, seed: 8, url: server.base, dir: server.dir, uploads: 12, concurrency: 4, chunkSize: 64 * 1024, maxSize: 512 * 1024, faultScale: 0, durationMs: 30_000, requestTimeoutMs: 10_000, progress: false },
+      () => {},
+    );
+    const detail = JSON.stringify({ counts: result.counts, violations: result.violations, moved }, null, 2);
+    expect(moved, detail).toBeGreaterThan(0);
+    expect(result.counts.completedBeforePlaced, detail).toBe(moved);
+    expect(result.violations.filter((v) => v.includes('before the file was in place')), detail).toHaveLength(moved);
+    expect(result.ok, detail).toBe(false);
+    await fsp.rm(away, { recursive: true, force: true });
+  }, 60_000);
+});
+
 describe('stress (short run)', () => {
   it(
     'completes or cleanly ends 100 uploads under faults and a SIGKILL + restart: nothing corrupted, lost or left over',
@@ -393,6 +420,7 @@ describe('stress (short run)', () => {
       expect(result.counts.strayFiles, detail).toBe(0);
       expect(result.counts.ackedChunksLost, detail).toBe(0);
       expect(result.counts.acksNotDurable, detail).toBe(0);
+      expect(result.counts.completedBeforePlaced, detail).toBe(0);
       expect(result.counts.completionsLost, detail).toBe(0);
       expect(result.counts.leftoverStaging, detail).toBe(0);
       expect(result.counts.violations, detail).toBe(0);
@@ -401,6 +429,8 @@ describe('stress (short run)', () => {
       // The run did something: most uploads completed and the faults fired.
       expect(result.counts.completed, detail).toBeGreaterThan(70);
       expect(result.proxy.cuts + result.proxy.resets, detail).toBeGreaterThan(5);
+      // Keyed inits lost replies and were answered with the upload they made: no orphan among them (a violation).
+      expect(result.proxy.repliesLost, detail).toBeGreaterThan(0);
       expect(result.ok, detail).toBe(true);
     },
     120_000,
