@@ -317,6 +317,23 @@ describe('chunks', () => {
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
     expect(st.json.data!.missingChunks).toContain(2);
   });
+
+  it('a chunked (no Content-Length) body longer than its chunk -> 413 ERR_CHUNK_TOO_LARGE, nothing written', async () => {
+    // Only the bytes themselves tell that the body is too long: the receiver must refuse the piece that goes past the
+    // chunk's end, before it can reach a worker as a piece longer than the chunk.
+    const part = path.join(server.dir, '.updraft-staging', `${guid}.part`);
+    const before = await fsp.readFile(part);
+    const bytes = Buffer.concat([Buffer.from(slice(data, CS, 2)), bytesOf(100)]);
+    const body = Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, Buffer.from('\r\n0\r\n\r\n')]);
+    const r = await rawRequest(
+      `PUT ${PREFIX}/upload-chunk?guid=${guid}&chunk=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
+      body,
+    );
+    expect([r.status, r.json.code], JSON.stringify(r.json)).toEqual([413, 'ERR_CHUNK_TOO_LARGE']);
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`);
+    expect(st.json.data!.missingChunks).toContain(2);
+    expect(Buffer.compare(await fsp.readFile(part), before)).toBe(0);
+  });
 });
 
 describe('after all of that', () => {

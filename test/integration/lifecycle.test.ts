@@ -13,7 +13,10 @@ import { resolveOptions } from '../../src/main/options.js';
 import type { UploadEngineOptions } from '../../src/main/options.js';
 import { SlabPool } from '../../src/main/slab-pool.js';
 import { UploadRegistry } from '../../src/main/upload-registry.js';
+import type { WritePool } from '../../src/main/write-pool.js';
 import { UploadError } from '../../src/protocol/errors.js';
+import { H_TASKS_IN_FLIGHT } from '../../src/workers/shared-layout.js';
+import type { WriteTask } from '../../src/workers/task-types.js';
 import { registryHarness } from '../fixtures/registry-harness.js';
 
 const CS = 256 * 1024;
@@ -181,6 +184,92 @@ describe('upload lifecycle races', () => {
     await writeWholeChunk(ctx, u, 0, chunkOf(data, 0));
     const done = await writeWholeChunk(ctx, u, 2, chunkOf(data, 2));
     expect(done.completion?.fileName).toBe('f.bin');
+    expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'f.bin')), data)).toBe(0);
+    await registry.close();
+  });
+
+  it('the reaper does not expire an idle upload while a write task is in flight, even one no claim accounts for', async () => {
+    const { options, registry, u } = await setUp({ uploadTtl: 1000, reapInterval: 3_600_000 });
+    const part = registry.store.partPath(u.guid);
+    // A task in a worker, counted in the shared header only. Should the reaper expire anyway, its end waits for the
+    // task: shortened here from 30 s so that such a run fails quickly instead of timing out.
+    const waitMs = UploadRegistry.workersLeftMs;
+    UploadRegistry.workersLeftMs = 50;
+    Atomics.add(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+    try {
+      await registry.reap(Date.now() + options.uploadTtl + 60_000);
+      expect(u.status).toBe('active');
+      expect((await fsp.stat(part)).isFile()).toBe(true);
+    } finally {
+      Atomics.sub(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+      UploadRegistry.workersLeftMs = waitMs;
+    }
+    // Once the task has returned, the same round expires it.
+    await registry.reap(Date.now() + options.uploadTtl + 60_000);
+    expect(u.status).toBe('expired');
+    await expect(fsp.stat(part)).rejects.toMatchObject({ code: 'ENOENT' });
+    await registry.close();
+  });
+
+  it('a cancel removes the staging file only once the write tasks in flight have returned', async () => {
+    const { registry, u } = await setUp();
+    const part = registry.store.partPath(u.guid);
+    // A task still in a worker (the full 30 s wait of workersLeft applies).
+    Atomics.add(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+    let settled = false;
+    const cancelled = registry.cancel(u).finally(() => (settled = true));
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      expect(settled).toBe(false);
+      expect((await fsp.stat(part)).isFile()).toBe(true);
+    } finally {
+      Atomics.sub(u.shared!.header, H_TASKS_IN_FLIGHT, 1);
+    }
+    await cancelled;
+    expect(u.status).toBe('cancelled');
+    await expect(fsp.stat(part)).rejects.toMatchObject({ code: 'ENOENT' });
+    await registry.close();
+  });
+
+  it('an aborted body keeps its claim until its queued write tasks return: the next writer never overlaps them', async () => {
+    const { options, registry, ctx, data, u } = await setUp();
+    // The pool as the receivers see it: writer A's tasks wait behind a gate (a worker still writing them), and every
+    // task's owner is recorded when it is handed over.
+    const a = nextWriterId();
+    const started: number[] = [];
+    let reached!: () => void;
+    const aReached = new Promise<void>((resolve) => (reached = resolve));
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const write = async (task: WriteTask) => {
+      started.push(task.ownerId);
+      if (task.ownerId === a) {
+        reached();
+        await gate;
+      }
+      return pool.write(task);
+    };
+    const gated: IngestContext = { ...ctx, pool: { write } as Pick<WritePool, 'write'> as WritePool };
+
+    // A sends one full slab of chunk 0 (bytes that differ from the file's, as from a client that changed it), which
+    // goes to the pool; then its request goes away.
+    expect(await claimChunk(gated, u, 0, a)).toBeNull();
+    const body = new ChunkReceiver(gated, u, 0, a, () => {}, () => {});
+    body.push(randomBytes(SLAB));
+    await aReached;
+    body.abort();
+
+    // B resends chunk 0 whole. It must not start while A's task may still write.
+    const b = writeWholeChunk(gated, u, 0, chunkOf(data, 0));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(started.filter((id) => id !== a)).toEqual([]);
+    open();
+    expect((await b).duplicate).toBe(false);
+    expect(started[0]).toBe(a);
+    expect(started.slice(1).every((id) => id !== a)).toBe(true);
+
+    for (const c of [1, 2]) await writeWholeChunk(ctx, u, c, chunkOf(data, c));
+    expect(u.status).toBe('completed');
     expect(Buffer.compare(await fsp.readFile(path.join(options.dir, 'f.bin')), data)).toBe(0);
     await registry.close();
   });

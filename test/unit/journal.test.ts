@@ -1,13 +1,15 @@
 /**
  * The journal of durable chunks (state-store.ts): what a crash can leave at its end must never claim a chunk. After
  * a power loss some filesystems show a zero-filled or stale tail, which bare chunk numbers read as real ones (a
- * zeroed record was "chunk 0 received", and the completed file kept zeros there; found by review).
+ * zeroed record was "chunk 0 received", and the completed file kept zeros there; found by review). And the meta
+ * record beside it, whose replacement is durable only once its folder is synced.
  */
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Journal, StateStore, journalRecord } from '../../src/main/state-store.js';
+import type { UploadMeta } from '../../src/main/state-store.js';
 
 const GUID = '00000000-0000-4000-8000-000000000001';
 const OTHER = '00000000-0000-4000-8000-000000000002';
@@ -61,5 +63,26 @@ describe('journal', () => {
     await j.append([4]);
     await j.close();
     expect(await s.readJournal(GUID, 5)).toEqual([2, 1, 4]);
+  });
+});
+
+describe('meta records', () => {
+  it('syncs the staging folder once after the rename, so the record\'s new name survives a power loss', async () => {
+    const s = await store();
+    const meta: UploadMeta = {
+      v: 1, guid: GUID, user: 'anonymous', fileName: 'f.bin', fileSize: 10, chunkSize: 10, totalChunks: 1, targetPath: [],
+      startTime: Date.now(), lastActivityTime: Date.now(), status: 'active',
+    };
+    const final = s.metaPath(GUID);
+    const seen = async (p: string): Promise<boolean> => fsp.stat(p).then(() => true, () => false);
+    const calls: Array<{ dir: string; meta: boolean; tmp: boolean }> = [];
+    const syncDir = s.syncDir.bind(s);
+    s.syncDir = async (dir?: string) => {
+      calls.push({ dir: dir ?? s.dir, meta: await seen(final), tmp: await seen(`${final}.tmp`) });
+      return syncDir(dir);
+    };
+    await s.writeMeta(meta);
+    // The rename is durable only once the folder holding both names is synced (durability.md invariant 5).
+    expect(calls).toEqual([{ dir: s.dir, meta: true, tmp: false }]);
   });
 });

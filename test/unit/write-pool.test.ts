@@ -323,6 +323,10 @@ describe.each(['chunk', 'upload'] as const)('WritePool with %s locks', (lockMode
       ['chunkOffset NaN', whole(0, { chunkOffset: Number.NaN, first: false })],
       ['chunkOffset -1', whole(0, { chunkOffset: -1, first: false, last: false })],
       ['chunkOffset 2**53', whole(0, { chunkOffset: 2 ** 53, first: false, last: false })],
+      // A middle piece checks no end, so only the offset check itself stands between these and fs.writeSync, which
+      // writes at the fd's current position for a position of NaN or 0.5.
+      ['middle piece at chunkOffset NaN', whole(0, { chunkOffset: Number.NaN, length: 10, first: false, last: false })],
+      ['middle piece at chunkOffset 0.5', whole(0, { chunkOffset: 0.5, length: 10, first: false, last: false })],
       ['length NaN', whole(0, { length: Number.NaN })],
       ['length -1', whole(0, { length: -1, last: false })],
       ['length past the chunk', whole(2, { length: 11, data: new ArrayBuffer(11) })],
@@ -369,6 +373,28 @@ describe.each(['chunk', 'upload'] as const)('WritePool with %s locks', (lockMode
     expect(forceRelease(u.state.locks, slot, 999)).toBe(true);
     const ok = await pool.write(wholeChunkTask(u, 1, 5, { lockTimeoutMs: 20 }));
     expect(ok).toMatchObject({ written: 1_000, flipped: true });
+    expectQuiet(u);
+  });
+
+  it('writes nothing when the upload is cancelled while the task waits for the lock', async () => {
+    const u = makeUpload(2_000, 1_000, lockMode);
+    const slot = lockSlot(u.state, 0);
+    Atomics.store(u.state.locks, slot, 999);
+    const pending = pool.write(wholeChunkTask(u, 0, 8, { lockTimeoutMs: 5_000 }));
+    // Handshake: notify returns 1 once the worker sleeps in acquire, i.e. it passed the state check made before the
+    // lock while the upload was still active. The wake-up is harmless: it finds 999 in the word and sleeps again.
+    let sleeping = 0;
+    for (let i = 0; i < 400 && sleeping === 0; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+      sleeping = Atomics.notify(u.state.locks, slot, 1);
+    }
+    expect(sleeping).toBe(1);
+    Atomics.store(u.state.header, H_STATE, STATE_CANCELLED);
+    expect(forceRelease(u.state.locks, slot, 999)).toBe(true);
+    const r = await pending;
+    expect(r.failure?.code).toBe('ERR_UPLOAD_CANCELLED');
+    expect(r).toMatchObject({ written: 0, flipped: false, finalize: false });
+    expectUntouched(u);
     expectQuiet(u);
   });
 
