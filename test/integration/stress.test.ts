@@ -1,18 +1,20 @@
 /**
  * The stress harness in CI (a short run, about ten seconds: 100 uploads, faults, both transports, one SIGKILL +
  * restart; STRESS_SEED=N replays another seed), a run against a server that corrupts (the harness must fail it),
- * and regression tests for what it found.
+ * regression tests for what it found, and tests of the sync points a mutation check found unguarded (a sync skipped,
+ * shared too widely, or failed and ignored).
  *
  * The regression tests need a disk whose syncs can be held open, to stand still inside the window between a write
- * and its durability. `fs.fdatasync` (staging files) is wrapped before the engine is imported (its modules capture
- * the function when they load), so the engine and fixtures are imported dynamically below, never statically;
- * FileHandle.datasync (records and journals) is wrapped on the prototype.
+ * and its durability, or made to fail. `fs.fdatasync` (staging files) is wrapped before the engine is imported (its
+ * modules capture the function when they load), so the engine and fixtures are imported dynamically below, never
+ * statically; FileHandle.datasync (records and journals) is wrapped on the prototype.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULTS, MiB } from '../../bench/stress/plan.js';
 import { runStress } from '../../bench/stress/run.js';
@@ -24,6 +26,18 @@ let gate: Promise<void> | null = null;
 let openGate: () => void = () => {};
 /** fdatasync calls waiting at the gate. */
 let heldSyncs = 0;
+/**
+ * The next `failNext` fdatasync calls answer EIO, each once, without syncing; later ones succeed. Linux may do the
+ * same: a failed writeback drops its dirty pages, and the next fdatasync reports clean (durability.md invariant 7).
+ */
+let failNext = 0;
+/** fdatasync calls answered EIO since the last failSyncs. */
+let failedSyncs = 0;
+
+function failSyncs(n: number): void {
+  failNext = n;
+  failedSyncs = 0;
+}
 
 function holdSyncs(): void {
   heldSyncs = 0;
@@ -59,10 +73,17 @@ function releaseMetaSyncs(): void {
 
 beforeAll(() => {
   (fs as { fdatasync: typeof fs.fdatasync }).fdatasync = ((fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
+    const run = (): void => {
+      if (failNext === 0) return realFdatasync(fd, cb);
+      failNext--;
+      failedSyncs++;
+      const err: NodeJS.ErrnoException = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' });
+      process.nextTick(cb, err);
+    };
     const g = gate;
-    if (g === null) return realFdatasync(fd, cb);
+    if (g === null) return run();
     heldSyncs++;
-    void g.then(() => realFdatasync(fd, cb));
+    void g.then(run);
   }) as typeof fs.fdatasync;
 });
 
@@ -105,12 +126,17 @@ async function settledWithin<T>(p: Promise<T>, ms: number): Promise<T | 'pending
 type Fixtures = typeof import('../fixtures/server.js');
 let fx: Fixtures;
 let server: Awaited<ReturnType<Fixtures['startServer']>> | null = null;
+let engineUpload: typeof import('../../src/main/upload.js');
+let engineStore: typeof import('../../src/main/state-store.js');
 
 beforeAll(async () => {
   fx = await import('../fixtures/server.js');
+  engineUpload = await import('../../src/main/upload.js');
+  engineStore = await import('../../src/main/state-store.js');
 });
 
 afterEach(async () => {
+  failSyncs(0);
   releaseSyncs();
   releaseMetaSyncs();
   await server?.close();
@@ -307,6 +333,180 @@ describe('regressions found by the stress harness', () => {
     const status = await fx.call(server.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
     expect(status.json.data).toMatchObject({ uploadStatus: 'completed', finalName: 'done.bin' });
     expect(Buffer.compare(await fsp.readFile(path.join(dir, 'done.bin')), data)).toBe(0);
+  });
+});
+
+describe('durability: an acknowledgement waits for its syncs, and a failed sync fails the upload', () => {
+  const CS = 4096;
+
+  /** The upload's status as a client sees it. */
+  async function statusOf(guid: string): Promise<{ status: number; code?: string; uploadStatus?: string }> {
+    const r = await fx.call(server!.base, 'GET', `${fx.PREFIX}/upload-status?guid=${guid}`);
+    return { status: r.status, ...(r.json.code ? { code: r.json.code } : {}), ...(r.json.data ? { uploadStatus: r.json.data.uploadStatus as string } : {}) };
+  }
+
+  /**
+   * Waits until a sync is held at the gate (`held`) or `p` has settled, whichever comes first (at most 5 s: a worker
+   * may still be starting on a busy machine), then gives `p` 300 ms more: resolves with its value, or 'pending'.
+   */
+  async function afterHeld<T>(p: Promise<T>, held: () => boolean): Promise<T | 'pending'> {
+    let settled = false;
+    void p.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await until(() => held() || settled, 'a sync to be held or the reply to arrive');
+    return settledWithin(p, 300);
+  }
+
+  /** Polls the upload's status until it reads `want` (or 5 s pass); returns the last one seen. */
+  async function statusBecomes(guid: string, want: string): Promise<string | undefined> {
+    let s = await statusOf(guid);
+    for (let i = 0; i < 250 && s.uploadStatus !== want; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      s = await statusOf(guid);
+    }
+    return s.uploadStatus;
+  }
+
+  it('acknowledges a chunk committed while an fdatasync runs only by a sync that began after it (group commit)', async () => {
+    const dir = await fx.tempDir('updraft-group-commit-');
+    const guid = '00000000-0000-4000-8000-000000000001';
+    const now = Date.now();
+    const u = new engineUpload.Upload(
+      { v: 1, guid, user: 'u', fileName: 'g.bin', fileSize: 2 * CS, chunkSize: CS, totalChunks: 2, targetPath: [], startTime: now, lastActivityTime: now, status: 'active' },
+      null,
+    );
+    const part = await fsp.open(path.join(dir, `${guid}.part`), 'w+');
+    const journalPath = path.join(dir, `${guid}.journal`);
+    u.fd = part.fd;
+    u.journal = await engineStore.Journal.open(journalPath);
+    const journaled = async (): Promise<number[]> => engineStore.parseJournal(await fsp.readFile(journalPath), crc32(guid)).chunks;
+    try {
+      holdSyncs();
+      const first = u.commit([0]);
+      // Chunk 0's fdatasync is held; chunk 1 is written now, after that sync began, so that sync cannot cover it.
+      await until(() => heldSyncs === 1, 'the first round to reach its fdatasync');
+      const second = u.commit([1]);
+      releaseSyncs();
+      holdSyncs();
+      expect(await settledWithin(first, 2000)).toBe(true);
+      // Acknowledging chunk 1 now would claim bytes that no finished sync covers (durability.md invariant 4).
+      expect(await settledWithin(second, 200)).toBe('pending');
+      expect(await journaled()).toEqual([0]);
+      await until(() => heldSyncs === 1, 'a second round to reach its own fdatasync');
+      expect(await journaled()).toEqual([0]);
+      releaseSyncs();
+      expect(await settledWithin(second, 2000)).toBe(true);
+      expect(await journaled()).toEqual([0, 1]);
+    } finally {
+      releaseSyncs();
+      await u.commitsIdle();
+      await u.journal.close();
+      await part.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('does not acknowledge a chunk before its journal record is synced (chunk durability)', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'journaled.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    // The journal's datasync (FileHandle.datasync) is held: the chunk's record is written but could still be lost,
+    // and a crash would ask for the chunk again after the client was told it is safe.
+    holdMetaSyncs();
+    const put = fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    expect(await afterHeld(put, () => heldMetaSyncs > 0)).toBe('pending');
+    expect(heldMetaSyncs).toBeGreaterThan(0);
+    releaseMetaSyncs();
+    const r = await put;
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(r.json.message).toBe('Chunk received');
+    const last = await fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    expect(last.status, JSON.stringify(last.json)).toBe(200);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'journaled.bin')), data)).toBe(0);
+  });
+
+  it('does not complete an upload before its staging file is synced (upload durability)', async () => {
+    server = await fx.startServer({ durability: 'upload', chunkSize: CS, checkpointInterval: 600_000 });
+    const data = fx.bytesOf(2 * CS + 7);
+    const init = await fx.initUpload(server.base, { fileName: 'synced.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    for (const c of [0, 1]) expect((await fx.putChunk(server.base, guid, c, fx.slice(data, CS, c))).status).toBe(200);
+    // The completion's fdatasync of the staging file is held: until it ends, the file's bytes may still be lost, so
+    // nothing may appear under the final name and nobody may hear "complete" (durability.md invariant 6).
+    holdSyncs();
+    const last = fx.putChunk(server.base, guid, 2, fx.slice(data, CS, 2));
+    expect(await afterHeld(last, () => heldSyncs > 0)).toBe('pending');
+    expect(heldSyncs).toBeGreaterThan(0);
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+    releaseSyncs();
+    const r = await last;
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(await fx.listFiles(server.dir)).toEqual(['synced.bin']);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'synced.bin')), data)).toBe(0);
+  });
+
+  it('fails the upload when a chunk\'s fdatasync fails, and accepts no chunk of it afterwards (chunk durability)', async () => {
+    server = await fx.startServer({ durability: 'chunk', chunkSize: CS });
+    const data = fx.bytesOf(3 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'eio.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    // Chunk 0's fdatasync answers EIO once; a second sync would report clean over pages the kernel dropped.
+    failSyncs(1);
+    const r = await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    expect(failedSyncs).toBe(1);
+    expect(r.status, JSON.stringify(r.json)).toBe(500);
+    expect(r.json.code).toBe('ERR_STORAGE_FAILED');
+    // No later reply may claim those bytes, nor take new ones for this upload (durability.md invariant 7).
+    for (const c of [0, 1]) {
+      const again = await fx.putChunk(server.base, guid, c, fx.slice(data, CS, c));
+      expect(again.status, JSON.stringify(again.json)).toBe(409);
+      expect(again.json.code).toBe('ERR_UPLOAD_FAILED');
+    }
+    expect(await statusOf(guid)).toMatchObject({ status: 200, uploadStatus: 'failed' });
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+  });
+
+  it('fails the upload when the completion\'s fdatasync fails: no file under the final name (upload durability)', async () => {
+    server = await fx.startServer({ durability: 'upload', chunkSize: CS, checkpointInterval: 600_000 });
+    const data = fx.bytesOf(2 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'unsynced.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    expect((await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0))).status).toBe(200);
+    // The completion's fdatasync of the staging file answers EIO once: the file's bytes may be gone.
+    failSyncs(1);
+    const r = await fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    expect(failedSyncs).toBe(1);
+    expect(r.status, JSON.stringify(r.json)).toBe(500);
+    expect(r.json.code).toBe('ERR_STORAGE_FAILED');
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+    expect(await statusOf(guid)).toMatchObject({ status: 200, uploadStatus: 'failed' });
+    const again = await fx.putChunk(server.base, guid, 1, fx.slice(data, CS, 1));
+    expect(again.status, JSON.stringify(again.json)).toBe(409);
+    expect(again.json.code).toBe('ERR_UPLOAD_FAILED');
+    expect(await fx.listFiles(server.dir)).toEqual([]);
+  });
+
+  it('fails the upload when a periodic checkpoint\'s fdatasync fails, and accepts no chunk of it afterwards (upload durability)', async () => {
+    server = await fx.startServer({ durability: 'upload', chunkSize: CS, checkpointInterval: 50 });
+    const data = fx.bytesOf(3 * CS);
+    const init = await fx.initUpload(server.base, { fileName: 'checkpoint.bin', fileSize: data.length, chunkSize: CS });
+    const guid = init.json.data!.guid as string;
+    // The first checkpoint after chunk 0 (the only fdatasync this upload makes before its completion) answers EIO.
+    failSyncs(1);
+    const r = await fx.putChunk(server.base, guid, 0, fx.slice(data, CS, 0));
+    expect(r.status, JSON.stringify(r.json)).toBe(200); // upload durability: acknowledged before any sync
+    await until(() => failedSyncs === 1, 'the checkpoint to reach its fdatasync');
+    // Chunk 0 was acknowledged and can no longer be resumed truthfully: the upload fails, and says so.
+    expect(await statusBecomes(guid, 'failed')).toBe('failed');
+    for (const c of [1, 2]) {
+      const again = await fx.putChunk(server.base, guid, c, fx.slice(data, CS, c));
+      expect(again.status, JSON.stringify(again.json)).toBe(409);
+      expect(again.json.code).toBe('ERR_UPLOAD_FAILED');
+    }
+    expect(await fx.listFiles(server.dir)).toEqual([]);
   });
 });
 
