@@ -62,6 +62,12 @@ export interface UploadMeta {
   fileId?: string;
   endTime?: number;
   failure?: { code: string; message: string };
+  /**
+   * Chunks and bytes received, as upload-status reported them when the record was written (not kept for completed
+   * uploads, whose counts are their size): what upload-status still says of a cancelled, failed or expired upload
+   * after a restart, when its journal is gone.
+   */
+  received?: { chunks: number; bytes: number };
 }
 
 const packr = new Packr({ useRecords: false });
@@ -106,6 +112,7 @@ export function validMeta(m: unknown, guid: string): m is UploadMeta {
     (r.finalName === undefined || name(r.finalName)) &&
     (r.fileId === undefined || typeof r.fileId === 'string') &&
     (r.endTime === undefined || time(r.endTime)) &&
+    (r.received === undefined || (typeof r.received === 'object' && r.received !== null && int((r.received as Record<string, unknown>).chunks, 0, MAX_CHUNKS) && int((r.received as Record<string, unknown>).bytes, 0))) &&
     (r.failure === undefined || (typeof r.failure === 'object' && r.failure !== null && typeof (r.failure as Record<string, unknown>).code === 'string' && typeof (r.failure as Record<string, unknown>).message === 'string'))
   );
 }

@@ -723,8 +723,9 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     if (this.#closed) throw new UploadError('ERR_SHUTTING_DOWN');
     // An end being recorded (another cancel, or an expiry) decides first; this one answers by its outcome.
     if (u.ending) await u.ending.catch(() => {});
-    if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete');
-    if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING');
+    // Not retryable: the file is placed, or being placed, and a later cancel finds it complete (or failed).
+    if (u.status === 'completed') throw new UploadError('ERR_UPLOAD_FINALIZING', 'Upload is already complete', undefined, false);
+    if (u.status === 'finalizing') throw new UploadError('ERR_UPLOAD_FINALIZING', undefined, undefined, false);
     if (u.status === 'expired') throw new UploadError('ERR_UPLOAD_EXPIRED');
     if (u.status === 'failed') u.assertWritable(); // ERR_UPLOAD_FAILED: it is gone, but not by this cancel
     if (u.status !== 'active') return;

@@ -69,6 +69,8 @@ export class Upload {
   readonly fingerprint: string | undefined;
   /** The init's Idempotency-Key and request digest (UploadMeta.idempotency). */
   readonly idempotency: { key: string; digest: string } | undefined;
+  /** An ended upload's counts from its record (UploadMeta.received), for when it has no shared state (a reload). */
+  readonly #received: { chunks: number; bytes: number } | undefined;
   readonly startTime: number;
   lastActivityTime: number;
   #status: UploadStatus;
@@ -122,6 +124,7 @@ export class Upload {
     this.uploadMethod = meta.uploadMethod;
     this.fingerprint = meta.fingerprint;
     this.idempotency = meta.idempotency;
+    this.#received = meta.received;
     this.startTime = meta.startTime;
     this.lastActivityTime = meta.lastActivityTime;
     this.#status = meta.status;
@@ -143,12 +146,12 @@ export class Upload {
   }
 
   get receivedChunks(): number {
-    if (!this.shared) return this.#status === 'completed' ? this.totalChunks : 0;
+    if (!this.shared) return this.#status === 'completed' ? this.totalChunks : (this.#received?.chunks ?? 0);
     return Atomics.load(this.shared.header, H_RECEIVED_CHUNKS);
   }
 
   get receivedBytes(): number {
-    if (!this.shared) return this.#status === 'completed' ? this.fileSize : 0;
+    if (!this.shared) return this.#status === 'completed' ? this.fileSize : (this.#received?.bytes ?? 0);
     return Number(Atomics.load(this.shared.counters, B_RECEIVED_BYTES));
   }
 
@@ -186,6 +189,7 @@ export class Upload {
     if (this.fileId !== undefined) meta.fileId = this.fileId;
     if (this.endTime !== undefined) meta.endTime = this.endTime;
     if (this.failure !== undefined) meta.failure = this.failure;
+    if (this.#status !== 'completed') meta.received = { chunks: this.receivedChunks, bytes: this.receivedBytes };
     return meta;
   }
 

@@ -155,6 +155,34 @@ describe('HTTP uploads', () => {
     expect(await listFiles(server.dir)).toEqual([]);
   });
 
+  it('refuses to cancel an upload being placed or complete with 409 ERR_UPLOAD_FINALIZING, retryable: false (a retry never succeeds)', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((r) => (release = r));
+    let placing: () => void = () => {};
+    const inHook = new Promise<void>((r) => (placing = r));
+    server = await startServer({
+      onUploadComplete: async () => {
+        placing();
+        await held;
+      },
+    });
+    const data = bytesOf(2 * CS);
+    const guid = (await initUpload(server.base, { fileName: 'placed.bin', fileSize: data.length, chunkSize: CS })).json.data!.guid as string;
+    expect((await putChunk(server.base, guid, 0, slice(data, CS, 0))).status).toBe(200);
+    const last = putChunk(server.base, guid, 1, slice(data, CS, 1));
+    await inHook;
+    for (const stage of ['finalizing', 'completed']) {
+      if (stage === 'completed') {
+        release();
+        expect((await last).json.data).toMatchObject({ complete: true });
+      }
+      const r = await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${guid}`);
+      expect(r.status, stage).toBe(409);
+      expect(r.json, stage).toMatchObject({ code: 'ERR_UPLOAD_FINALIZING', data: { retryable: false } });
+    }
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'placed.bin')), data)).toBe(0);
+  });
+
   it('keeps every byte when many uploads share a tiny in-flight budget (pause, resume, overflow)', async () => {
     // Two 64 KiB slabs for 8 uploads x 4 PUTs of 256 KiB chunks: requests pause and resume all the time, and pieces
     // that arrive after a pause take the overflow path.

@@ -73,6 +73,38 @@ describe('restart', () => {
     });
   }
 
+  it('upload-status of a cancelled and a failed upload reports the same counts after a restart', async () => {
+    const dir = await tempDir();
+    const refuse = { refuse: true };
+    const options = {
+      dir,
+      onUploadComplete: async () => {
+        if (refuse.refuse) throw new Error('refused by the test');
+      },
+    };
+    server = await startServer(options);
+    const data = bytesOf(3 * CS + 5);
+    const guids: string[] = [];
+    for (const name of ['cancelled.bin', 'failed.bin']) {
+      const guid = (await initUpload(server.base, { fileName: name, fileSize: data.length, chunkSize: CS })).json.data!.guid as string;
+      guids.push(guid);
+      const chunks = name === 'failed.bin' ? [0, 1, 2, 3] : [0, 3];
+      for (const r of await putChunks(server.base, guid, data, CS, chunks)) expect(r.status).toBeLessThan(600);
+    }
+    expect((await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${guids[0]!}`)).status).toBe(200);
+    const status = async (guid: string) => (await call(server!.base, 'GET', `${PREFIX}/upload-status?guid=${guid}`)).json.data!;
+    const before = await Promise.all(guids.map(status));
+    expect(before.map((d) => d.uploadStatus)).toEqual(['cancelled', 'failed']);
+    expect(before.map((d) => [d.receivedChunks, d.receivedBytes])).toEqual([[2, CS + 5], [4, data.length]]);
+    await server.close();
+    refuse.refuse = false;
+    server = await startServer(options);
+    const after = await Promise.all(guids.map(status));
+    for (const [i, d] of after.entries()) {
+      expect(d, guids[i]).toMatchObject({ uploadStatus: before[i]!.uploadStatus, receivedChunks: before[i]!.receivedChunks, receivedBytes: before[i]!.receivedBytes });
+    }
+  });
+
   /** Stops after 2 of 3 chunks, then completes the rest on disk the way a crash just before completion leaves it. */
   async function craftAllJournaled(dir: string, data: Uint8Array): Promise<string> {
     server = await startServer({ dir });
