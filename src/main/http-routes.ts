@@ -232,7 +232,8 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       maxChunks: o.maxChunks,
     });
     const key = parseIdempotencyKey(info.headers['idempotency-key']);
-    const idempotency = key === undefined ? undefined : { key, digest: initDigest(req) };
+    const sentChunkSize = (body as { chunkSize?: unknown }).chunkSize;
+    const idempotency = key === undefined ? undefined : { key, digest: initDigest(req, sentChunkSize !== undefined && sentChunkSize !== null) };
     if (idempotency !== undefined) {
       // The same init again (its reply was lost): the upload it made, not a second one. Before the limits, which
       // that upload already passed.

@@ -139,11 +139,12 @@ export interface InitIdempotency {
 }
 
 /**
- * What an init asked for, as the client sent it (before onUploadCreate's placement): an init repeated with the same
- * key must ask for the same thing. The key itself is the client's; this only tells a reuse from a repeat.
+ * What an init asked for, as the client sent it (before onUploadCreate's placement, and without the server's default
+ * chunk size, which a restart may change between an init and its repeat): an init repeated with the same key must
+ * ask for the same thing. The key itself is the client's; this only tells a reuse from a repeat.
  */
-export function initDigest(req: InitRequest): string {
-  const asked = [req.fileName, req.fileSize, req.chunkSize, req.targetPath, req.fingerprint ?? null];
+export function initDigest(req: InitRequest, chunkSizeSent: boolean): string {
+  const asked = [req.fileName, req.fileSize, chunkSizeSent ? req.chunkSize : null, req.targetPath, req.fingerprint ?? null];
   return createHash('sha256').update(JSON.stringify(asked)).digest('base64url').slice(0, 22);
 }
 
@@ -253,15 +254,15 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
     const id = keyId(user, idempotency.key);
     const entry = this.#byKey.get(id);
     if (entry === undefined) return undefined;
-    if (entry.digest !== idempotency.digest) {
-      throw new UploadError('ERR_IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was sent before with a different init request (name, size, chunk size, folder or fingerprint)');
-    }
-    const u = entry.upload;
-    if (u instanceof Upload && !holdsKey(u)) {
+    // An upload that ended without completing has given its key up, whatever request comes with it now.
+    if (entry.upload instanceof Upload && !holdsKey(entry.upload)) {
       this.#byKey.delete(id);
       return undefined;
     }
-    return u;
+    if (entry.digest !== idempotency.digest) {
+      throw new UploadError('ERR_IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was sent before with a different init request (name, size, chunk size, folder or fingerprint)');
+    }
+    return entry.upload;
   }
 
   /**

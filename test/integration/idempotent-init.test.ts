@@ -120,6 +120,31 @@ describe('init with Idempotency-Key', () => {
     expect((await initUpload(server.base, fields, key('k-5'))).json.data!.guid).toBe(guid);
   });
 
+  it('a freed key takes a different request too: the ended upload no longer answers for it', async () => {
+    server = await startServer();
+    const first = await initUpload(server.base, { fileName: 'one.bin', fileSize: 10, chunkSize: CS }, key('k-8'));
+    expect((await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${first.json.data!.guid as string}`)).status).toBe(200);
+    const other = await initUpload(server.base, { fileName: 'two.bin', fileSize: 20, chunkSize: CS }, key('k-8'));
+    expect(other.status, JSON.stringify(other.json)).toBe(200);
+    expect(other.json.data).toMatchObject({ fileName: 'two.bin', fileSize: 20 });
+  });
+
+  it('an init that left chunkSize to the server is the same request after a restart with another default', async () => {
+    const dir = await tempDir();
+    server = await startServer({ dir, chunkSize: CS });
+    const fields = { fileName: 'default-cs.bin', fileSize: 3 * CS };
+    const first = await initUpload(server.base, fields, key('k-9'));
+    expect(first.json.data).toMatchObject({ chunkSize: CS, totalChunks: 3 });
+    await server.close();
+    server = await startServer({ dir, chunkSize: 2 * CS });
+    const again = await initUpload(server.base, fields, key('k-9'));
+    expect(again.status, JSON.stringify(again.json)).toBe(200);
+    // The upload the first init made, with the chunk size it was made with.
+    expect(again.json.data).toMatchObject({ guid: first.json.data!.guid, chunkSize: CS, totalChunks: 3 });
+    // Sending the chunk size explicitly is a different request from leaving it out.
+    expect((await initUpload(server.base, { ...fields, chunkSize: CS }, key('k-9'))).json.code).toBe('ERR_IDEMPOTENCY_KEY_REUSED');
+  });
+
   it('a 0-byte file (complete at init) repeated gets the same completion, not a second file "name (1)"', async () => {
     server = await startServer();
     const fields = { fileName: 'empty.txt', fileSize: 0 };
