@@ -668,11 +668,14 @@ describe('client: resume, cancel, pause', () => {
   });
 
   it('a chunk refused for good while paused ends the upload at once: done does not wait for a resume() that may never come', async () => {
-    // Chunk 1 takes 1.5 s to be answered, the others 30 ms: when pause() comes, chunk 1 is still in flight and the
-    // other workers, done with theirs, wait for resume().
+    // Chunk 1 is held until the cancel below, the others take 30 ms: when pause() comes, chunk 1 is still in flight
+    // and the other workers, done with theirs, wait for resume(). (A fixed delay for chunk 1 could run out before the
+    // pause on a busy machine, leaving nothing in flight to hear of the cancel.)
+    let releaseChunk1: () => void = () => {};
+    const chunk1 = new Promise<void>((r) => (releaseChunk1 = r));
     server = await startServer({
       authenticate: async (req) => {
-        if (req.method === 'PUT') await new Promise((r) => setTimeout(r, req.query.get('chunk') === '1' ? 1500 : 30));
+        if (req.method === 'PUT') await (req.query.get('chunk') === '1' ? chunk1 : new Promise((r) => setTimeout(r, 30)));
         return 'anonymous';
       },
     });
@@ -682,6 +685,7 @@ describe('client: resume, cancel, pause', () => {
     await new Promise((r) => setTimeout(r, 200));
     // Another party cancels it: chunk 1's PUT is answered 410, while the other workers wait for resume().
     expect((await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${h.guid}`)).status).toBe(200);
+    releaseChunk1();
     const outcome = await Promise.race([
       h.done.then(
         () => 'resolved',
