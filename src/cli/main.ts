@@ -36,7 +36,7 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
                           up to 32 letters, digits or dashes (UPDRAFT_INSTANCE_ID)
   --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
   --no-demo               do not serve the demo page at / and the browser client at /updraft-client.js
-                          (UPDRAFT_DEMO=0, false, no or off)
+                          (UPDRAFT_DEMO=0, false, no or off; 1, true, yes or on: the demo)
   -h, --help              this text
 
 Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); durations ms, s, m, h, d
@@ -154,7 +154,12 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   if (proxies.length > 0) o.trustProxy = proxies;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
   // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
-  o.demo = values['no-demo'] !== true && !['0', 'false', 'no', 'off'].includes((env.UPDRAFT_DEMO ?? '').trim().toLowerCase());
+  const demoEnv = (env.UPDRAFT_DEMO ?? '').trim().toLowerCase();
+  const demoOff = ['0', 'false', 'no', 'off'].includes(demoEnv);
+  if (!demoOff && !['', '1', 'true', 'yes', 'on'].includes(demoEnv)) {
+    throw new UsageError(`UPDRAFT_DEMO: expected 1, true, yes or on (the demo) or 0, false, no or off (none), got "${env.UPDRAFT_DEMO}"`);
+  }
+  o.demo = values['no-demo'] !== true && !demoOff;
   return o;
 }
 

@@ -124,7 +124,7 @@ export class UploadEngine {
   #start(): Promise<void> {
     this.#started ??= (async () => {
       // The root with the default mode (the umask's; readers of completed files need it), the staging folder 0700.
-      await fsp.mkdir(this.options.dir, { recursive: true }).catch((e: NodeJS.ErrnoException) => {
+      await makeRoot(this.options.dir).catch((e: NodeJS.ErrnoException) => {
         // A file where the root should be (or on its path): say so rather than "EEXIST ... mkdir".
         if (e.code === 'EEXIST' || e.code === 'ENOTDIR') throw new Error(`upload root ${this.options.dir} is not a folder (${e.code})`);
         throw e;
@@ -280,6 +280,34 @@ export function createUploadEngine(options: UploadEngineOptions = {}): UploadEng
 }
 
 /** uWS ListenOptions.LIBUS_LISTEN_EXCLUSIVE_PORT (a type-only enum in index.d.ts; the value is what the binding takes). */
+/**
+ * `mkdir -p` of the upload root, one folder at a time from the nearest one that exists. Node's recursive mkdir never
+ * settles where a folder refuses children although its parent exists (under /proc: ENOENT, then the parent is
+ * there, so it tries the child again, for good); here that ENOENT ends the start.
+ */
+async function makeRoot(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let cur = path.resolve(dir); ; ) {
+    const st = await fsp.stat(cur).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw e;
+    });
+    if (st !== null) {
+      if (!st.isDirectory()) throw Object.assign(new Error(`${cur} is not a folder`), { code: missing.length === 0 ? 'EEXIST' : 'ENOTDIR' });
+      break;
+    }
+    missing.push(cur);
+    const up = path.dirname(cur);
+    if (up === cur) break;
+    cur = up;
+  }
+  for (const d of missing.reverse()) {
+    await fsp.mkdir(d).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+  }
+}
+
 const LIBUS_LISTEN_EXCLUSIVE_PORT = 1;
 
 /**

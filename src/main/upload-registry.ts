@@ -946,6 +946,7 @@ export class UploadRegistry extends EventEmitter<UploadEvents> {
   /** An upload whose bytes a reload cannot trust: recorded failed (ERR_STORAGE_FAILED), its data removed. */
   async #lostOnReload(meta: UploadMeta, message: string): Promise<Upload> {
     const u = new Upload({ ...meta, status: 'failed', endTime: Date.now(), failure: { code: 'ERR_STORAGE_FAILED', message } }, null);
+    this.log.warn({ event: 'upload.failed', guid: u.guid, user: logValue(u.user), size: u.fileSize, code: 'ERR_STORAGE_FAILED', reason: message }, 'upload failed at the restart');
     await this.store.writeMeta(u.toMeta());
     await this.store.removeAll(meta.guid, true);
     this.#announceEnded(u);

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { pino } from 'pino';
 import { writeWholeChunk } from '../../src/main/chunk-ingest.js';
 import type { IngestContext } from '../../src/main/chunk-ingest.js';
 import { resolveOptions } from '../../src/main/options.js';
@@ -268,10 +269,15 @@ describe('a completion and a reload touch only what is theirs', () => {
     await first.registry.close();
     await fsp.truncate(first.registry.store.partPath(u.guid), CS);
 
-    const next = await open(dir);
+    // The restart's log says so like any failure: `upload.failed` at warn, with the code (docs/OPERATIONS.md).
+    const lines: string[] = [];
+    const next = { registry: new UploadRegistry(first.options, pino({ level: 'info' }, { write: (l: string) => void lines.push(l) })) };
+    await next.registry.start();
     const v = next.registry.find(u.guid, 'anonymous', true);
     expect(v.status).toBe('failed');
     expect(v.failure).toMatchObject({ code: 'ERR_STORAGE_FAILED', message: 'Staging file damaged' });
+    const failed = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.event === 'upload.failed');
+    expect(failed).toEqual([expect.objectContaining({ level: 40, guid: u.guid, code: 'ERR_STORAGE_FAILED', reason: 'Staging file damaged' })]);
     await expect(fsp.stat(next.registry.store.partPath(u.guid))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(fsp.stat(path.join(dir, 'cut.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
     await next.registry.close();

@@ -283,6 +283,28 @@ describe('restart', () => {
     expect(failed).toMatch(/^CLI exited with 1: updraft serve: upload root .*a-file is not a folder \(EEXIST\)\n$/);
   });
 
+  it('a root that cannot be made under /proc ends the start with one line and exit 1 (Node\'s recursive mkdir never settled there)', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'serve', '--host', '127.0.0.1', '--port', '0', '--dir', `/proc/updraft-no-such-${process.pid}/root`], {
+      cwd: ROOT,
+      env: { ...process.env, UPDRAFT_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const stderr = collect(child);
+    // Bounded: the start that never settled spun at 100% CPU until killed.
+    const exited = await waitExit(child, 15_000).catch(() => null);
+    if (exited === null) child.kill('SIGKILL');
+    expect(exited).toEqual({ code: 1, signal: null });
+    expect(stderr()).toMatch(/^updraft serve: ENOENT: no such file or directory, mkdir '\/proc\/updraft-no-such-\d+'\n$/);
+  });
+
+  it('makes a missing root several folders deep, and a file on its way is named as not a folder (ENOTDIR)', async () => {
+    const base = await tempDir();
+    await fsp.writeFile(path.join(base, 'file'), 'x');
+    await expect(createUploadEngine({ dir: path.join(base, 'file', 'root'), logLevel: 'silent', host: '127.0.0.1', port: 0 }).listen()).rejects.toThrow(/is not a folder \(ENOTDIR\)/);
+    server = await startServer({ dir: path.join(base, 'a', 'b', 'c') });
+    expect((await fsp.stat(path.join(base, 'a', 'b', 'c', '.updraft-staging'))).isDirectory()).toBe(true);
+  });
+
   it('creates a new root and completed files with the default mode (their readers need it) and the staging folder 0700', async () => {
     const dir = path.join(await tempDir(), 'fresh', 'root');
     server = await startServer({ dir });

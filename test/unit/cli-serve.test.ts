@@ -36,6 +36,15 @@ describe('updraft serve options', () => {
     for (const v of ['0', 'false', 'no', 'off', 'FALSE', ' Off ']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(false);
     for (const v of ['1', 'true', '']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(true);
     expect((serveOptions(["--no-demo"], {}) as { demo?: boolean }).demo).toBe(false);
+    for (const v of ['yes', 'ON']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(true);
+  });
+
+  it('refuses an UPDRAFT_DEMO that is neither on nor off, rather than reading it as on', () => {
+    for (const v of ['bogus', '2', 'disabled']) {
+      const e = thrown(() => serveOptions([], { UPDRAFT_DEMO: v }));
+      expect(e, v).toBeInstanceOf(UsageError);
+      expect(e.message).toBe(`UPDRAFT_DEMO: expected 1, true, yes or on (the demo) or 0, false, no or off (none), got "${v}"`);
+    }
   });
 
   it('reports an invalid value under the flag or the variable it came from', () => {
