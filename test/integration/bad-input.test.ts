@@ -170,6 +170,23 @@ describe('target paths', () => {
       await fsp.rm(sibling, { recursive: true, force: true });
     }
   });
+
+  it('refuses a symlink inside the root that leads into the staging folder (its name hides the reserved one)', async () => {
+    const staging = path.join(await fsp.realpath(server.dir), '.updraft-staging');
+    const link = path.join(server.dir, 'inbox');
+    const before = (await fsp.readdir(staging)).sort();
+    await fsp.symlink(staging, link);
+    try {
+      for (const targetPath of ['inbox', 'inbox/new']) {
+        const r = await initUpload(server.base, { fileName: 'ok.txt', fileSize: 10, targetPath });
+        expect([r.status, r.json.code], JSON.stringify(r.json)).toEqual([400, 'ERR_INVALID_TARGET_PATH']);
+        noPath(JSON.stringify(r.json));
+      }
+      expect((await fsp.readdir(staging)).sort()).toEqual(before);
+    } finally {
+      await fsp.rm(link, { force: true });
+    }
+  });
 });
 
 describe('sizes and fields', () => {
@@ -210,6 +227,27 @@ describe('sizes and fields', () => {
     expect([unk.status, unk.json.code]).toEqual([400, 'ERR_UNKNOWN_ACTION']);
     const big = await call(server.base, 'POST', route, JSON.stringify({ action: 'init', pad: 'x'.repeat(100_000) }));
     expect([big.status, big.json.code]).toEqual([413, 'ERR_BODY_TOO_LARGE']);
+  });
+
+  it('refuses a control body announced over 64 KiB before reading it (the client has sent only its start)', async () => {
+    const route = `${PREFIX}/upload-chunk`;
+    const head = `POST ${route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n`;
+    const r = await rawRequest(head, '{"action":"init",');
+    expect([r.status, r.json.code]).toEqual([413, 'ERR_BODY_TOO_LARGE']);
+  });
+
+  it('refuses a control body over 64 KiB sent without Content-Length (chunked), counting what arrives', async () => {
+    const pad = new TextEncoder().encode(JSON.stringify({ action: 'init', fileName: 'chunked.bin', fileSize: 10, pad: 'x'.repeat(100_000) }));
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < pad.length; i += 16 * 1024) c.enqueue(pad.subarray(i, i + 16 * 1024));
+        c.close();
+      },
+    });
+    const res = await fetch(`${server.base}${PREFIX}/upload-chunk`, { method: 'POST', body, duplex: 'half', headers: { 'content-type': 'application/json' } } as RequestInit);
+    const json = (await res.json()) as Record<string, unknown>;
+    expect([res.status, json.code]).toEqual([413, 'ERR_BODY_TOO_LARGE']);
+    expect(await listFiles(server.dir)).not.toContain('chunked.bin');
   });
 });
 

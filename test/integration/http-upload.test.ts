@@ -298,6 +298,15 @@ describe('auth', () => {
     const mine = await putChunk(server.base, guid, 0, bytesOf(10), alice);
     expect(mine.json.data).toMatchObject({ complete: true });
   });
+
+  it('refuses a request an authenticate hook names no user for: an empty name is not a user (401)', async () => {
+    // A plain-JS hook that returns a missing header's '' must not make every such caller one user, "".
+    server = await startServer({ authenticate: (req) => req.headers['x-user'] ?? '' });
+    const none = await initUpload(server.base, { fileName: 'x.bin', fileSize: 10 });
+    expect([none.status, none.json.code]).toEqual([401, 'ERR_UNAUTHORIZED']);
+    expect(await listFiles(server.dir, true)).toEqual([]);
+    expect((await initUpload(server.base, { fileName: 'y.bin', fileSize: 10 }, { 'x-user': 'alice' })).status).toBe(200);
+  });
 });
 
 describe('event listeners', () => {

@@ -39,6 +39,15 @@ describe('trusted proxies', () => {
     expect(() => parseTrustProxy(['not-an-ip'])).toThrow();
   });
 
+  it('takes a forwarded host only when it is a plain host and port: it goes into the absolute URLs of the reply', () => {
+    const trust = parseTrustProxy(['127.0.0.1']);
+    for (const fhost of ['evil.example/x?', 'user@evil.example', 'a b', 'evil.example#', '"quoted"']) {
+      expect(clientView(trust, '127.0.0.1', { host: 'files.example.com', 'x-forwarded-host': fhost }).host, fhost).toBe('files.example.com');
+      expect(clientView(trust, '127.0.0.1', { host: 'files.example.com', forwarded: `for=1.2.3.4;host="${fhost}"` }).host, fhost).toBe('files.example.com');
+    }
+    expect(clientView(trust, '127.0.0.1', { host: 'files.example.com', 'x-forwarded-host': 'up.example.com:8443' }).host).toBe('up.example.com:8443');
+  });
+
   it('builds absolute URLs from forwarded headers when the peer is trusted, and ignores them otherwise', async () => {
     const headers = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'uploads.example.com' };
     server = await startServer({ trustProxy: ['127.0.0.1', '::1'] });
@@ -105,6 +114,58 @@ describe('limits', () => {
     const again = await putChunk(server.base, guid, 1, slice(data, CS, 1));
     expect(again.json.data).toMatchObject({ complete: true });
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'slow.bin')), data)).toBe(0);
+  });
+
+  it('counts only open uploads against the upload limits: a completed or cancelled one frees its place', async () => {
+    server = await startServer({ maxUploadsPerUser: 1, maxUploads: 1 });
+    const empty = await initUpload(server.base, { fileName: 'empty.bin', fileSize: 0 }); // completes at init
+    expect(empty.json.data).toMatchObject({ complete: true });
+    const open = await initUpload(server.base, { fileName: 'one.bin', fileSize: 10 });
+    expect(open.status).toBe(200);
+    const full = await initUpload(server.base, { fileName: 'two.bin', fileSize: 10 });
+    expect([full.status, full.json.code]).toEqual([503, 'ERR_SERVER_BUSY']);
+    const guid = open.json.data!.guid as string;
+    expect((await call(server.base, 'DELETE', `${PREFIX}/upload-chunk?guid=${guid}`)).status).toBe(200);
+    expect((await initUpload(server.base, { fileName: 'two.bin', fileSize: 10 })).status).toBe(200);
+  });
+
+  it('lets a user fill the in-flight limit exactly, and counts each user\'s chunk bytes apart from the others\'', async () => {
+    const alice = { authorization: 'Bearer token-aaaaaaaa' };
+    const bob = { authorization: 'Bearer token-bbbbbbbb' };
+    server = await startServer({ maxInFlightBytesPerUser: 2 * CS, tokens: { 'token-aaaaaaaa': 'alice', 'token-bbbbbbbb': 'bob' } });
+    const data = bytesOf(2 * CS);
+    const big = bytesOf(2 * CS);
+    const a = (await initUpload(server.base, { fileName: 'a.bin', fileSize: data.length, chunkSize: CS }, alice)).json.data!.guid as string;
+    const b = (await initUpload(server.base, { fileName: 'b.bin', fileSize: big.length, chunkSize: 2 * CS }, bob)).json.data!.guid as string;
+    // Alice's chunk 0 stays in flight (CS bytes reserved) until the rest of its body is pushed.
+    let push!: (b: Uint8Array | null) => void;
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        push = (b) => (b ? c.enqueue(b) : c.close());
+      },
+    });
+    const held = fetch(`${server.base}${PREFIX}/upload-chunk?guid=${a}&chunk=0`, {
+      method: 'PUT', body, duplex: 'half', headers: { ...alice, 'content-length': String(CS) },
+    } as RequestInit);
+    push(slice(data, CS, 0).subarray(0, CS / 2));
+    // The half body is held in memory once the chunk has started (and reserved its bytes): wait for that, bounded.
+    for (let i = 0; ; i++) {
+      const text = await (await fetch(`${server.base}/metrics`)).text();
+      if (/^updraft_inflight_bytes [1-9]/m.test(text)) break;
+      if (i === 200) throw new Error('chunk 0 never started');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // Bob has nothing in flight: his 2*CS chunk is his own, whatever Alice holds.
+    const bobs = await putChunk(server.base, b, 0, big, bob);
+    expect(bobs.json.data).toMatchObject({ complete: true });
+    // Alice's second chunk brings her to exactly her limit: allowed.
+    const second = await putChunk(server.base, a, 1, slice(data, CS, 1), alice);
+    expect([second.status, second.json.code]).toEqual([200, undefined]);
+    push(slice(data, CS, 0).subarray(CS / 2));
+    push(null);
+    expect((await held).status).toBe(200);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'a.bin')), data)).toBe(0);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'b.bin')), big)).toBe(0);
   });
 });
 
@@ -179,6 +240,17 @@ describe('Origin (cross-site requests carry the browser\'s cookies)', () => {
     expect(last.json.data).toMatchObject({ complete: true });
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'o.bin')), data)).toBe(0);
   });
+
+  it('takes only an http or https page as the server\'s own: another scheme naming the same host and port is refused', async () => {
+    server = await startServer();
+    const port = new URL(server.base).port;
+    for (const scheme of ['ws', 'ftp', 'chrome-extension']) {
+      const r = await initUpload(server.base, { fileName: `${scheme}.bin`, fileSize: 10 }, { origin: `${scheme}://127.0.0.1:${port}` });
+      expect([r.status, r.json.code], scheme).toEqual([403, 'ERR_FORBIDDEN_ORIGIN']);
+    }
+    expect(await listFiles(server.dir, true)).toEqual([]);
+    expect((await initUpload(server.base, { fileName: 'own.bin', fileSize: 10 }, { origin: `http://127.0.0.1:${port}` })).status).toBe(200);
+  });
 });
 
 describe('free space between users', () => {
@@ -201,6 +273,59 @@ describe('free space between users', () => {
     // One user (no tokens): the whole free space is theirs.
     server = await startServer();
     expect((await initUpload(server.base, { fileName: 'solo.bin', fileSize: size(0.6), chunkSize: 64 * 1024 * 1024 })).status).toBe(200);
+  });
+
+  it('an authenticate hook halves the share like tokens do (several users)', async () => {
+    server = await startServer({ authenticate: (req) => (req.headers['authorization'] === 'Bearer hook-alice' ? 'alice' : null) });
+    const st = await fsp.statfs(server.dir);
+    const fileSize = Math.floor((st.bavail * st.bsize * 0.6) / (64 * 1024 * 1024)) * 64 * 1024 * 1024;
+    const big = await initUpload(server.base, { fileName: 'a0.bin', fileSize, chunkSize: 64 * 1024 * 1024 }, { authorization: 'Bearer hook-alice' });
+    expect([big.status, big.json.code, big.json.message]).toEqual([507, 'ERR_INSUFFICIENT_STORAGE', 'Your open uploads would hold more than 50% of the free space; finish or cancel some first']);
+  });
+
+  it("counts another user's inits still being created against the free space, not against this user's share", async () => {
+    const alice = { authorization: 'Bearer tok-alice-1' };
+    const bob = { authorization: 'Bearer tok-bob-123' };
+    let entered!: () => void;
+    const inHook = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    server = await startServer({
+      tokens: { 'tok-alice-1': 'alice', 'tok-bob-123': 'bob' },
+      // Alice's init waits here, counted among the inits being created, until Bob's init has been answered.
+      onUploadCreate: async (info) => {
+        if (info.user !== 'alice') return;
+        entered();
+        await gate;
+      },
+    });
+    const st = await fsp.statfs(server.dir);
+    const free = st.bavail * st.bsize;
+    const size = (f: number): number => Math.floor((free * f) / (64 * 1024 * 1024)) * 64 * 1024 * 1024;
+    const init = (who: Record<string, string>, f: number, fileName: string) =>
+      initUpload(server!.base, { fileName, fileSize: size(f), chunkSize: 64 * 1024 * 1024 }, who);
+    const pending = init(alice, 0.4, 'a.bin');
+    await inHook;
+    try {
+      expect((await init(bob, 0.4, 'b.bin')).status).toBe(200); // 0.4 of his own, beside Alice's 0.4 being created
+      // Together with both, a third 0.4 no longer fits the free space at all.
+      const third = await init(bob, 0.3, 'b2.bin');
+      expect([third.status, third.json.code]).toEqual([507, 'ERR_INSUFFICIENT_STORAGE']);
+    } finally {
+      release();
+    }
+    expect((await pending).status).toBe(200);
+  });
+
+  it('an init must fit beside what the open uploads still have to send (one user, the whole free space)', async () => {
+    server = await startServer();
+    const st = await fsp.statfs(server.dir);
+    const fileSize = Math.floor((st.bavail * st.bsize * 0.6) / (64 * 1024 * 1024)) * 64 * 1024 * 1024;
+    const init = (fileName: string) => initUpload(server!.base, { fileName, fileSize, chunkSize: 64 * 1024 * 1024 });
+    expect((await init('first.bin')).status).toBe(200);
+    const second = await init('second.bin');
+    expect([second.status, second.json.code]).toEqual([507, 'ERR_INSUFFICIENT_STORAGE']);
+    expect(second.json.message).not.toMatch(/Your open uploads/); // the free space itself, not a user's share
   });
 });
 
@@ -244,6 +369,12 @@ describe('DNS rebinding (a name made to resolve to this server passes as same-or
     await server.close();
     server = await startServer({ tokens: { 'tok-12345678': 'alice' } }); // the page has no token to send
     expect(await rebound(server.base, { authorization: 'Bearer tok-12345678' })).toBe(200);
+    expect(await rebound(server.base)).toBe(401);
+  });
+
+  it('an authenticate hook lifts the rule as tokens do: the rebinding page has no credentials to send', async () => {
+    server = await startServer({ authenticate: (req) => (req.headers['authorization'] === 'Bearer hook-secret-1' ? 'alice' : null) });
+    expect(await rebound(server.base, { authorization: 'Bearer hook-secret-1' })).toBe(200);
     expect(await rebound(server.base)).toBe(401);
   });
 });

@@ -446,6 +446,22 @@ describe('WebSocket upgrade checks', () => {
     expect(await d.nextJson()).toMatchObject({ type: 'progress' });
   });
 
+  it('counts the cap per user: one user at the cap leaves another user\'s connections open', async () => {
+    server = await startServer({ tokens, maxWsConnectionsPerUser: 2 });
+    const a = await init(CS, 'a.bin', auth(ALICE));
+    const b = await init(CS, 'b.bin', auth(BOB));
+    await open(a.guid, { headers: auth(ALICE) });
+    await open(a.guid, { headers: auth(ALICE) });
+    for (let i = 0; i < 2; i++) {
+      const s = await open(b.guid, { headers: auth(BOB) });
+      s.sendText('{"type":"getProgress"}');
+      expect(await s.nextJson()).toMatchObject({ type: 'progress' });
+    }
+    const third = await open(b.guid, { headers: auth(BOB) });
+    expect(await third.nextJson()).toMatchObject({ type: 'error', code: 'ERR_RATE_LIMITED' });
+    expect((await third.closed).code).toBe(4029);
+  });
+
   it('closes open connections with 1001 when the engine stops, and the upload resumes after a restart', async () => {
     server = await startServer();
     const data = bytesOf(2 * CS);
