@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PREFIX, bytesOf, initUpload, putChunks, shuffled, slice, startServer } from '../fixtures/server.js';
 import type { TestServer } from '../fixtures/server.js';
+import { TestSocket } from '../fixtures/ws-client.js';
 
 const KIB = 1024;
 const CS = 256 * KIB;
@@ -73,6 +74,59 @@ describe('requests the server holds paused', () => {
   }, 40_000);
 });
 
+describe('a body that finds the in-flight budget spent', () => {
+  it('is paused mid-chunk, not read on into memory, until a slab comes back; then it completes byte for byte', async () => {
+    // Two slabs. Chunks streamed as updraft.v1 parts hold a slab between parts (a WebSocket cannot pause, so nothing
+    // takes it back): one holds a slab, the PUT the other, and a second stream queues for a slab ahead of the PUT.
+    server = await startServer({ batchSize: 64 * KIB, maxInFlightBytes: 128 * KIB, chunkSize: CS });
+    const wsCs = 32 * KIB;
+    const wsData = bytesOf(2 * wsCs);
+    const w = await initUpload(server.base, { fileName: 'parts.bin', fileSize: wsData.length, chunkSize: wsCs });
+    const wGuid = w.json.data!.guid as string;
+    const data = bytesOf(CS);
+    const p = await initUpload(server.base, { fileName: 'put.bin', fileSize: data.length, chunkSize: CS });
+    const inFlight = async (): Promise<number> =>
+      (await fetch(`${server!.base}/healthz`).then((x) => x.json() as Promise<{ data: { inFlightBytes: number } }>)).data.inFlightBytes;
+    const sockets: TestSocket[] = [];
+    const put = rawPut(server.base, p.json.data!.guid as string, 0, CS);
+    try {
+      const openV1 = async (): Promise<TestSocket> => {
+        const s = await TestSocket.open(server!.base, wGuid, { protocols: ['updraft.v1'] });
+        sockets.push(s);
+        expect(await s.nextFrame()).toMatchObject({ t: 'hello' });
+        return s;
+      };
+      const a = await openV1();
+      a.nativePart(0, 0, slice(wsData, wsCs, 0).subarray(0, 1000));
+      a.nativeStatus();
+      expect(await a.nextFrame()).toMatchObject({ t: 'progress', rc: 0 });
+      put.send(data.subarray(0, 10 * KIB));
+      for (let i = 0; i < 100 && (await inFlight()) !== 128 * KIB; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await inFlight()).toBe(128 * KIB);
+      const b = await openV1();
+      b.nativePart(1, 0, slice(wsData, wsCs, 1).subarray(0, 1000));
+      b.nativeStatus();
+      expect(await b.nextFrame()).toMatchObject({ t: 'progress', rc: 0 });
+      // The rest of the body: its first slab fills and goes to the writers, and comes back to the stream that waited
+      // first; the body waits, paused, with about one network read set aside.
+      put.send(data.subarray(10 * KIB));
+      expect(await Promise.race([put.reply, new Promise<null>((r) => setTimeout(() => r(null), 1000))])).toBeNull();
+      a.nativePart(0, 1000, slice(wsData, wsCs, 0).subarray(1000));
+      expect(await a.nextFrame()).toMatchObject({ t: 'ack', c: 0 });
+      const r = await Promise.race([put.reply, new Promise<null>((r) => setTimeout(() => r(null), 9000))]);
+      expect(r).toMatchObject({ status: 200, body: { data: { complete: true } } });
+      b.nativePart(1, 1000, slice(wsData, wsCs, 1).subarray(1000));
+      expect(await b.nextFrame()).toMatchObject({ t: 'ack', c: 1 });
+      expect(await b.nextFrame()).toMatchObject({ t: 'progress', complete: true });
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'put.bin')), data)).toBe(0);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'parts.bin')), wsData)).toBe(0);
+    } finally {
+      put.socket.destroy();
+      for (const s of sockets) s.ws.terminate();
+    }
+  });
+});
+
 describe('a cancel while a body arrives', () => {
   it('answers the rest of that body 410 ERR_UPLOAD_CANCELLED, as upload-status says, not 409 ERR_UPLOAD_FAILED', async () => {
     server = await startServer({ chunkSize: CS });
@@ -127,6 +181,32 @@ describe('bodies read at once (maxReadingBodies)', () => {
       expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'stalled.bin')), stalledData)).toBe(0);
     } finally {
       slow.socket.destroy();
+    }
+  });
+
+  it('reads no more bodies at once than maxReadingBodies: a second body waits without a slab until the first gives its place up', async () => {
+    // 1000 bytes each: a yield hands no 4 KiB block to the writers, so the only slabs in use are the ones being filled.
+    server = await startServer({ maxReadingBodies: 1, batchSize: 64 * KIB, chunkSize: CS });
+    const data = bytesOf(2 * CS);
+    const a = await initUpload(server.base, { fileName: 'one-place.bin', fileSize: data.length, chunkSize: CS });
+    const guid = a.json.data!.guid as string;
+    const puts = [0, 1].map((c) => rawPut(server!.base, guid, c, CS));
+    try {
+      for (const [c, p] of puts.entries()) p.send(slice(data, CS, c).subarray(0, 1000));
+      // Over a few idle yields (250 ms each) the place goes back and forth; one slab is filled at a time.
+      const inFlight: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const health = await fetch(`${server.base}/healthz`).then((x) => x.json() as Promise<{ data: { inFlightBytes: number } }>);
+        inFlight.push(health.data.inFlightBytes);
+      }
+      expect(Math.max(...inFlight)).toBe(64 * KIB);
+      for (const [c, p] of puts.entries()) p.send(slice(data, CS, c).subarray(1000));
+      const replies = await Promise.race([Promise.all(puts.map((p) => p.reply)), new Promise<null>((r) => setTimeout(() => r(null), 9000))]);
+      expect(replies?.map((r) => r.status)).toEqual([200, 200]);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'one-place.bin')), data)).toBe(0);
+    } finally {
+      for (const p of puts) p.socket.destroy();
     }
   });
 

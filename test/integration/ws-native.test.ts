@@ -467,6 +467,23 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'refused.bin')), data)).toBe(0);
   });
 
+  it('refuses a first part longer than its chunk with a chunk error, drops the rest of that chunk, and goes on', async () => {
+    server = await startServer();
+    const data = bytesOf(CS + 100);
+    const { guid } = await init(data.length, CS, 'long-first.bin');
+    const { s } = await open(guid);
+    // The last chunk is 100 bytes; its first part alone is longer.
+    s.nativePart(1, 0, bytesOf(150));
+    expect(await s.nextFrame()).toMatchObject({ t: 'error', code: 'ERR_CHUNK_TOO_LARGE', c: 1, retry: false });
+    s.nativePart(1, 150, bytesOf(10)); // the rest of the refused chunk: dropped without a reply
+    s.nativeStatus();
+    expect(await s.nextFrame()).toEqual({ t: 'progress', rc: 0, tc: 2, rb: 0, complete: false });
+    const r = await sendWindowed(s, data, CS, [1, 0], 8, true, true, 16_384);
+    expect(r.errors).toEqual([]);
+    expectCompleteTail(r.tail, 'long-first.bin', data.length, 2);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'long-first.bin')), data)).toBe(0);
+  });
+
   it('after a refused chunk, a later part of another chunk is still a protocol error (4000)', async () => {
     server = await startServer();
     const data = bytesOf(2 * CS);
@@ -486,6 +503,10 @@ describe('WebSocket, updraft.v1 parts', () => {
     ['a gap between parts', (s: TestSocket, d: Uint8Array) => {
       s.nativePart(0, 0, d.subarray(0, 100));
       s.nativePart(0, 101, d.subarray(101, 200));
+    }],
+    ['a part that starts before the previous one ended (an overlap)', (s: TestSocket, d: Uint8Array) => {
+      s.nativePart(0, 0, d.subarray(0, 100));
+      s.nativePart(0, 50, d.subarray(50, 150));
     }],
     ['another chunk before the unfinished one ends', (s: TestSocket, d: Uint8Array) => {
       s.nativePart(0, 0, d.subarray(0, 100));
@@ -545,6 +566,24 @@ describe('WebSocket, updraft.v1 parts', () => {
     expect(big.errors).toEqual([]);
     expectCompleteTail(big.tail, 'big-parts.bin', data.length, 16);
     expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'big-parts.bin')), data)).toBe(0);
+  });
+
+  it('a client that sends parts keeps its half-weight window when its short last chunk, over half a chunk, comes whole', async () => {
+    // docs/PROTOCOL.md, Parts count half: a frame of the last chunk may be short and go whole without making the
+    // slots count whole again. Windows share 128 KiB: 4 chunks of 64 KiB as parts, 2 whole.
+    server = await startServer({ maxInFlightBytes: 256 * 1024, batchSize: 64 * 1024 });
+    const data = bytesOf(15 * CS + 40_000);
+    const { guid } = await init(data.length, CS, 'last-whole.bin');
+    const { s } = await open(guid);
+    const parts = await sendWindowed(s, data, CS, [...Array(15).keys()], 8, false, true, 20_000);
+    expect(parts.errors).toEqual([]);
+    expect(Math.max(...parts.windows)).toBe(4);
+    const last = await sendWindowed(s, data, CS, [15], 8);
+    expect(last.errors).toEqual([]);
+    expect(last.windows).toEqual([]);
+    expect(s.windows.at(-1)).toBe(4);
+    expectCompleteTail(last.tail, 'last-whole.bin', data.length, 16);
+    expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'last-whole.bin')), data)).toBe(0);
   });
 
   it('drops a chunk whose parts stop (wsPartTimeout): chunk error, claim and slot freed, sent again from 0', async () => {
