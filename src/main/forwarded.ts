@@ -18,11 +18,11 @@ export function parseTrustProxy(entries: readonly string[]): ProxyTrust {
     const e = raw.trim();
     const [addr, bits] = e.split('/');
     const type = net.isIPv6(addr ?? '') ? 'ipv6' : net.isIPv4(addr ?? '') ? 'ipv4' : null;
-    if (type === null) throw new Error(`trustProxy: "${e}" is not an IP address or CIDR`);
+    if (type === null) throw new Error(`"${e}" is not an IP address or CIDR`);
     if (bits === undefined) list.addAddress(addr!, type);
     else {
       const n = Number(bits);
-      if (!/^[0-9]+$/.test(bits) || n > (type === 'ipv4' ? 32 : 128)) throw new Error(`trustProxy: bad prefix length in "${e}"`);
+      if (!/^[0-9]+$/.test(bits) || n > (type === 'ipv4' ? 32 : 128)) throw new Error(`bad prefix length in "${e}"`);
       list.addSubnet(addr!, n, type);
     }
   }

@@ -337,7 +337,7 @@ function corsCredentials(o: UploadEngineOptions): boolean {
 function int(field: string, v: unknown, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined) return def;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw new OptionsError(field, `expected an integer from ${min} to ${max}, got ${String(v)}`);
+    throw new OptionsError(field, `expected an integer from ${min} to ${max}, got ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`);
   }
   return v;
 }
