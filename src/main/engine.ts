@@ -130,7 +130,12 @@ export class UploadEngine {
         throw e;
       });
       await fsp.mkdir(this.options.stagingDir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'EEXIST') throw e;
+        if (e.code === 'EEXIST') return;
+        // The root refuses the new staging folder (a read-only volume, another owner): said as checkWritable says it.
+        if (e.code === 'EROFS' || e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'ENOSPC') {
+          throw new Error(`upload root ${this.options.dir} is not writable (${e.code})`);
+        }
+        throw e;
       });
       // Held before the reload, which takes over every upload in the staging folder; a failed start is closed by
       // attach(), which lets go of it.

@@ -454,6 +454,24 @@ describe('restart', () => {
     expect(await fsp.readdir(src)).toEqual(['.updraft-staging']);
   });
 
+  it.runIf(canMount)('refuses to start on a read-only root without a staging folder, saying the root is not writable', async () => {
+    const src = await tempDir();
+    const mnt = await tempDir();
+    try {
+      execFileSync('mount', ['--bind', src, mnt]);
+    } catch {
+      return; // no mount in this container: nothing to test here
+    }
+    try {
+      execFileSync('mount', ['-o', 'remount,ro,bind', mnt]);
+      const engine = createUploadEngine({ dir: mnt, logLevel: 'silent', workers: 1 });
+      await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`upload root ${mnt} is not writable (EROFS)`);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    expect(await fsp.readdir(src)).toEqual([]);
+  });
+
   it('removes staging files that have no state at start', async () => {
     const dir = await tempDir();
     await fsp.mkdir(path.join(dir, '.updraft-staging'), { recursive: true });
