@@ -433,9 +433,8 @@ describe('restart', () => {
       return false;
     }
   })();
-  it.runIf(canMount)('refuses to start on a read-only root whose staging folder exists, instead of failing every init or completion', async () => {
-    const src = await tempDir();
-    await fsp.mkdir(path.join(src, '.updraft-staging'), { mode: 0o700 });
+  /** Runs `check` on a read-only bind mount of `src` (unmounted after); nothing when this container cannot mount. */
+  async function onReadOnlyMount(src: string, check: (mnt: string) => Promise<void>): Promise<void> {
     const mnt = await tempDir();
     try {
       execFileSync('mount', ['--bind', src, mnt]);
@@ -444,31 +443,30 @@ describe('restart', () => {
     }
     try {
       execFileSync('mount', ['-o', 'remount,ro,bind', mnt]);
+      await check(mnt);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  }
+
+  it.runIf(canMount)('refuses to start on a read-only root whose staging folder exists, instead of failing every init or completion', async () => {
+    const src = await tempDir();
+    await fsp.mkdir(path.join(src, '.updraft-staging'), { mode: 0o700 });
+    await onReadOnlyMount(src, async (mnt) => {
       const engine = createUploadEngine({ dir: mnt, logLevel: 'silent', workers: 1 });
       await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`staging folder ${path.join(mnt, '.updraft-staging')} is not writable (EROFS)`);
       // The CLI says it on one line and exits 1.
       await expect(startCli(['--dir', mnt])).rejects.toThrow(/CLI exited with 1: updraft serve: staging folder .* is not writable \(EROFS\)/);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+    });
     expect(await fsp.readdir(src)).toEqual(['.updraft-staging']);
   });
 
   it.runIf(canMount)('refuses to start on a read-only root without a staging folder, saying the root is not writable', async () => {
     const src = await tempDir();
-    const mnt = await tempDir();
-    try {
-      execFileSync('mount', ['--bind', src, mnt]);
-    } catch {
-      return; // no mount in this container: nothing to test here
-    }
-    try {
-      execFileSync('mount', ['-o', 'remount,ro,bind', mnt]);
+    await onReadOnlyMount(src, async (mnt) => {
       const engine = createUploadEngine({ dir: mnt, logLevel: 'silent', workers: 1 });
       await expect(engine.listen(0, '127.0.0.1')).rejects.toThrow(`upload root ${mnt} is not writable (EROFS)`);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+    });
     expect(await fsp.readdir(src)).toEqual([]);
   });
 
