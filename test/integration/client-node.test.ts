@@ -11,6 +11,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CLIENT_ERROR_CODES, ClientError, ERROR_CODES, upload } from '../../src/client/index.js';
+import { listResumable } from '../../src/client/resume-store.js';
 import { ERROR_CODES as SERVER_ERROR_CODES } from '../../src/protocol/errors.js';
 import type { RetryEvent, TransportEvent, UploadOptions } from '../../src/client/index.js';
 import { PREFIX, bytesOf, call, initUpload, startServer, tempDir } from '../fixtures/server.js';
@@ -400,6 +401,43 @@ describe('client: resume, cancel, pause', () => {
     await expectStored(server, 'resume-http.bin', data);
   });
 
+  it('a browser File whose upload fails with a retryable error keeps its remembered guid: picked again, it continues', async () => {
+    // The browser's localStorage, in memory (Node has none): what upload() remembers per File.
+    const store = new Map<string, string>();
+    const g = globalThis as { localStorage?: unknown };
+    g.localStorage = {
+      get length() {
+        return store.size;
+      },
+      key: (i: number) => [...store.keys()][i] ?? null,
+      getItem: (k: string) => store.get(k) ?? null,
+      setItem: (k: string, v: string) => void store.set(k, v),
+      removeItem: (k: string) => void store.delete(k),
+    };
+    try {
+      server = await startServer(slowPuts(15));
+      proxy = await startProxy(server.base, {});
+      const data = bytesOf(1 * MiB);
+      const file = new File([new Uint8Array(data)], 'remembered.bin', { lastModified: 1_700_000_000_000 });
+      const opts: UploadOptions = { endpoint: endpoint(proxy.base), chunkSize: 64 * KiB, transport: 'http', parallel: 1 };
+      const first = upload(file, { ...opts, retry: { attempts: 0 } });
+      await whenLoaded(first, 256 * KiB);
+      proxy.setTarget('http://127.0.0.1:9'); // the network goes: the next PUT gets no reply
+      await expect(first.done).rejects.toMatchObject({ code: 'ERR_NETWORK', retryable: true, guid: first.guid });
+      expect(listResumable(endpoint(proxy.base)).map((u) => u.guid)).toEqual([first.guid]);
+
+      proxy.setTarget(server.base);
+      const r = await upload(file, opts).done;
+      expect(r.guid).toBe(first.guid);
+      expect(r.resumedBytes).toBeGreaterThanOrEqual(256 * KiB);
+      expect(r.bytesByTransport.http).toBe(data.length - r.resumedBytes);
+      await expectStored(server, 'remembered.bin', data);
+      expect(listResumable(endpoint(proxy.base))).toEqual([]); // done: forgotten
+    } finally {
+      delete g.localStorage;
+    }
+  });
+
   it('refuses to resume a guid with a source of another size', async () => {
     server = await startServer();
     const init = await upload(bytesOf(10), { endpoint: endpoint(server.base), fileName: 'm.bin', chunkSize: 4 * KiB });
@@ -498,6 +536,44 @@ describe('client: resume, cancel, pause', () => {
     const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
     expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
     await expect(fsp.access(path.join(server.dir, 'cancel.bin'))).rejects.toThrow();
+  });
+
+  it('cancel() sends no new chunk while the server decides on the delete', async () => {
+    // The DELETE is held in the auth hook until the test lets it go: cancel() is then waiting for the server's answer.
+    let deleteArrived: () => void = () => {};
+    const arrived = new Promise<void>((r) => (deleteArrived = r));
+    let releaseDelete: () => void = () => {};
+    const held = new Promise<void>((r) => (releaseDelete = r));
+    let puts = 0;
+    server = await startServer({
+      authenticate: async (req) => {
+        if (req.method === 'PUT') {
+          puts++;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        if (req.method === 'DELETE') {
+          deleteArrived();
+          await held;
+        }
+        return 'anonymous';
+      },
+    });
+    const h = upload(bytesOf(4 * MiB), { endpoint: endpoint(server.base), fileName: 'held-cancel.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 2 });
+    await whenLoaded(h, 128 * KiB);
+    const cancelling = h.cancel();
+    try {
+      await arrived;
+      const atDelete = puts;
+      await new Promise((r) => setTimeout(r, 300)); // chunks already taken (at most `parallel`) finish; none may start
+      expect(puts - atDelete).toBeLessThanOrEqual(2);
+    } finally {
+      releaseDelete();
+    }
+    await cancelling;
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_UPLOAD_CANCELLED', guid: h.guid });
+    const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${h.guid}`);
+    expect(st.status === 410 || st.json.data?.uploadStatus === 'cancelled').toBe(true);
+    await expect(fsp.access(path.join(server.dir, 'held-cancel.bin'))).rejects.toThrow();
   });
 
   it('cancel() during the init of a 0-byte file, which completes at init, says ERR_UPLOAD_FINALIZING and the upload is done', async () => {
@@ -730,12 +806,61 @@ describe('client: retries and errors', () => {
     expect(retries).toEqual([]);
   });
 
+  it('retries an init answered 429 (too many open uploads for this user) until the other upload finishes', async () => {
+    // The first upload's PUTs wait for the test, so it stays open while the second one's init is refused.
+    let releasePuts: () => void = () => {};
+    const puts = new Promise<void>((r) => (releasePuts = r));
+    server = await startServer({
+      maxUploadsPerUser: 1,
+      authenticate: async (req) => {
+        if (req.method === 'PUT') await puts;
+        return 'anonymous';
+      },
+    });
+    const a = bytesOf(200 * KiB);
+    const b = bytesOf(300 * KiB + 1);
+    const first = upload(a, { endpoint: endpoint(server.base), fileName: 'first.bin', chunkSize: 64 * KiB, transport: 'http' });
+    await new Promise<void>((resolve) => {
+      const off = first.on('state', (s) => {
+        if (s === 'uploading') {
+          off();
+          resolve();
+        }
+      });
+    });
+    const retries: RetryEvent[] = [];
+    const second = upload(b, { endpoint: endpoint(server.base), fileName: 'second.bin', chunkSize: 64 * KiB, transport: 'http', retry: { attempts: 100, baseDelayMs: 10, maxDelayMs: 50 } });
+    second.on('retry', (e) => {
+      retries.push(e);
+      releasePuts();
+    });
+    second.done.then(releasePuts, releasePuts); // a second that fails at once must not leave the first held
+    const r = await second.done;
+    await first.done;
+    expect(retries[0]).toMatchObject({ operation: 'init', error: { code: 'ERR_RATE_LIMITED', status: 429 } });
+    expect(r.bytesByTransport.http).toBe(b.length);
+    await expectStored(server, 'first.bin', a);
+    await expectStored(server, 'second.bin', b);
+  });
+
   it('gives up after the configured attempts with the server code', async () => {
     server = await startServer();
     proxy = await startProxy(server.base, { failPuts: 1000 });
     const h = upload(bytesOf(100 * KiB), { endpoint: endpoint(proxy.base), fileName: 'never.bin', transport: 'http', retry: { attempts: 2, baseDelayMs: 5 } });
     await expect(h.done).rejects.toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
     expect(proxy.stats.injected503).toBeGreaterThanOrEqual(3);
+  });
+
+  it('counts no byte of a chunk whose PUT failed: progress shows only what the server acknowledged', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { failPuts: 1 });
+    const loaded: number[] = [];
+    const h = upload(bytesOf(256 * KiB), { endpoint: endpoint(proxy.base), fileName: 'unacked.bin', chunkSize: 64 * KiB, transport: 'http', parallel: 1, retry: { attempts: 0 } });
+    h.on('progress', (p) => loaded.push(p.loaded));
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_SERVER_BUSY', status: 503 });
+    expect(proxy.stats.injected503).toBe(1);
+    expect(loaded.every((l) => l === 0)).toBe(true);
+    expect(h.progress).toMatchObject({ loaded: 0, state: 'failed' });
   });
 
   it('makes exactly the configured attempts: the first try and `attempts` retries, no more', async () => {
@@ -767,6 +892,32 @@ describe('client: retries and errors', () => {
     expect(err.status).toBe(400);
     expect(err.message).toMatch(/name/i);
     expect(retries).toHaveLength(0);
+  });
+
+  it("fails at once on a 4xx that carries no envelope (a proxy's bare 404): only 5xx, 429 and the transient 409s are retried", async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { mount: '/updraft' }); // the endpoint below is outside the mount: 404, no body
+    const retries: RetryEvent[] = [];
+    const h = upload(bytesOf(10), { endpoint: endpoint(proxy.base), fileName: 'unmounted.bin', transport: 'http', retry: { attempts: 3, baseDelayMs: 5 } });
+    h.on('retry', (e) => retries.push(e));
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_PROTOCOL', status: 404, retryable: false });
+    expect(retries).toEqual([]);
+  });
+
+  it('never waits longer than retry.maxDelayMs between tries when the server sends no Retry-After', async () => {
+    server = await startServer();
+    proxy = await startProxy(server.base, { failPuts: 8 });
+    const data = bytesOf(100 * KiB);
+    const retries: RetryEvent[] = [];
+    // Uncapped, the 8th retry of a 10 ms base would wait 640-1280 ms.
+    const h = upload(data, { endpoint: endpoint(proxy.base), fileName: 'capped.bin', transport: 'http', parallel: 1, retry: { attempts: 8, baseDelayMs: 10, maxDelayMs: 40 } });
+    h.on('retry', (e) => retries.push(e));
+    const r = await h.done;
+    expect(retries.map((e) => e.attempt)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    for (const e of retries) expect(e.delayMs).toBeLessThanOrEqual(40);
+    expect(Math.min(...retries.slice(3).map((e) => e.delayMs))).toBeGreaterThanOrEqual(20); // at the cap: its upper half
+    expect(r.bytesByTransport.http).toBe(data.length);
+    await expectStored(server, 'capped.bin', data);
   });
 
   it('reports an unreachable server as ERR_NETWORK after its retries', async () => {

@@ -126,6 +126,18 @@ describe('client: updraft.v1 parts', () => {
     expect(chunk0.slice(-4)).toEqual([0, 1, 2, 3].map((i) => [i * 256 * KiB, 256 * KiB]));
   });
 
+  it('gives up on a chunk the server keeps refusing with retry: true after retry.attempts, with the server code', async () => {
+    server = await startServer({ wsPartTimeout: 300, batchSize: 64 * KiB });
+    link.delay = { c: 0, o: 512 * KiB, ms: 700 }; // chunk 0 is dropped ERR_CHUNK_INCOMPLETE (retry: true) once
+    const endpoint = `${server.base}${PREFIX}`;
+    const retries: string[] = [];
+    const h = upload(bytesOf(2 * MiB), { endpoint, fileName: 'no-retry.bin', chunkSize: MiB, transport: 'websocket', partSize: 512 * KiB, retry: { attempts: 0 } });
+    h.on('retry', (e) => retries.push(`${e.operation} ${e.error.code}`));
+    await expect(h.done).rejects.toMatchObject({ code: 'ERR_CHUNK_INCOMPLETE' });
+    expect(retries).toEqual([]);
+    expect(sent.filter((m) => m.t === 'part' && m.c === 0 && m.o === 0)).toHaveLength(1); // not sent again
+  });
+
   it('an aborted upload whose close handshake goes unanswered drops the connection after a second, not ws\'s 30 s', async () => {
     server = await startServer();
     const data = bytesOf(8 * MiB);
