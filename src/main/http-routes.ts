@@ -10,7 +10,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import type { Logger } from 'pino';
 import { UploadError } from '../protocol/errors.js';
 import { PS_HEADER_SIZE, PsHeaderReader } from '../protocol/codec.js';
-import { checkChunkInRange, parseChunkNumber, parseIdempotencyKey, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
+import { checkChunkInRange, namesChunkSize, parseChunkNumber, parseIdempotencyKey, parseInitRequest, validateFileName, validateTargetPath } from '../protocol/validate.js';
 import { chunkLength } from '../workers/shared-layout.js';
 import { authenticate, bearer, sameSecret } from './auth.js';
 import { clientView, parseTrustProxy } from './forwarded.js';
@@ -232,8 +232,7 @@ export function registerHttpRoutes(app: TemplatedApp, ctx: RouteContext, ownApp 
       maxChunks: o.maxChunks,
     });
     const key = parseIdempotencyKey(info.headers['idempotency-key']);
-    const sentChunkSize = (body as { chunkSize?: unknown }).chunkSize;
-    const idempotency = key === undefined ? undefined : { key, digest: initDigest(req, sentChunkSize !== undefined && sentChunkSize !== null) };
+    const idempotency = key === undefined ? undefined : { key, digest: initDigest(req, namesChunkSize(body)) };
     if (idempotency !== undefined) {
       // The same init again (its reply was lost): the upload it made, not a second one. Before the limits, which
       // that upload already passed.

@@ -287,6 +287,12 @@ function printable(b: Record<string, unknown>, field: string, rule: RegExp, expe
   return v;
 }
 
+/** The init body names its chunk size (absent or null: the server's default, which a restart may change). */
+export function namesChunkSize(body: object): boolean {
+  const v = (body as { chunkSize?: unknown }).chunkSize;
+  return v !== undefined && v !== null;
+}
+
 /**
  * Checks the JSON body of an init request against `limits` and returns the upload's geometry. Unknown extra fields
  * are ignored (clients add their own). Errors, each with `details.field`:
@@ -313,7 +319,7 @@ export function parseInitRequest(body: unknown, limits: InitLimits): InitRequest
   }
 
   let chunkSize = limits.defaultChunkSize;
-  if (b.chunkSize !== undefined && b.chunkSize !== null) {
+  if (namesChunkSize(b)) {
     const cs = readCount(b.chunkSize);
     if (cs === undefined || cs < limits.minChunkSize || cs > limits.maxChunkSize) {
       fail(
