@@ -317,7 +317,7 @@ export class ChunkReceiver {
           // No more of it is copied (see push): give back the slab and the bytes held for it.
           this.#cancelWait?.();
           this.#cancelWait = null;
-          this.#pending = [];
+          this.#dropPending();
           if (this.#slab !== null) {
             this.ctx.slabs.release(this.#slab);
             this.#slab = null;
@@ -367,7 +367,7 @@ export class ChunkReceiver {
    */
   #place(piece: Uint8Array, owned: boolean): void {
     if (this.#pending.length > 0) {
-      this.#pending.push(owned ? piece : new Uint8Array(piece)); // a copy whatever the view type (Buffer#slice is not)
+      this.#pending.push(owned ? piece : this.ctx.slabs.spill(piece));
       return;
     }
     let off = 0;
@@ -375,7 +375,7 @@ export class ChunkReceiver {
       if (!this.#slab) {
         const slab = this.#acquire();
         if (!slab) {
-          this.#pending.push(owned ? piece.subarray(off) : new Uint8Array(piece.subarray(off)));
+          this.#pending.push(owned ? piece.subarray(off) : this.ctx.slabs.spill(piece.subarray(off)));
           this.#pause();
           return;
         }
@@ -397,6 +397,16 @@ export class ChunkReceiver {
     const waiting = this.#pending;
     this.#pending = [];
     for (const piece of waiting) this.#place(piece, true);
+    // The spill buffers copied on in full are free again; one whose rest still waits (the slab ran out) is not.
+    for (const piece of waiting) {
+      if (!this.#pending.some((p) => p.buffer === piece.buffer)) this.ctx.slabs.returnSpill(piece);
+    }
+  }
+
+  /** Forgets the bytes waiting for a slab (nothing else reads them: only finish() hands them to a writer). */
+  #dropPending(): void {
+    for (const piece of this.#pending) this.ctx.slabs.returnSpill(piece);
+    this.#pending = [];
   }
 
   /**
@@ -560,7 +570,7 @@ export class ChunkReceiver {
   #release(): void {
     this.#cancelWait?.();
     this.#cancelWait = null;
-    this.#pending = [];
+    this.#dropPending();
     if (this.#slab) {
       this.ctx.slabs.release(this.#slab);
       this.#slab = null;

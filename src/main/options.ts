@@ -120,6 +120,13 @@ export interface UploadEngineOptions {
    * that are not 4 KiB-aligned, and filesystems that refuse O_DIRECT, use the page cache. Default true.
    */
   directIo?: boolean;
+  /**
+   * At start, allocate the whole `maxInFlightBytes` budget and have a worker thread touch every page of it, so the
+   * first uploads after a start do not pay the first write to fresh memory (a page fault, slow on a VM) inside the
+   * main thread's copies. The budget is then resident from the start. false: memory is taken as uploads need it.
+   * Default true.
+   */
+  prefault?: boolean;
   /** How long a second writer of the same chunk waits for the first before ERR_CHUNK_BUSY (ms). Default 30 s. */
   chunkBusyTimeout?: number;
   /**
@@ -249,6 +256,7 @@ export interface ResolvedOptions {
   readonly batchSize: number;
   readonly maxReadingBodies: number;
   readonly directIo: boolean;
+  readonly prefault: boolean;
   readonly chunkBusyTimeout: number;
   readonly bodyIdleTimeout: number;
   readonly checkpointInterval: number;
@@ -305,7 +313,7 @@ const KNOWN_OPTIONS: Readonly<Record<keyof UploadEngineOptions, true>> = {
   dir: true, prefix: true, host: true, port: true, chunkSize: true, minChunkSize: true, maxChunkSize: true,
   maxFileSize: true, maxChunks: true, workers: true, durability: true, onConflict: true, lockMode: true, tokens: true,
   authenticate: true, uploadTtl: true, recordTtl: true, maxInFlightBytes: true, batchSize: true, maxReadingBodies: true,
-  directIo: true, chunkBusyTimeout: true, bodyIdleTimeout: true, checkpointInterval: true, reapInterval: true,
+  directIo: true, prefault: true, chunkBusyTimeout: true, bodyIdleTimeout: true, checkpointInterval: true, reapInterval: true,
   instanceId: true, logLevel: true, logger: true, benchEndpoints: true, allowedOrigins: true, wsIdleTimeout: true,
   maxWsConnectionsPerUser: true, wsWindow: true, wsPartTimeout: true, trustProxy: true, maxUploadsPerUser: true,
   maxInFlightBytesPerUser: true, maxReservedShare: true, maxUploads: true, corsCredentials: true, metrics: true, metricsToken: true,
@@ -421,6 +429,7 @@ export function resolveOptions(o: UploadEngineOptions = {}): ResolvedOptions {
     batchSize,
     maxReadingBodies: int('maxReadingBodies', o.maxReadingBodies, 4, 1, 1_000_000),
     directIo: flag('directIo', o.directIo, true),
+    prefault: flag('prefault', o.prefault, true),
     chunkBusyTimeout: int('chunkBusyTimeout', o.chunkBusyTimeout, 30_000, 0),
     // At most 10 s: uWS closes a request whose body stalls that long itself, without a reply (HTTP_IDLE_TIMEOUT_S).
     bodyIdleTimeout: int('bodyIdleTimeout', o.bodyIdleTimeout, 10_000, 1, 10_000),

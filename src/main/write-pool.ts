@@ -14,7 +14,7 @@
 import { Piscina, move, transferableSymbol, valueSymbol } from 'piscina';
 import { UploadError } from '../protocol/errors.js';
 import { HEADER_WORDS, H_TASKS_IN_FLIGHT } from '../workers/shared-layout.js';
-import type { WriteResult, WriteTask } from '../workers/task-types.js';
+import type { PrefaultTask, WriteResult, WriteTask } from '../workers/task-types.js';
 import { workerSpec } from './worker-spec.js';
 
 export interface WritePoolOptions {
@@ -113,6 +113,26 @@ export class WritePool {
     });
     this.#inFlight.add(tracked);
     return tracked;
+  }
+
+  /**
+   * Makes the arenas' pages resident in one worker (write-task.ts `prefault`), leaving their bytes as they are.
+   * Resolves with the pages touched, or 0 once `close()` has begun (nothing is started then). One task for all of
+   * them, so the other workers stay free for writes that arrive meanwhile.
+   */
+  prefault(arenas: SharedArrayBuffer[]): Promise<number> {
+    if (this.#closing !== null || arenas.length === 0) return Promise.resolve(0);
+    const task: PrefaultTask = { arenas };
+    const run = (this.#pool as unknown as Piscina<PrefaultTask, number>).run(task, { name: 'prefault' });
+    const tracked = run.then(
+      (pages) => pages,
+      (err: unknown) => {
+        throw this.#rebuild(err);
+      },
+    );
+    const settled = tracked.finally(() => this.#inFlight.delete(settled));
+    this.#inFlight.add(settled);
+    return settled;
   }
 
   /** Tasks waiting for a free worker. */

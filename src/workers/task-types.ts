@@ -53,6 +53,14 @@ export interface WriteTask {
   checksum?: ChunkChecksum;
 }
 
+/**
+ * Touch every page of some slab arenas (SharedArrayBuffers the main thread copies request bytes into), so that the
+ * memory is resident before the main thread's first copy into it (WritePool.prefault). The bytes are left as they are.
+ */
+export interface PrefaultTask {
+  arenas: SharedArrayBuffer[];
+}
+
 /** Failures a worker reports as data (expected outcomes), not as thrown errors. */
 export type WriteFailureCode =
   | 'ERR_CHECKSUM_MISMATCH'

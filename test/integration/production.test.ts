@@ -627,6 +627,27 @@ describe('embedding', () => {
     await next.close();
   });
 
+  it('prefaults the whole in-flight budget in a worker at start (prefault, default on), beside uploads sent at once', async () => {
+    const started = async (options: { prefault?: boolean }): Promise<Array<Record<string, unknown>>> => {
+      const lines: Array<Record<string, unknown>> = [];
+      const logger = pino({ level: 'debug' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+      server = await startServer({ logger, maxInFlightBytes: 8 * 1024 * 1024, batchSize: CS, ...options });
+      // An upload at once, while the worker may still be walking the pages the copies go into: every byte lands.
+      const data = bytesOf(5 * CS + 17);
+      const init = await initUpload(server.base, { fileName: 'early.bin', fileSize: data.length, chunkSize: 2 * CS });
+      const replies = await putChunks(server.base, init.json.data!.guid as string, data, 2 * CS, [2, 0, 1], 3);
+      expect(replies.map((r) => r.status)).toEqual([200, 200, 200]);
+      expect(Buffer.compare(await fsp.readFile(path.join(server.dir, 'early.bin')), data)).toBe(0);
+      await server.close();
+      server = null;
+      return lines.filter((l) => l.msg === 'slab budget prefaulted');
+    };
+    const on = await started({ prefault: undefined }); // the engine's default (the fixture's is off)
+    expect(on).toHaveLength(1);
+    expect(on[0]).toMatchObject({ pages: (8 * 1024 * 1024) / 4096 });
+    expect(await started({ prefault: false })).toEqual([]);
+  });
+
   it('takes any batchSize the options allow, and chunk-size defaults that follow the limits given', async () => {
     // Slabs larger than the 16 MiB arena threw a RangeError from the constructor.
     await createUploadEngine({ dir: await tempDir(), batchSize: 32 * 1024 * 1024, logLevel: 'silent', workers: 1 }).close();
@@ -644,6 +665,7 @@ describe('embedding', () => {
       [{ onUploadCompleted: () => {} }, 'invalid option onUploadCompleted: unknown option'], // a typo: the hook would never run
       [{ metrics: 'false' }, 'invalid option metrics: expected true or false, got "false"'], // read as true
       [{ directIo: 'false' }, 'invalid option directIo'],
+      [{ prefault: 'false' }, 'invalid option prefault'],
       [{ demo: 'yes' }, 'invalid option demo'],
       [{ corsCredentials: 1 }, 'invalid option corsCredentials'],
       [{ host: 0 }, 'invalid option host: expected a host name or IP address, got 0'], // bound 127.0.0.1 instead

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SlabPool, copyIntoSlab, type Slab } from '../../src/main/slab-pool.js';
+import { SPILL_BYTES, SlabPool, copyIntoSlab, type Slab } from '../../src/main/slab-pool.js';
 
 const KIB = 1024;
 
@@ -342,6 +342,85 @@ describe('SlabPool', () => {
       expect(() => new SlabPool({ maxFilling: 1.5 })).toThrow(RangeError);
       expect(() => new SlabPool({ idleYieldMs: 0 })).toThrow(RangeError);
       expect(() => new SlabPool({ maxHoldMs: 0 })).toThrow(RangeError);
+    });
+  });
+  describe('carveAll (the budget made up front, for prefaulting)', () => {
+    it('carves every slab the budget allows and returns each new arena once; they are then taken in carve order', () => {
+      // 10 slabs of 4 KiB in arenas of 3: arenas of 3, 3, 3 and a last one cut to 1.
+      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 40 * KIB, arenaBytes: 3 * 4 * KIB });
+      const arenas = pool.carveAll();
+      expect(arenas).toHaveLength(4);
+      expect(new Set(arenas).size).toBe(4);
+      expect(pool.allocatedBytes).toBe(pool.capacityBytes);
+      expect(pool.inUseBytes).toBe(0);
+      const slabs: Slab[] = [];
+      for (let s = pool.tryAcquire(); s !== null; s = pool.tryAcquire()) slabs.push(s);
+      expect(slabs.map((s) => [arenas.indexOf(s.sab), s.offset / (4 * KIB)])).toEqual([
+        [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2], [3, 0],
+      ]);
+      expect(pool.allocatedBytes).toBe(40 * KIB); // nothing carved beyond the budget
+      expect(pool.carveAll()).toEqual([]);
+    });
+
+    it('after slabs were carved lazily: returns the arena being carved and the new ones; released slabs are taken first', () => {
+      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 24 * KIB, arenaBytes: 4 * 4 * KIB });
+      const a = pool.tryAcquire()!;
+      const b = pool.tryAcquire()!;
+      pool.release(b);
+      const arenas = pool.carveAll();
+      expect(arenas).toEqual([a.sab, expect.any(SharedArrayBuffer)]);
+      expect(arenas[1]).not.toBe(a.sab);
+      expect(pool.allocatedBytes).toBe(24 * KIB);
+      expect(pool.tryAcquire()).toBe(b); // the warm, released slab before the new ones
+      const next = pool.tryAcquire()!;
+      expect([next.sab, next.offset]).toEqual([a.sab, 2 * 4 * KIB]);
+      pool.release(a);
+      expect(pool.carveAll()).toEqual([]);
+    });
+  });
+
+  describe('spill copies (bytes read when no slab was free)', () => {
+    it('copies the bytes exactly, and a copy given back is reused for the next one', () => {
+      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
+      const src = Uint8Array.from({ length: 3000 }, (_, i) => (i * 7) % 256);
+      const a = pool.spill(src.subarray(100, 2100));
+      expect(Buffer.from(a).equals(Buffer.from(src.subarray(100, 2100)))).toBe(true);
+      expect(a.byteOffset).toBe(0);
+      src.fill(0); // the copy does not see later changes of the source
+      expect(a[0]).toBe((100 * 7) % 256);
+      expect(pool.spareSpills).toBe(0);
+      pool.returnSpill(a);
+      pool.returnSpill(a); // twice: kept once
+      expect(pool.spareSpills).toBe(1);
+      const b = pool.spill(Uint8Array.of(1, 2, 3));
+      expect(b.buffer).toBe(a.buffer);
+      expect([...b]).toEqual([1, 2, 3]);
+      expect(pool.spareSpills).toBe(0);
+      const c = pool.spill(Uint8Array.of(4)); // none spare: a new buffer, not b's
+      expect(c.buffer).not.toBe(b.buffer);
+      expect(c.buffer.byteLength).toBe(SPILL_BYTES);
+      expect([...b]).toEqual([1, 2, 3]);
+    });
+
+    it('keeps no buffer it did not make, no detached one and none larger than SPILL_BYTES', () => {
+      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
+      const big = pool.spill(new Uint8Array(SPILL_BYTES + 1).fill(9));
+      expect(big.length).toBe(SPILL_BYTES + 1);
+      expect(big.every((x) => x === 9)).toBe(true);
+      pool.returnSpill(big);
+      pool.returnSpill(new Uint8Array(SPILL_BYTES)); // a foreign buffer of the same size
+      const moved = pool.spill(Uint8Array.of(1));
+      structuredClone(moved.buffer, { transfer: [moved.buffer] }); // as Piscina.move does: detached here
+      pool.returnSpill(moved);
+      expect(pool.spareSpills).toBe(0);
+    });
+
+    it('keeps at most 64 spare buffers', () => {
+      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
+      const copies = Array.from({ length: 70 }, (_, i) => pool.spill(Uint8Array.of(i)));
+      expect(new Set(copies.map((c) => c.buffer)).size).toBe(70);
+      for (const c of copies) pool.returnSpill(c);
+      expect(pool.spareSpills).toBe(64);
     });
   });
 });
