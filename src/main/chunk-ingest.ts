@@ -397,13 +397,17 @@ export class ChunkReceiver {
     const waiting = this.#pending;
     this.#pending = [];
     for (const piece of waiting) this.#place(piece, true);
-    // The spill buffers copied on in full are free again; one whose rest still waits (the slab ran out) is not.
+    // The spill slots copied on in full are free again; one whose rest still waits (the slab ran out) is not. What
+    // waits of a piece is that piece or its end (#place keeps an owned piece as it is), inside its bytes.
     for (const piece of waiting) {
-      if (!this.#pending.some((p) => p.buffer === piece.buffer)) this.ctx.slabs.returnSpill(piece);
+      const end = piece.byteOffset + piece.length;
+      if (!this.#pending.some((p) => p.buffer === piece.buffer && p.byteOffset >= piece.byteOffset && p.byteOffset < end)) {
+        this.ctx.slabs.returnSpill(piece);
+      }
     }
   }
 
-  /** Forgets the bytes waiting for a slab (nothing else reads them: only finish() hands them to a writer). */
+  /** Forgets the bytes waiting for a slab (nothing else reads them: finish() takes them out before its writes). */
   #dropPending(): void {
     for (const piece of this.#pending) this.ctx.slabs.returnSpill(piece);
     this.#pending = [];
@@ -543,6 +547,8 @@ export class ChunkReceiver {
         last = this.#enqueue(piece.buffer as ArrayBuffer, piece.byteOffset, piece.length, null, i === waiting.length - 1);
       });
       const r = await last!;
+      // Every task of the chunk has settled (they run one after another): the spill slots they read are free again.
+      for (const piece of waiting) this.ctx.slabs.returnSpill(piece);
       if (this.#error !== null) {
         const err = toUploadError(this.#error);
         if (err.code === 'ERR_STORAGE_FAILED') await this.ctx.registry.fail(this.u, err);

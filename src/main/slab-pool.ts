@@ -69,13 +69,10 @@ export type OnIdle = (reason: YieldReason) => void;
 export type SlabWaiter = (slab: Slab) => void;
 
 const MIB = 1024 * 1024;
-/** Size of a reused spill buffer: uWS reads at most 512 KiB from a socket at once. */
+/** Size of a spill slot: uWS reads at most 512 KiB from a socket at once. */
 export const SPILL_BYTES = 512 * 1024;
-/**
- * Spill buffers kept for reuse at most (32 MiB: one for each paused request of 16 uploads sending 4 PUTs each); more
- * are left to the garbage collector.
- */
-const MAX_SPARE_SPILLS = 64;
+/** Spill slots (32 MiB: one for each paused request of 16 uploads sending 4 PUTs each); more spills get own buffers. */
+export const SPILL_SLOTS = 64;
 
 export class SlabPool {
   readonly slabSize: number;
@@ -98,9 +95,10 @@ export class SlabPool {
   #arenaUsed = 0;
   /** FIFO of paused requests. A cancelled waiter is removed at once (aborted requests must not hold a place). */
   readonly #waiters: Array<{ cb: SlabWaiter; filling: boolean }> = [];
-  /** Spill buffers given back and free to reuse, and every spill buffer made here (to refuse foreign ones). */
-  readonly #spareSpills: ArrayBuffer[] = [];
-  readonly #spills = new WeakSet<ArrayBuffer>();
+  /** The spill slots' arena (made at the first spill) and the slots free in it. */
+  #spillArena: SharedArrayBuffer | null = null;
+  readonly #freeSpillSlots: number[] = [];
+  readonly #spillSlotFree = new Uint8Array(SPILL_SLOTS);
 
   constructor(options: SlabPoolOptions = {}) {
     const { slabSize = 2 * MIB, maxBytes = 64 * MIB, arenaBytes = 16 * MIB, maxFilling = Number.POSITIVE_INFINITY, idleYieldMs = 250, maxHoldMs = 1000 } = options;
@@ -247,8 +245,9 @@ export class SlabPool {
 
   /**
    * Carves every slab the budget still allows now, instead of as requests need them, and returns the arenas made
-   * for them (for WritePool.prefault). The new slabs join the free list so that they are taken in the order they were
-   * carved. Returns [] when everything is carved already.
+   * for them (for WritePool.prefault). The new slabs join the free list so that they are taken in the order they
+   * were carved. Returns [] when everything is carved already. (The spill arena is not made here: making its 32 MiB
+   * resident too put the peak RSS of 16 WebSocket uploads at once over 300 MiB; its slots stay resident once used.)
    */
   carveAll(): SharedArrayBuffer[] {
     const arenas: SharedArrayBuffer[] = [];
@@ -265,37 +264,47 @@ export class SlabPool {
 
   /**
    * A copy of `bytes` outside the budget: the bytes a request had already read when it found no slab (about one
-   * network read) wait in it until a slab comes. A copy that fits in SPILL_BYTES goes into a reused buffer, so that
-   * the main thread does not write fresh memory on every such pause (a page fault per 4 KiB page: on a VM that made
-   * these copies run at 0.4 GB/s instead of 20); a larger one gets a buffer of its own. Pass the copy to
-   * `returnSpill` once its bytes are copied on and nothing reads it any more.
+   * network read) wait in it until a slab comes. A copy that fits in SPILL_BYTES goes into a free slot of the spill
+   * arena (SPILL_SLOTS of them, made at the first spill and kept), so that, once a slot has been used, the main
+   * thread does not write fresh memory on every such pause (a page fault per 4 KiB page: on a VM that made these
+   * copies run at 0.4 GB/s instead of 20). A larger one, or one finding every slot taken, gets a buffer of its own.
+   * Pass the copy to `returnSpill` once nothing reads it any more: its bytes were copied on, or the write task given
+   * them settled.
    */
   spill(bytes: Uint8Array): Uint8Array {
-    if (bytes.length > SPILL_BYTES) return new Uint8Array(bytes);
-    let buffer = this.#spareSpills.pop();
-    if (buffer === undefined) {
-      buffer = new ArrayBuffer(SPILL_BYTES);
-      this.#spills.add(buffer);
-    }
-    const copy = new Uint8Array(buffer, 0, bytes.length);
-    copy.set(bytes);
+    if (bytes.length === 0 || bytes.length > SPILL_BYTES) return new Uint8Array(bytes);
+    const arena = this.#spillArena ?? this.#makeSpillArena();
+    const slot = this.#freeSpillSlots.pop();
+    if (slot === undefined) return new Uint8Array(bytes);
+    this.#spillSlotFree[slot] = 0;
+    const copy = Buffer.from(arena, slot * SPILL_BYTES, bytes.length);
+    copy.fill(bytes); // one memcpy into a SharedArrayBuffer, as copyIntoSlab
     return copy;
   }
 
   /**
-   * Gives back the buffer under a copy made by `spill`, for reuse. Anything else is ignored: a copy of its own, a
-   * buffer moved to a worker (detached), one given back already.
+   * Frees the spill slot under a copy made by `spill`. Anything else is ignored: a copy of its own, a slot already
+   * free (given back twice).
    */
   returnSpill(copy: Uint8Array): void {
-    const buffer = copy.buffer as ArrayBuffer;
-    if (!this.#spills.has(buffer) || buffer.byteLength !== SPILL_BYTES) return;
-    if (this.#spareSpills.length >= MAX_SPARE_SPILLS || this.#spareSpills.includes(buffer)) return;
-    this.#spareSpills.push(buffer);
+    if (copy.buffer !== this.#spillArena) return;
+    const slot = Math.floor(copy.byteOffset / SPILL_BYTES);
+    if (this.#spillSlotFree[slot] === 1) return;
+    this.#spillSlotFree[slot] = 1;
+    this.#freeSpillSlots.push(slot);
   }
 
-  /** Spill buffers free to reuse. */
-  get spareSpills(): number {
-    return this.#spareSpills.length;
+  /** Spill slots free (all of them before the first spill). */
+  get freeSpillSlots(): number {
+    return this.#spillArena === null ? SPILL_SLOTS : this.#freeSpillSlots.length;
+  }
+
+  #makeSpillArena(): SharedArrayBuffer {
+    this.#spillArena = alignedSharedBuffer(SPILL_SLOTS * SPILL_BYTES);
+    // Popped from the end: slot 0 first.
+    for (let slot = SPILL_SLOTS - 1; slot >= 0; slot--) this.#freeSpillSlots.push(slot);
+    this.#spillSlotFree.fill(1);
+    return this.#spillArena;
   }
 
   #canTake(filling: boolean): boolean {

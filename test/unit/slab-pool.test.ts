@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SPILL_BYTES, SlabPool, copyIntoSlab, type Slab } from '../../src/main/slab-pool.js';
+import { SPILL_BYTES, SPILL_SLOTS, SlabPool, copyIntoSlab, type Slab } from '../../src/main/slab-pool.js';
 
 const KIB = 1024;
 
@@ -351,6 +351,7 @@ describe('SlabPool', () => {
       const arenas = pool.carveAll();
       expect(arenas).toHaveLength(4);
       expect(new Set(arenas).size).toBe(4);
+      expect(arenas).not.toContain(pool.spill(Uint8Array.of(1)).buffer); // the spill slots are not the budget's
       expect(pool.allocatedBytes).toBe(pool.capacityBytes);
       expect(pool.inUseBytes).toBe(0);
       const slabs: Slab[] = [];
@@ -380,47 +381,47 @@ describe('SlabPool', () => {
   });
 
   describe('spill copies (bytes read when no slab was free)', () => {
-    it('copies the bytes exactly, and a copy given back is reused for the next one', () => {
+    it('copies the bytes exactly into a slot of one shared arena, and a slot given back is reused', () => {
       const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
+      expect(pool.freeSpillSlots).toBe(SPILL_SLOTS);
       const src = Uint8Array.from({ length: 3000 }, (_, i) => (i * 7) % 256);
       const a = pool.spill(src.subarray(100, 2100));
       expect(Buffer.from(a).equals(Buffer.from(src.subarray(100, 2100)))).toBe(true);
-      expect(a.byteOffset).toBe(0);
+      expect(a.buffer).toBeInstanceOf(SharedArrayBuffer);
+      expect(a.byteOffset % SPILL_BYTES).toBe(0);
       src.fill(0); // the copy does not see later changes of the source
       expect(a[0]).toBe((100 * 7) % 256);
-      expect(pool.spareSpills).toBe(0);
-      pool.returnSpill(a);
-      pool.returnSpill(a); // twice: kept once
-      expect(pool.spareSpills).toBe(1);
       const b = pool.spill(Uint8Array.of(1, 2, 3));
       expect(b.buffer).toBe(a.buffer);
-      expect([...b]).toEqual([1, 2, 3]);
-      expect(pool.spareSpills).toBe(0);
-      const c = pool.spill(Uint8Array.of(4)); // none spare: a new buffer, not b's
-      expect(c.buffer).not.toBe(b.buffer);
-      expect(c.buffer.byteLength).toBe(SPILL_BYTES);
-      expect([...b]).toEqual([1, 2, 3]);
+      expect(b.byteOffset).not.toBe(a.byteOffset);
+      expect(pool.freeSpillSlots).toBe(SPILL_SLOTS - 2);
+      pool.returnSpill(a);
+      pool.returnSpill(a.subarray(10)); // the same slot again (a view inside it): freed once
+      expect(pool.freeSpillSlots).toBe(SPILL_SLOTS - 1);
+      const c = pool.spill(Uint8Array.of(4, 5));
+      expect(c.byteOffset).toBe(a.byteOffset);
+      expect([...c]).toEqual([4, 5]);
+      expect([...b]).toEqual([1, 2, 3]); // a neighbour slot untouched
     });
 
-    it('keeps no buffer it did not make, no detached one and none larger than SPILL_BYTES', () => {
+    it('gives a copy of its own, never freed into the slots, to an empty, an oversized, or a piece finding every slot taken', () => {
       const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
       const big = pool.spill(new Uint8Array(SPILL_BYTES + 1).fill(9));
       expect(big.length).toBe(SPILL_BYTES + 1);
       expect(big.every((x) => x === 9)).toBe(true);
+      expect(big.buffer).not.toBeInstanceOf(SharedArrayBuffer);
+      expect(pool.spill(new Uint8Array(0)).buffer).not.toBeInstanceOf(SharedArrayBuffer);
+      const copies = Array.from({ length: SPILL_SLOTS + 2 }, (_, i) => pool.spill(Uint8Array.of(i)));
+      expect(new Set(copies.slice(0, SPILL_SLOTS).map((c) => c.byteOffset)).size).toBe(SPILL_SLOTS);
+      expect(copies.slice(SPILL_SLOTS).map((c) => c.buffer instanceof SharedArrayBuffer)).toEqual([false, false]);
+      expect(copies.map((c) => c[0])).toEqual(copies.map((_, i) => i));
+      expect(pool.freeSpillSlots).toBe(0);
       pool.returnSpill(big);
-      pool.returnSpill(new Uint8Array(SPILL_BYTES)); // a foreign buffer of the same size
-      const moved = pool.spill(Uint8Array.of(1));
-      structuredClone(moved.buffer, { transfer: [moved.buffer] }); // as Piscina.move does: detached here
-      pool.returnSpill(moved);
-      expect(pool.spareSpills).toBe(0);
-    });
-
-    it('keeps at most 64 spare buffers', () => {
-      const pool = new SlabPool({ slabSize: 4 * KIB, maxBytes: 8 * KIB });
-      const copies = Array.from({ length: 70 }, (_, i) => pool.spill(Uint8Array.of(i)));
-      expect(new Set(copies.map((c) => c.buffer)).size).toBe(70);
+      pool.returnSpill(copies.at(-1)!);
+      pool.returnSpill(new Uint8Array(SPILL_BYTES)); // foreign
+      expect(pool.freeSpillSlots).toBe(0);
       for (const c of copies) pool.returnSpill(c);
-      expect(pool.spareSpills).toBe(64);
+      expect(pool.freeSpillSlots).toBe(SPILL_SLOTS);
     });
   });
 });
