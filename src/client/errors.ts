@@ -22,6 +22,12 @@ export const CLIENT_ERRORS = {
   ERR_RESUME_MISMATCH: { message: 'The upload to resume does not match this file', retryable: false },
   /** The source cannot be read (wrong type, a path in a browser, a read error). */
   ERR_SOURCE: { message: 'The source cannot be read', retryable: false },
+  /**
+   * Every chunk is stored, but polling upload-status did not find the file in place within `finalizeTimeoutMs` (its
+   * final sync, the move, an onUploadComplete hook). The upload stays on the server: sending the same file again with
+   * its guid (a browser resumes by itself) picks up the completion.
+   */
+  ERR_FINALIZE_TIMEOUT: { message: 'The server did not report the file in place in time; upload it again with its guid to pick up the completion', retryable: true },
   /** A checksum was asked for and WebCrypto (`crypto.subtle`) is missing (a browser page not on https or localhost). */
   ERR_CHECKSUM_UNAVAILABLE: { message: 'crypto.subtle is not available for checksums', retryable: false },
 } as const;

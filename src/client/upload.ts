@@ -71,6 +71,14 @@ export interface UploadOptions {
    * path works. Default 60 s.
    */
   stallTimeoutMs?: number;
+  /**
+   * How long to poll upload-status for the file to be placed (the server's final sync, the move, an
+   * `onUploadComplete` hook) once the client knows every chunk is stored but has no reply saying the file is in
+   * place: after a resume, a reconnect or a lost reply. Past it, `done` rejects with ERR_FINALIZE_TIMEOUT and the
+   * guid, and the upload stays on the server. (The last chunk's own PUT or WebSocket acknowledgement waits for the
+   * placement itself, bounded by that transport's timeouts and retries.) Default 10 min.
+   */
+  finalizeTimeoutMs?: number;
   /** Same as `handle.on('progress', fn)`, registered before the upload starts. */
   onProgress?: (p: UploadProgress) => void;
 }
@@ -104,6 +112,9 @@ interface Completion {
   size: number;
 }
 
+/** UploadOptions.finalizeTimeoutMs's default, and the longest a timer can wait (2^31 - 1 ms, about 24.8 days). */
+const DEFAULT_FINALIZE_TIMEOUT_MS = 10 * 60 * 1000;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** WebSocket part size (UploadOptions.partSize): the server's slab size, so each part fills one slab. */
 const DEFAULT_PART_SIZE = 2 * 1024 * 1024;
 /** Shortest wait between tries while every WebSocket slot of the user is taken (4029) in `websocket` mode. */
@@ -179,6 +190,9 @@ export class UploadHandle {
   #storeKey: string | undefined;
   #ticker: ReturnType<typeof setInterval> | undefined;
   #stopReason: ClientError | undefined;
+  readonly #finalizeTimeoutMs: number;
+  /** Runs while the state is 'finalizing' (finalizeTimeoutMs). */
+  #finalizeTimer: ReturnType<typeof setTimeout> | undefined;
   /** Why `auto` left the WebSocket, for the 'transport' event. */
   #fallbackReason = '';
 
@@ -193,6 +207,9 @@ export class UploadHandle {
     this.#window = positiveInt('window', options.window);
     this.#partSize = options.partSize === 0 ? 0 : (positiveInt('partSize', options.partSize) ?? DEFAULT_PART_SIZE);
     this.#chunkSize = positiveInt('chunkSize', options.chunkSize);
+    this.#finalizeTimeoutMs = positiveInt('finalizeTimeoutMs', options.finalizeTimeoutMs) ?? DEFAULT_FINALIZE_TIMEOUT_MS;
+    // setTimeout fires at once (with a warning) for anything longer.
+    if (this.#finalizeTimeoutMs > MAX_TIMER_MS) throw new TypeError(`finalizeTimeoutMs must be at most ${MAX_TIMER_MS}`);
     if (options.checksum !== undefined && options.checksum !== 'sha256') throw new TypeError(`checksum must be 'sha256'`);
     this.#retry = resolveRetry(options.retry);
     this.#fileName = options.fileName ?? '';
@@ -337,6 +354,12 @@ export class UploadHandle {
     if (this.#state === s) return;
     if (TERMINAL.has(this.#state)) return;
     this.#state = s;
+    // The wait for the file to be placed is bounded; it starts over if chunks turn out to be missing after all.
+    clearTimeout(this.#finalizeTimer);
+    this.#finalizeTimer = undefined;
+    if (s === 'finalizing') {
+      this.#finalizeTimer = setTimeout(() => this.#stop(new ClientError('ERR_FINALIZE_TIMEOUT')), this.#finalizeTimeoutMs);
+    }
     this.#emit('state', s);
     this.#emitProgress();
   }

@@ -661,6 +661,47 @@ describe('client: resume, cancel, pause', () => {
     }
   });
 
+  it('polls for the file to be placed no longer than finalizeTimeoutMs (ERR_FINALIZE_TIMEOUT, guid kept); sent again with the guid, it gets the completion', async () => {
+    // The hook holds the completion until released: the server stays 'finalizing'. The last chunk's own PUT or
+    // WebSocket ack waits for the placement (bounded by that transport's timeouts), so the first upload is stopped
+    // once the server has every chunk; resumed with its guid, the client finds every chunk stored and polls.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    server = await startServer({ onUploadComplete: () => held });
+    try {
+      const data = bytesOf(200 * KiB);
+      const base = { endpoint: endpoint(server.base), fileName: 'held.bin', chunkSize: 64 * KiB, finalizeTimeoutMs: 400 } as const;
+      const ac = new AbortController();
+      const first = upload(data, { ...base, transport: 'http', signal: ac.signal });
+      await whenLoaded(first, 3 * 64 * KiB);
+      for (let i = 0; i < 200; i++) {
+        const st = await call(server.base, 'GET', `${PREFIX}/upload-status?guid=${first.guid}`);
+        if (st.json.data?.receivedChunks === 4) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      ac.abort();
+      await expect(first.done).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+      const guid = first.guid!;
+      for (const transport of ['http', 'websocket'] as const) {
+        const started = Date.now();
+        const h = upload(data, { ...base, transport, guid });
+        const err = await h.done.then(() => null, (e: unknown) => e);
+        expect(err).toBeInstanceOf(ClientError);
+        expect(err).toMatchObject({ code: 'ERR_FINALIZE_TIMEOUT', retryable: true, guid });
+        expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+        expect(h.state).toBe('failed');
+      }
+      release();
+      const r = await upload(data, { ...base, transport: 'http', guid }).done;
+      expect(r).toMatchObject({ guid, fileName: 'held.bin', size: data.length });
+      await expectStored(server, 'held.bin', data);
+    } finally {
+      release();
+    }
+    expect(() => upload(bytesOf(1), { endpoint: 'http://127.0.0.1:1/api', finalizeTimeoutMs: 2 ** 31 })).toThrow('finalizeTimeoutMs must be at most');
+    expect(() => upload(bytesOf(1), { endpoint: 'http://127.0.0.1:1/api', finalizeTimeoutMs: 0 })).toThrow('finalizeTimeoutMs must be an integer >= 1');
+  });
+
   it('leaves no listener on a signal shared by uploads that have finished', async () => {
     server = await startServer();
     const ac = new AbortController();
