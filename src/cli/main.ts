@@ -37,6 +37,8 @@ Starts the upload server. Every flag has an environment variable; the flag wins.
   --log-level LEVEL       fatal|error|warn|info|debug|trace|silent (UPDRAFT_LOG_LEVEL, default info)
   --no-demo               do not serve the demo page at / and the browser client at /updraft-client.js
                           (UPDRAFT_DEMO=0, false, no or off; 1, true, yes or on: the demo)
+  --no-prefault           take the in-flight budget (128 MiB) as uploads need it instead of making it resident at
+                          start (UPDRAFT_PREFAULT=0, false, no or off; 1, true, yes or on: prefault)
   -h, --help              this text
 
 Sizes take B, K/KiB, M/MiB, G/GiB, T/TiB (or KB/MB/GB/TB for powers of 1000); durations ms, s, m, h, d
@@ -89,6 +91,7 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
       'upload-ttl': { type: 'string' },
       'log-level': { type: 'string' },
       'no-demo': { type: 'boolean' },
+      'no-prefault': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -154,13 +157,17 @@ export function serveOptions(argv: string[], env: NodeJS.ProcessEnv): UploadEngi
   if (proxies.length > 0) o.trustProxy = proxies;
   if (env.UPDRAFT_BENCH === '1') o.benchEndpoints = true;
   // The CLI server shows the demo page unless told not to (an embedding app gets demo: false by default).
-  const demoEnv = (env.UPDRAFT_DEMO ?? '').trim().toLowerCase();
-  const demoOff = ['0', 'false', 'no', 'off'].includes(demoEnv);
-  if (!demoOff && !['', '1', 'true', 'yes', 'on'].includes(demoEnv)) {
-    throw new UsageError(`UPDRAFT_DEMO: expected 1, true, yes or on (the demo) or 0, false, no or off (none), got "${env.UPDRAFT_DEMO}"`);
-  }
-  o.demo = values['no-demo'] !== true && !demoOff;
+  o.demo = values['no-demo'] !== true && switchedOn(env, 'UPDRAFT_DEMO', 'the demo');
+  if (values['no-prefault'] === true || !switchedOn(env, 'UPDRAFT_PREFAULT', 'prefault')) o.prefault = false;
   return o;
+}
+
+/** An on/off variable, on when unset or empty; anything but the words below is refused rather than read as on. */
+function switchedOn(env: NodeJS.ProcessEnv, name: string, what: string): boolean {
+  const v = (env[name] ?? '').trim().toLowerCase();
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  if (['', '1', 'true', 'yes', 'on'].includes(v)) return true;
+  throw new UsageError(`${name}: expected 1, true, yes or on (${what}) or 0, false, no or off (none), got "${env[name]}"`);
 }
 
 /** `earlySignals`: stop signals that came before the CLI could handle them (bin/updraft.js keeps them while it loads). */

@@ -39,6 +39,17 @@ describe('updraft serve options', () => {
     for (const v of ['yes', 'ON']) expect((serveOptions([], { UPDRAFT_DEMO: v }) as { demo?: boolean }).demo, v).toBe(true);
   });
 
+  it('prefaults unless --no-prefault or UPDRAFT_PREFAULT=0, false, no or off; refuses anything else', () => {
+    const prefault = (argv: string[], env: NodeJS.ProcessEnv): boolean | undefined => (serveOptions(argv, env) as { prefault?: boolean }).prefault;
+    for (const v of ['0', 'false', 'no', ' OFF ']) expect(prefault([], { UPDRAFT_PREFAULT: v }), v).toBe(false);
+    for (const v of ['1', 'true', 'yes', 'on', '']) expect(prefault([], { UPDRAFT_PREFAULT: v }), v).toBeUndefined(); // the engine's default
+    expect(prefault(['--no-prefault'], {})).toBe(false);
+    expect(prefault(['--no-prefault'], { UPDRAFT_PREFAULT: '1' })).toBe(false);
+    const e = thrown(() => serveOptions([], { UPDRAFT_PREFAULT: 'sometimes' }));
+    expect(e).toBeInstanceOf(UsageError);
+    expect(e.message).toBe('UPDRAFT_PREFAULT: expected 1, true, yes or on (prefault) or 0, false, no or off (none), got "sometimes"');
+  });
+
   it('refuses an UPDRAFT_DEMO that is neither on nor off, rather than reading it as on', () => {
     for (const v of ['bogus', '2', 'disabled']) {
       const e = thrown(() => serveOptions([], { UPDRAFT_DEMO: v }));
