@@ -124,15 +124,12 @@ export class WritePool {
     if (this.#closing !== null || arenas.length === 0) return Promise.resolve(0);
     const task: PrefaultTask = { arenas };
     const run = (this.#pool as unknown as Piscina<PrefaultTask, number>).run(task, { name: 'prefault' });
-    const tracked = run.then(
-      (pages) => pages,
-      (err: unknown) => {
-        throw this.#rebuild(err);
-      },
-    );
-    const settled = tracked.finally(() => this.#inFlight.delete(settled));
-    this.#inFlight.add(settled);
-    return settled;
+    const settled = run.catch((err: unknown) => {
+      throw this.#rebuild(err);
+    });
+    const tracked = settled.finally(() => this.#inFlight.delete(tracked));
+    this.#inFlight.add(tracked);
+    return tracked;
   }
 
   /** Tasks waiting for a free worker. */
